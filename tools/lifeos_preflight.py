@@ -16,6 +16,7 @@ One PASS/FAIL line per check with its reason on stdout. Exit 0 all pass, 1 a che
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import sys
@@ -34,7 +35,8 @@ DEFAULT_CLIS = ("git",)
 DEFAULT_MIN_FREE_GB = 2.0
 MIN_PYTHON = (3, 10)
 ACTIVE_SUFFIXES = frozenset({".md", ".py", ".ps1", ".txt", ".toml", ".json", ".yaml", ".yml", ".cfg", ".ini"})
-SKIPPED_FOLDERS = frozenset({".git", ".venv", "venv", "node_modules", "__pycache__", ".pytest_cache"})
+SKIPPED_FOLDERS = frozenset({".git", ".venv", "venv", "node_modules", "__pycache__", ".pytest_cache",
+                             "build", ".cycle-logs"})
 # git writes exactly seven markers followed by a space (or end of line for the middle one).
 CONFLICT_START = re.compile(r"^<<<<<<< ", re.MULTILINE)
 CONFLICT_END = re.compile(r"^>>>>>>> ", re.MULTILINE)
@@ -80,12 +82,15 @@ def check_git_state(root: Path) -> tuple[bool, str]:
 
 
 def active_files(root: Path):
-    for path in root.rglob("*"):
-        relative = path.relative_to(root)
-        if any(part in SKIPPED_FOLDERS for part in relative.parts):
-            continue
-        if path.suffix.lower() in ACTIVE_SUFFIXES and path.is_file() and not is_archived(relative):
-            yield path, relative
+    """Text files outside archive folders, virtual environments and caches."""
+    for folder, subfolders, files in os.walk(root):
+        # Prune in place so os.walk never descends into a virtual environment or .git.
+        subfolders[:] = sorted(name for name in subfolders if name not in SKIPPED_FOLDERS)
+        for name in sorted(files):
+            path = Path(folder) / name
+            relative = path.relative_to(root)
+            if path.suffix.lower() in ACTIVE_SUFFIXES and not is_archived(relative):
+                yield path, relative
 
 
 def check_conflict_markers(root: Path) -> tuple[bool, str]:
