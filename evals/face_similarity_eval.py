@@ -1,0 +1,1139 @@
+"""Identity similarity of generated faces to a person's training photos: per image and PASS/FAIL.
+
+For every image in --generated, find the face (the largest one, or with --face-policy best the
+one most like the reference), embed it, and compare it with the faces in --reference (the
+person's training photos). Embeddings are L2-normalised and compared by cosine similarity.
+
+Usage:
+  # The pod run (insightface buffalo_l, GPU when it really runs):
+  python3 evals/face_similarity_eval.py --generated /workspace/sweep_results \\
+      --reference /workspace/training_images --threshold 0.60 --json /workspace/face_sim.json
+  # Force the GPU (a silent fallback to CPU becomes an error that names the likely cause):
+  python3 evals/face_similarity_eval.py --generated OUT --reference REF --device cuda
+  # A local or oddly nested pack folder (antelopev2/antelopev2 is found too):
+  python3 evals/face_similarity_eval.py --generated OUT --reference REF \\
+      --model-pack ~/packs/antelopev2
+  # Tiny CPU run, fully offline (dlib backend, models from face-recognition-models; ~15 s;
+  # exit 1, since the crops show other people than the photos):
+  python3 evals/face_similarity_eval.py --backend dlib --no-cache \\
+      --generated ../shared/faces/crops --reference ../shared/faces/photos
+
+Exit codes: 0 PASS, 1 FAIL, 2 usage or input error (missing/empty folder, no usable reference
+face, missing or broken model pack, --device cuda without a working CUDA provider).
+Stdout: one row per generated image, then the summary. Progress and warnings: stderr.
+
+What PASS means: mean >= threshold and detection_rate >= --min-detection-rate, where `mean` is
+the mean similarity to the reference centroid over ALL generated images, an image without a
+face (or an unreadable one) counting 0; `mean_detected` averages only images with a face.
+median/min/max use the same counting as `mean`. An image passes when its face's similarity to
+the centroid (mean of the normalised reference embeddings, renormalised) reaches the threshold.
+
+Backends and thresholds (numbers from different backends are never comparable):
+- insightface (default): an insightface model pack (buffalo_l by default) read from
+  ~/.insightface/models/NAME, or a folder given to --model-pack. Nothing is downloaded: a
+  missing pack is an input error that says where to put it. Loading goes through insightface's
+  FaceAnalysis/model_zoo (SCRFD detector, ArcFace recogniser, 5-point norm_crop alignment).
+  Default threshold 0.60 (ArcFace cosine). The ONNX Runtime providers that the sessions actually
+  use (session.get_providers()) are reported.
+- dlib: dlib-bin with the models shipped in face-recognition-models (HOG frontal face detector,
+  shape_predictor_5_face_landmarks, dlib_face_recognition_resnet_model_v1; 5-point alignment
+  via dlib's face chips). CPU, offline. Default threshold 0.92 on its own (compressed) scale.
+
+dlib threshold calibration (cosine of L2-normalised dlib descriptors, this script's detection
+and alignment; run on ../shared/faces/crops only, 25 tight TV-frame crops of 5 people x 5, so
+that the CI test on ../shared/faces/photos uses photos the threshold never saw):
+  method: every crop, held out, against the centroid of the other 4 crops of its person (25
+  same-person scores) and against the centroid of each other person's 5 crops (100
+  different-person scores); the threshold is the midpoint of the gap, rounded to 2 decimals.
+  same person:      min 0.9494, mean 0.9695
+  different person: max 0.8995, mean 0.8662
+  midpoint 0.9244 -> default 0.92. Cross-check: dlib's documented same-person rule (Euclidean
+  distance < 0.6 between raw descriptors, whose norm is about 1.43) is cosine ~0.91.
+  Held-out check on photos/ (never used to tune): same person min 0.9420, different
+  person max 0.8805.
+
+Faces: detection retries before "no face": dlib runs HOG, then upsampled HOG, then the image
+padded by 25%, then padded by 50% and shrunk; insightface runs SCRFD at 640, at 320, padded by
+25% at 640, padded by 50% at 320. Tight crops need the padding. Large images are downscaled
+for detection (alignment and embedding use the full-resolution pixels). Each row reports how
+many faces the image had and which attempt found them.
+
+References: the largest face of each reference image; references without a face are listed and
+skipped (none left is exit 2). The reference ceiling is each reference against the centroid of
+the others (leave-one-out); its mean is `ceiling`, and identity_ratio = mean / ceiling. A
+reference whose leave-one-out score is below the threshold, or (4+ references) more than three
+robust standard deviations below the median, is reported as an outlier (wrong person or bad photo).
+
+Inputs: recursive, .jpg .jpeg .png .webp .bmp .tif .tiff in any case; EXIF orientation applied;
+grayscale, RGBA and 16-bit images converted; images above 64 MP refused; unreadable files are
+listed as errors, counted (as images without a face) and the run goes on.
+
+Cache: embeddings are stored per file content (SHA-256) + backend + model file fingerprint +
+detection settings + face mode, as .npz files read with allow_pickle=False, in the user cache
+folder (XDG_CACHE_HOME or ~/.cache on Linux, ~/Library/Caches on macOS, %LOCALAPPDATA% on
+Windows; subfolder face_similarity_eval) unless --cache-dir or --no-cache. A corrupt entry is
+ignored and rebuilt. Re-running with the same references does not recompute them.
+
+The image-input helpers below are shared by copy with evals/skin_realism_eval.py; keep the copies
+identical (tests/test_copies.py checks them).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+# 64 megapixels: far above any SDXL/Flux output, far below what exhausts memory when decoded.
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+class ImageLoadError(Exception):
+    """An image file that cannot be used; the message says why."""
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Every image file under `folder`, recursively, extensions in any case, in a stable order."""
+    found = [
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+    ]
+    return sorted(found, key=lambda path: path.relative_to(folder).as_posix())
+
+
+def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode `path` to an 8-bit BGR array (H, W, 3), EXIF orientation applied.
+
+    Reads the bytes through pathlib so non-ASCII paths work on Windows too. Grayscale, palette,
+    RGBA (composited on white) and 16-bit images are converted. Raises ImageLoadError with the
+    reason for a file that is not a usable image or is larger than `max_pixels`.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ImageLoadError(f"cannot read file: {error.strerror or error}") from error
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageLoadError(
+                    f"image is {width}x{height} = {width * height / 1e6:.0f} MP, above the "
+                    f"{max_pixels / 1e6:.0f} MP limit; downscale it first"
+                )
+            if image.getexif().get(0x0112, 1) != 1:  # EXIF orientation; skips a copy when upright
+                image = ImageOps.exif_transpose(image)
+            rgb = _to_rgb8(image)
+    except ImageLoadError:
+        raise
+    except Image.UnidentifiedImageError as error:  # its message is just a BytesIO repr
+        raise ImageLoadError("not a readable image (unknown format or broken file)") from error
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageLoadError(f"not a readable image ({type(error).__name__}: {error})") from error
+    # Channel by channel: several times faster than np.ascontiguousarray(rgb[:, :, ::-1]).
+    bgr = np.empty(rgb.shape, dtype=np.uint8)
+    bgr[:, :, 0], bgr[:, :, 1], bgr[:, :, 2] = rgb[:, :, 2], rgb[:, :, 1], rgb[:, :, 0]
+    return bgr
+
+
+def _to_rgb8(image: Image.Image) -> np.ndarray:
+    """Any PIL mode to an 8-bit RGB array; wide integer and float modes are rescaled, not clipped."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+        elif image.mode.startswith("I;16") or values.max(initial=0) > 255:
+            top = 65535.0  # a 16-bit image is 16-bit even when dark (max <= 255)
+        else:
+            top = 255.0
+        gray = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.stack([gray, gray, gray], axis=-1)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    if image.mode == "RGB":
+        return np.asarray(image)
+    return np.asarray(image.convert("RGB"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Constants and small types
+# ----------------------------------------------------------------------------------------------
+
+BACKENDS = ("insightface", "dlib")
+DEVICES = ("auto", "cpu", "cuda")
+FACE_POLICIES = ("largest", "best")
+DEFAULT_MODEL_PACK = "buffalo_l"
+# Calibrated defaults; see "dlib threshold calibration" in the module docstring.
+DEFAULT_THRESHOLDS = {"insightface": 0.60, "dlib": 0.92}
+DEFAULT_MIN_DETECTION_RATE = 0.8
+# Below this a dlib threshold is surely meant for another scale (different people score ~0.85).
+DLIB_IMPLAUSIBLE_THRESHOLD = 0.85
+CACHE_VERSION = 1
+CACHE_APP_NAME = "face_similarity_eval"
+INSIGHTFACE_ROOT = "~/.insightface"
+ONNXRUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml",
+                             "onnxruntime-openvino", "onnxruntime-silicon")
+
+
+class InputError(Exception):
+    """A usage or input problem (exit code 2); the message is one clear line."""
+
+
+@dataclass
+class FaceRecord:
+    """What the models said about one image: face count and the embedded face(s).
+
+    `embeddings` rows are L2-normalised, ordered largest face first; one row for mode "largest",
+    one per face for mode "all". `boxes` are (x1, y1, x2, y2) in original image pixels.
+    """
+
+    faces: int
+    embeddings: np.ndarray
+    boxes: np.ndarray
+    detected_by: str | None = None
+
+    @classmethod
+    def empty(cls, dim: int = 0) -> "FaceRecord":
+        return cls(0, np.zeros((0, dim), np.float32), np.zeros((0, 4), np.float32), None)
+
+
+@dataclass
+class Attempt:
+    """One detection try: pad the image by `pad` (fraction of its longer side), shrink the
+    detection copy by `shrink`, and run the detector with `upsample` (dlib) or `det_size`."""
+
+    name: str
+    pad: float = 0.0
+    shrink: float = 1.0
+    upsample: int = 0
+    det_size: tuple[int, int] | None = None
+
+    def as_key(self) -> list:
+        return [self.name, self.pad, self.shrink, self.upsample, list(self.det_size or ())]
+
+
+@dataclass
+class RunStats:
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_rebuilt: int = 0
+    model_calls: int = 0
+    model_seconds: float = 0.0
+    model_load_seconds: float = 0.0
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (a zero row stays zero)."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return np.where(norms > 0, vectors / np.where(norms > 0, norms, 1.0), 0.0)
+
+
+def _pad_image(image: np.ndarray, fraction: float) -> tuple[np.ndarray, int]:
+    """Black border of `fraction` x the longer side on every edge (tight crops need context)."""
+    if fraction <= 0:
+        return image, 0
+    pad = int(round(max(image.shape[:2]) * fraction))
+    padded = np.zeros((image.shape[0] + 2 * pad, image.shape[1] + 2 * pad, 3), dtype=image.dtype)
+    padded[pad:pad + image.shape[0], pad:pad + image.shape[1]] = image
+    return padded, pad
+
+
+def _resize(image: np.ndarray, scale: float) -> np.ndarray:
+    import cv2
+
+    height, width = image.shape[:2]
+    size = (max(1, int(round(width * scale))), max(1, int(round(height * scale))))
+    # Bilinear is ~8x cheaper than INTER_AREA and finds the same faces down to 0.4x; stronger
+    # shrinks alias, so they average.
+    interpolation = cv2.INTER_AREA if scale < 0.4 else cv2.INTER_LINEAR
+    return cv2.resize(image, size, interpolation=interpolation)
+
+
+def _swap_red_blue(image: np.ndarray) -> np.ndarray:
+    """BGR <-> RGB as a new contiguous array (channel copies; much faster than [:, :, ::-1])."""
+    swapped = np.empty(image.shape, dtype=image.dtype)
+    swapped[:, :, 0], swapped[:, :, 1], swapped[:, :, 2] = \
+        image[:, :, 2], image[:, :, 1], image[:, :, 0]
+    return swapped
+
+
+def _file_fingerprint(path: Path) -> str:
+    """Content fingerprint of a (possibly large) model file: name, size, first and last MiB."""
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    digest.update(f"{path.name}\0{size}\0".encode("utf-8"))
+    with open(path, "rb") as stream:
+        digest.update(stream.read(1 << 20))
+        if size > 2 << 20:
+            stream.seek(-(1 << 20), os.SEEK_END)
+            digest.update(stream.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+def _installed_onnxruntime_distributions() -> dict[str, str]:
+    from importlib import metadata
+
+    found = {}
+    for name in ONNXRUNTIME_DISTRIBUTIONS:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def cuda_fallback_diagnosis() -> str:
+    """Why ONNX Runtime runs on CPU although CUDA was asked for: the likely cause and the fix."""
+    import onnxruntime
+
+    dists = _installed_onnxruntime_distributions()
+    available = onnxruntime.get_available_providers()
+    gpu_version = dists.get("onnxruntime-gpu", "1.23.2")
+    if "onnxruntime" in dists and "onnxruntime-gpu" in dists:
+        return (f"both onnxruntime {dists['onnxruntime']} and onnxruntime-gpu "
+                f"{dists['onnxruntime-gpu']} are installed; they share one 'onnxruntime' folder "
+                f"and the CPU build wins. Fix: pip uninstall -y onnxruntime onnxruntime-gpu && "
+                f"pip install --no-deps onnxruntime-gpu=={gpu_version}")
+    if "CUDAExecutionProvider" not in available:
+        installed = ", ".join(f"{k} {v}" for k, v in dists.items()) or "no onnxruntime package"
+        return (f"this ONNX Runtime has no CUDAExecutionProvider (installed: {installed}; "
+                f"available providers: {available}). Fix: pip uninstall -y onnxruntime && "
+                f"pip install --no-deps onnxruntime-gpu=={gpu_version}")
+    return ("CUDAExecutionProvider is installed but the session fell back to CPU: usually a "
+            "CUDA/cuDNN mismatch (onnxruntime-gpu 1.23 needs CUDA 12.x and cuDNN 9 libraries on "
+            "the library path; importing torch first or `pip install nvidia-cudnn-cu12` "
+            "provides them) or no visible GPU (check nvidia-smi and CUDA_VISIBLE_DEVICES)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Backends: each turns a BGR image into a FaceRecord
+# ----------------------------------------------------------------------------------------------
+
+
+class _Backend:
+    name = ""
+    model = ""
+    device = "cpu"
+    providers: list[str] = []
+    attempts: list[Attempt] = []
+    max_detection_side = 1024
+    # Bump when detection/alignment code changes what an embedding is: old cache entries then miss.
+    pipeline_version = 1
+
+    def __init__(self) -> None:
+        self.stats = RunStats()
+
+    def cache_identity(self) -> dict:
+        """Everything besides the image bytes that decides the embeddings."""
+        return {"backend": self.name, "model": self.model, "pipeline": self.pipeline_version,
+                "model_fingerprint": self.model_fingerprint,
+                "max_detection_side": self.max_detection_side,
+                "attempts": [attempt.as_key() for attempt in self.attempts],
+                **self.extra_settings()}
+
+    def extra_settings(self) -> dict:
+        return {}
+
+    def embed(self, bgr: np.ndarray, mode: str) -> FaceRecord:
+        """Detect with retries, embed the largest face (mode "largest") or all faces ("all")."""
+        self.stats.model_calls += 1
+        for attempt in self.attempts:
+            work, pad = _pad_image(bgr, attempt.pad)
+            scale = min(1.0, self.max_detection_side / max(work.shape[:2])) * attempt.shrink
+            detect_image = _resize(work, scale) if scale != 1.0 else work
+            boxes, landmarks = self._detect(detect_image, attempt)
+            if len(boxes):
+                break
+        else:
+            return FaceRecord.empty(self.embedding_dim)
+        boxes = np.asarray(boxes, dtype=np.float64) / scale
+        landmarks = None if landmarks is None else np.asarray(landmarks, np.float64) / scale
+        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        order = np.argsort(-areas, kind="stable")
+        chosen = order[:1] if mode == "largest" else order
+        raw = self._embed_faces(work, boxes[chosen],
+                                None if landmarks is None else landmarks[chosen])
+        embeddings = l2_normalize(np.asarray(raw, dtype=np.float64)).astype(np.float32)
+        original_boxes = (boxes[chosen] - pad).astype(np.float32)
+        return FaceRecord(int(len(boxes)), embeddings, original_boxes, attempt.name)
+
+    def _timed(self, function, *args):
+        """Call a model function, adding its time to stats.model_seconds."""
+        start = time.perf_counter()
+        try:
+            return function(*args)
+        finally:
+            self.stats.model_seconds += time.perf_counter() - start
+
+    embedding_dim = 0
+
+    def _detect(self, image: np.ndarray, attempt: Attempt):
+        raise NotImplementedError
+
+    def _embed_faces(self, image: np.ndarray, boxes: np.ndarray, landmarks):
+        raise NotImplementedError
+
+
+class DlibBackend(_Backend):
+    """dlib HOG detector + 5-point shape predictor + ResNet descriptor (face-recognition-models).
+
+    Models load on the first image that is not in the cache, so a fully cached run never loads them.
+    """
+
+    name = "dlib"
+    model = "dlib_face_recognition_resnet_model_v1"
+    embedding_dim = 128
+    max_detection_side = 1024
+    attempts = [
+        Attempt("hog"),
+        Attempt("hog-upsample", upsample=1),
+        Attempt("pad25", pad=0.25),
+        Attempt("pad50-shrink", pad=0.5, shrink=0.75),
+    ]
+    MODEL_FILES = ("shape_predictor_5_face_landmarks.dat",
+                   "dlib_face_recognition_resnet_model_v1.dat")
+
+    def __init__(self, device: str = "auto") -> None:
+        super().__init__()
+        try:
+            import dlib
+        except ImportError as error:
+            raise InputError(f"the dlib backend needs dlib: pip install dlib-bin==20.0.1.post1 "
+                             f"({error})") from error
+        self._dlib = dlib
+        use_cuda = bool(getattr(dlib, "DLIB_USE_CUDA", False))
+        if device == "cuda" and not use_cuda:
+            raise InputError("--device cuda: this dlib is built without CUDA (dlib-bin wheels are "
+                             "CPU only); use --device cpu/auto or --backend insightface")
+        self.device = "cuda" if use_cuda and device != "cpu" else "cpu"
+        self.providers = [f"dlib {dlib.__version__} ({self.device.upper()})"]
+        self.model_dir = self.find_models()
+        self.model_fingerprint = "-".join(
+            _file_fingerprint(self.model_dir / name) for name in self.MODEL_FILES)
+        self._loaded = False
+
+    @classmethod
+    def find_models(cls) -> Path:
+        """face_recognition_models/models, found without importing the package (it imports
+        pkg_resources, which new setuptools no longer ships)."""
+        import importlib.util
+
+        spec = importlib.util.find_spec("face_recognition_models")
+        if spec is None or not spec.submodule_search_locations:
+            raise InputError("the dlib backend needs the dlib models: pip install "
+                             "face-recognition-models==0.3.0")
+        folder = Path(list(spec.submodule_search_locations)[0]) / "models"
+        missing = [name for name in cls.MODEL_FILES if not (folder / name).is_file()]
+        if missing:
+            raise InputError(f"dlib model files missing in {folder}: {', '.join(missing)}; "
+                             f"reinstall face-recognition-models==0.3.0")
+        return folder
+
+    def _load(self) -> None:
+        start = time.perf_counter()
+        dlib = self._dlib
+        self._detector = dlib.get_frontal_face_detector()
+        self._predictor = dlib.shape_predictor(str(self.model_dir / self.MODEL_FILES[0]))
+        self._recognizer = dlib.face_recognition_model_v1(str(self.model_dir / self.MODEL_FILES[1]))
+        self._loaded = True
+        self.stats.model_load_seconds += time.perf_counter() - start
+
+    def embed(self, bgr: np.ndarray, mode: str) -> FaceRecord:
+        if not self._loaded:
+            self._load()
+        return super().embed(bgr, mode)
+
+    def _detect(self, image: np.ndarray, attempt: Attempt):
+        # dlib wants RGB: only the (downscaled) detection copy and the face crops are converted.
+        rects, _scores, _kinds = self._timed(self._detector.run, _swap_red_blue(image),
+                                             attempt.upsample, 0.0)
+        boxes = [[r.left(), r.top(), r.right() + 1, r.bottom() + 1] for r in rects]
+        return boxes, None
+
+    def _embed_faces(self, image: np.ndarray, boxes: np.ndarray, landmarks):
+        dlib = self._dlib
+        height, width = image.shape[:2]
+        embeddings = []
+        for x1, y1, x2, y2 in boxes:
+            # A crop with one face size of margin holds everything the 5 landmarks and the face
+            # chip read (descriptors are identical to using the whole image), and is cheap.
+            margin = int(round(max(x2 - x1, y2 - y1)))
+            cx0, cy0 = max(0, int(x1) - margin), max(0, int(y1) - margin)
+            cx1, cy1 = min(width, int(x2) + margin), min(height, int(y2) + margin)
+            crop = _swap_red_blue(image[cy0:cy1, cx0:cx1])
+            rect = dlib.rectangle(int(round(x1)) - cx0, int(round(y1)) - cy0,
+                                  int(round(x2)) - 1 - cx0, int(round(y2)) - 1 - cy0)
+            shape = self._timed(self._predictor, crop, rect)
+            # 5-point aligned 150x150 face chip (padding 0.25), no jitter.
+            descriptor = self._timed(self._recognizer.compute_face_descriptor, crop, shape, 0, 0.25)
+            embeddings.append(np.array(descriptor))
+        return embeddings
+
+
+def resolve_model_pack(model_pack: str | os.PathLike) -> tuple[Path, str]:
+    """The folder holding a pack's .onnx files, and the pack's name, or InputError.
+
+    `model_pack` is a folder, or a pack name looked up as ~/.insightface/models/NAME. A pack
+    unzipped one level too deep (NAME/NAME/*.onnx) is found too. Nothing is downloaded.
+    """
+    text = str(model_pack)
+    direct = Path(text).expanduser()
+    looks_like_path = direct.is_absolute() or any(sep in text for sep in ("/", "\\")) \
+        or text.startswith(".") or text.startswith("~")
+    root = Path(INSIGHTFACE_ROOT).expanduser() / "models"
+    candidate = direct if (looks_like_path or direct.is_dir()) else root / text
+    name = candidate.name or text
+    if not candidate.is_dir():
+        if looks_like_path:
+            raise InputError(f"--model-pack folder not found: {candidate}")
+        raise InputError(
+            f"insightface model pack '{text}' not found at {candidate} (nothing is downloaded): "
+            f"put the pack's .onnx files in that folder (unzip {_pack_download_url(text)} there) "
+            f"or pass --model-pack /path/to/pack_folder")
+    folder = _folder_with_onnx(candidate)
+    if folder is None:
+        raise InputError(f"no .onnx files in {candidate} or one folder below it; the pack's "
+                         f".onnx files (detector + recogniser) must sit directly in the folder")
+    return folder.resolve(), name
+
+
+def _pack_download_url(name: str) -> str:
+    """Where the installed insightface itself would download pack `name` from."""
+    try:
+        from insightface.utils import storage
+    except Exception:
+        return f"{name}.zip from the insightface model zoo"
+    if hasattr(storage, "model_zoo_download_url"):  # insightface 2.x
+        return storage.model_zoo_download_url(f"{name}.zip")
+    return f"{getattr(storage, 'BASE_REPO_URL', 'the insightface model zoo')}/{name}.zip"
+
+
+def _folder_with_onnx(folder: Path) -> Path | None:
+    def has_pack(path: Path) -> bool:
+        return any(path.glob("*.onnx")) or any(path.glob("*.json"))
+
+    if any(folder.glob("*.onnx")):
+        return folder
+    nested = [child for child in sorted(folder.iterdir()) if child.is_dir() and has_pack(child)]
+    preferred = [child for child in nested if child.name == folder.name]
+    if preferred and any(preferred[0].glob("*.onnx")):
+        return preferred[0]
+    nested = [child for child in nested if any(child.glob("*.onnx"))]
+    return nested[0] if len(nested) == 1 else None
+
+
+class InsightFaceBackend(_Backend):
+    """insightface FaceAnalysis (SCRFD detection + ArcFace recognition) on ONNX Runtime."""
+
+    name = "insightface"
+    max_detection_side = 1280
+    attempts = [
+        Attempt("det640", det_size=(640, 640)),
+        Attempt("det320", det_size=(320, 320)),
+        Attempt("pad25-det640", pad=0.25, det_size=(640, 640)),
+        Attempt("pad50-det320", pad=0.5, det_size=(320, 320)),
+    ]
+    det_thresh = 0.5
+
+    def __init__(self, model_pack: str | os.PathLike = DEFAULT_MODEL_PACK,
+                 device: str = "auto") -> None:
+        super().__init__()
+        try:
+            import onnxruntime
+            from insightface.app import FaceAnalysis
+        except ImportError as error:
+            raise InputError(f"the insightface backend needs insightface and onnxruntime "
+                             f"(pip install -r requirements-pod.txt): {error}") from error
+        folder, pack_name = resolve_model_pack(model_pack)
+        self.pack_dir = folder
+        available = onnxruntime.get_available_providers()
+        if device == "cuda" and "CUDAExecutionProvider" not in available:
+            raise InputError(f"--device cuda: {cuda_fallback_diagnosis()}")
+        want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
+        requested = ([("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+                     if want_cuda else ["CPUExecutionProvider"])
+        start = time.perf_counter()
+        try:
+            app = FaceAnalysis(name=str(folder), allowed_modules=["detection", "recognition"],
+                               providers=requested)
+        except AssertionError as error:
+            raise InputError(f"model pack {folder} has no face detector that insightface "
+                             f"recognises (an SCRFD .onnx with 6/9/10/15 outputs)") from error
+        except Exception as error:  # onnxruntime/onnx raise many types for a broken file
+            first_line = (str(error).splitlines() or [""])[0]
+            raise InputError(f"cannot load insightface model pack {folder}: "
+                             f"{type(error).__name__}: {first_line}") from error
+        if "recognition" not in app.models:
+            raise InputError(f"model pack {folder} has no recognition model that insightface "
+                             f"recognises (an ArcFace .onnx with a square 112+ input)")
+        try:
+            app.prepare(ctx_id=0 if want_cuda else -1, det_thresh=self.det_thresh,
+                        det_size=self.attempts[0].det_size)
+        except Exception as error:
+            raise InputError(f"cannot prepare insightface models in {folder}: "
+                             f"{type(error).__name__}: {error}") from error
+        self.stats.model_load_seconds += time.perf_counter() - start
+        self.app = app
+        self.detector = app.det_model
+        self.recognizer = app.models["recognition"]
+        self.embedding_dim = int(self.recognizer.output_shape[-1]) \
+            if isinstance(self.recognizer.output_shape[-1], int) else 0
+        self.providers = self.session_providers()
+        uses_cuda = "CUDAExecutionProvider" in self.providers
+        if want_cuda and not uses_cuda:
+            if device == "cuda":
+                raise InputError(f"--device cuda but the ONNX Runtime sessions run on "
+                                 f"{self.providers}: {cuda_fallback_diagnosis()}")
+            self.fallback_warning = ("CUDA is installed but the sessions fell back to CPU: "
+                                     + cuda_fallback_diagnosis())
+        else:
+            self.fallback_warning = None
+        self.device = "cuda" if uses_cuda else "cpu"
+        recognizer_file = Path(self.recognizer.model_file)
+        detector_file = Path(self.detector.model_file)
+        self.model = f"{pack_name}/{recognizer_file.name}"
+        self.model_fingerprint = "-".join(
+            _file_fingerprint(path) for path in (detector_file, recognizer_file))
+
+    def session_providers(self) -> list[str]:
+        """Providers of the detector and recogniser sessions as ONNX Runtime reports them."""
+        sessions = [self.detector.session, self.recognizer.session]
+        providers: list[str] = []
+        for session in sessions:
+            for provider in session.get_providers():
+                if provider not in providers:
+                    providers.append(provider)
+        return providers
+
+    def extra_settings(self) -> dict:
+        return {"det_thresh": self.det_thresh}
+
+    def _detect(self, image: np.ndarray, attempt: Attempt):
+        boxes, landmarks = self._timed(self.detector.detect, image, attempt.det_size)
+        if len(boxes) and landmarks is None:
+            raise InputError(f"the detector in {self.pack_dir} gives no landmarks; alignment "
+                             f"needs an SCRFD model with keypoints (9 or 15 outputs)")
+        return boxes[:, :4], landmarks
+
+    def _embed_faces(self, image: np.ndarray, boxes: np.ndarray, landmarks):
+        from insightface.app.common import Face
+
+        embeddings = []
+        for box, points in zip(boxes, landmarks):
+            face = Face(bbox=box.astype(np.float32), kps=points.astype(np.float32),
+                        det_score=1.0)
+            # ArcFaceONNX.get: norm_crop to 112x112 with the 5 points, then the network.
+            embeddings.append(np.asarray(self._timed(self.recognizer.get, image, face),
+                                         np.float64))
+        return embeddings
+
+    def refresh_providers(self) -> None:
+        """Include the per-size detector sessions that SCRFD created while running."""
+        providers = list(self.providers)
+        for session in getattr(self.detector, "resolution_sessions", {}).values():
+            for provider in session.get_providers():
+                if provider not in providers:
+                    providers.append(provider)
+        self.providers = providers
+
+
+def make_backend(backend: str, model_pack: str | os.PathLike, device: str) -> _Backend:
+    if backend == "dlib":
+        return DlibBackend(device=device)
+    if backend == "insightface":
+        return InsightFaceBackend(model_pack=model_pack, device=device)
+    raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Embedding cache (.npz, no pickle)
+# ----------------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """The per-user cache folder (the platformdirs convention, without platformdirs)."""
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA")
+        root = Path(base) if base else Path.home() / "AppData" / "Local"
+        return root / CACHE_APP_NAME / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / CACHE_APP_NAME
+    base = os.environ.get("XDG_CACHE_HOME")
+    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".cache"
+    return root / CACHE_APP_NAME
+
+
+class EmbeddingCache:
+    """One .npz per (image content, backend identity, face mode); best effort, never fatal."""
+
+    def __init__(self, folder: Path, identity: dict, stats: RunStats) -> None:
+        self.folder = Path(folder) / f"v{CACHE_VERSION}"
+        self.identity = json.dumps(identity, sort_keys=True)
+        self.stats = stats
+        self.writable = True
+
+    def key(self, content_sha256: str, mode: str) -> str:
+        text = f"{CACHE_VERSION}\0{self.identity}\0{mode}\0{content_sha256}"
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.npz"
+
+    def get(self, key: str) -> FaceRecord | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                embeddings = np.asarray(data["embeddings"], dtype=np.float32)
+                boxes = np.asarray(data["boxes"], dtype=np.float32)
+            faces = int(meta["faces"])
+            if (meta.get("key") != key or embeddings.ndim != 2
+                    or boxes.shape != (len(embeddings), 4)
+                    or faces < len(embeddings) or (faces > 0) != (len(embeddings) > 0)
+                    or not np.all(np.isfinite(embeddings))):
+                raise ValueError("inconsistent entry")
+            return FaceRecord(faces, embeddings, boxes, meta.get("detected_by"))
+        except Exception:  # a truncated or foreign file: ignore it, the caller rebuilds it
+            self.stats.cache_rebuilt += 1
+            return None
+
+    def put(self, key: str, record: FaceRecord) -> None:
+        if not self.writable:
+            return
+        path = self._path(key)
+        meta = json.dumps({"key": key, "faces": record.faces, "detected_by": record.detected_by})
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+            try:
+                with os.fdopen(handle, "wb") as stream:
+                    np.savez(stream, embeddings=record.embeddings.astype(np.float32),
+                             boxes=record.boxes.astype(np.float32), meta=np.array(meta))
+                os.replace(temp_name, path)
+            except BaseException:
+                Path(temp_name).unlink(missing_ok=True)
+                raise
+        except OSError as error:
+            self.writable = False
+            print(f"warning: embedding cache disabled, cannot write {path.parent}: {error}",
+                  file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------
+# The evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """tqdm on stderr when available, else a plain counter line; silent when disabled."""
+
+    def __init__(self, total: int, label: str, enabled: bool) -> None:
+        self.total, self.label, self.enabled, self.done = total, label, enabled, 0
+        self.bar = None
+        self.last = 0.0
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc=label, file=sys.stderr, unit="img",
+                                leave=False, dynamic_ncols=True)
+            except ImportError:
+                self.bar = None
+
+    def step(self) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            return
+        now = time.monotonic()
+        if now - self.last > 2 or self.done == self.total:
+            self.last = now
+            print(f"{self.label}: {self.done}/{self.total}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _check_folder(folder: Path, flag: str) -> list[Path]:
+    if not folder.exists():
+        raise InputError(f"{flag} folder not found: {folder}")
+    if not folder.is_dir():
+        raise InputError(f"{flag} is not a folder: {folder}")
+    images = list_images(folder)
+    if not images:
+        extensions = " ".join(sorted(IMAGE_EXTENSIONS))
+        raise InputError(f"{flag} folder has no images ({extensions}, searched recursively): "
+                         f"{folder}")
+    return images
+
+
+def _embed_file(path: Path, backend: _Backend, mode: str, cache: EmbeddingCache | None
+                ) -> tuple[FaceRecord | None, str | None]:
+    """The FaceRecord of one file (from the cache when possible), or (None, error message)."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return None, f"cannot read file: {error.strerror or error}"
+    key = cache.key(hashlib.sha256(data).hexdigest(), mode) if cache is not None else None
+    del data
+    if cache is not None:
+        record = cache.get(key)
+        if record is not None:
+            backend.stats.cache_hits += 1
+            return record, None
+        backend.stats.cache_misses += 1
+    try:
+        image = load_image(path)
+    except ImageLoadError as error:
+        return None, str(error)
+    except Exception as error:  # e.g. a malformed EXIF block that PIL trips over: skip the file
+        return None, f"not a readable image ({type(error).__name__}: {error})"
+    record = backend.embed(image, mode)
+    if cache is not None:
+        cache.put(key, record)
+    return record, None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
+def _outliers(loo: np.ndarray, threshold: float) -> np.ndarray:
+    """References that do not look like the same person as the others (see module docstring)."""
+    flagged = loo < threshold
+    if len(loo) >= 4:
+        median = float(np.median(loo))
+        spread = 1.4826 * float(np.median(np.abs(loo - median)))
+        spread = max(spread, 0.25 * abs(median - threshold), 1e-6)
+        flagged |= loo < median - 3.0 * spread
+    return flagged
+
+
+def evaluate(generated_dir, reference_dir, *, threshold=None, backend="insightface",
+             model_pack=DEFAULT_MODEL_PACK, device="auto", face_policy="largest",
+             min_detection_rate=DEFAULT_MIN_DETECTION_RATE, cache_dir=None, use_cache=True,
+             show_progress=True) -> dict:
+    """Score every generated image against the reference faces; see the module docstring.
+
+    Raises InputError (one-line message) for missing/empty folders, no usable reference face,
+    a bad model pack or an unusable device. Returns the report dict that --json writes.
+    """
+    started = time.perf_counter()
+    generated_dir, reference_dir = Path(generated_dir), Path(reference_dir)
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if device not in DEVICES:
+        raise InputError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if face_policy not in FACE_POLICIES:
+        raise InputError(f"unknown face policy {face_policy!r}; choose one of "
+                         f"{', '.join(FACE_POLICIES)}")
+    threshold = DEFAULT_THRESHOLDS[backend] if threshold is None else float(threshold)
+    if not -1.0 <= threshold <= 1.0:
+        raise InputError(f"threshold {threshold} is outside [-1, 1] (cosine similarity)")
+    if not 0.0 <= float(min_detection_rate) <= 1.0:
+        raise InputError(f"min_detection_rate {min_detection_rate} is outside [0, 1]")
+    min_detection_rate = float(min_detection_rate)
+    generated_files = _check_folder(generated_dir, "--generated")
+    reference_files = _check_folder(reference_dir, "--reference")
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        if show_progress:
+            print(f"warning: {message}", file=sys.stderr)
+
+    gen_resolved, ref_resolved = generated_dir.resolve(), reference_dir.resolve()
+    if gen_resolved == ref_resolved:
+        warn("--generated and --reference are the same folder: every image matches itself")
+    elif gen_resolved in ref_resolved.parents or ref_resolved in gen_resolved.parents:
+        warn("one of --generated/--reference lies inside the other: their images overlap")
+    if backend == "dlib" and threshold < DLIB_IMPLAUSIBLE_THRESHOLD:
+        warn(f"threshold {threshold} is far below the dlib scale (different people score about "
+             f"0.80-0.90, the same person 0.94+; default {DEFAULT_THRESHOLDS['dlib']}): almost "
+             f"every face will pass")
+
+    engine = make_backend(backend, model_pack, device)
+    if getattr(engine, "fallback_warning", None):
+        warn(engine.fallback_warning)
+    cache = None
+    if use_cache:
+        folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        cache = EmbeddingCache(folder, engine.cache_identity(), engine.stats)
+
+    errors: list[dict] = []
+
+    # References: largest face of each image.
+    progress = _Progress(len(reference_files), "references", show_progress)
+    ref_paths, ref_embeddings, skipped = [], [], []
+    for path in reference_files:
+        relative = path.relative_to(reference_dir).as_posix()
+        record, error = _embed_file(path, engine, "largest", cache)
+        progress.step()
+        if error is not None:
+            errors.append({"path": relative, "folder": "reference", "error": error})
+            skipped.append({"path": relative, "reason": f"error: {error}"})
+        elif record.faces == 0:
+            skipped.append({"path": relative, "reason": "no face found"})
+        else:
+            ref_paths.append(relative)
+            ref_embeddings.append(record.embeddings[0])
+    progress.close()
+    if not ref_embeddings:
+        raise InputError(f"no usable reference face in {reference_dir} "
+                         f"({len(reference_files)} images, none with a detectable face)")
+    references = l2_normalize(np.stack(ref_embeddings))
+    centroid = l2_normalize(references.mean(axis=0))
+    for item in skipped:
+        warn(f"reference {item['path']} skipped: {item['reason']}")
+
+    per_reference, outliers, ceiling = [], [], None
+    if len(references) >= 2:
+        total = references.sum(axis=0)
+        loo = np.array([float(references[i] @ l2_normalize(total - references[i]))
+                        for i in range(len(references))])
+        ceiling = float(loo.mean())
+        flagged = _outliers(loo, threshold)
+        median = float(np.median(loo))
+        for path, score, is_outlier in zip(ref_paths, loo, flagged):
+            per_reference.append({"path": path, "loo_similarity": _round(score)})
+            if is_outlier:
+                outliers.append(path)
+                warn(f"reference {path} looks unlike the others (leave-one-out similarity "
+                     f"{score:.3f}, median {median:.3f}, threshold {threshold:.2f}): wrong person "
+                     f"or a bad photo? Consider removing it")
+    else:
+        per_reference.append({"path": ref_paths[0], "loo_similarity": None})
+        warn("only one usable reference face: no leave-one-out ceiling, identity_ratio is null")
+
+    # Generated images.
+    mode = "all" if face_policy == "best" else "largest"
+    progress = _Progress(len(generated_files), "generated", show_progress)
+    images = []
+    for path in generated_files:
+        relative = path.relative_to(generated_dir).as_posix()
+        record, error = _embed_file(path, engine, mode, cache)
+        progress.step()
+        entry = {"path": relative, "faces": 0, "detected": False, "similarity": None,
+                 "max_reference": None, "mean_reference": None, "passed": False, "error": error,
+                 "detected_by": None}
+        if error is not None:
+            errors.append({"path": relative, "folder": "generated", "error": error})
+        elif record.faces > 0:
+            to_centroid = record.embeddings.astype(np.float64) @ centroid
+            index = int(np.argmax(to_centroid)) if face_policy == "best" else 0
+            to_references = references @ record.embeddings[index].astype(np.float64)
+            similarity = float(to_centroid[index])
+            entry.update(faces=record.faces, detected=True, similarity=_round(similarity),
+                         max_reference=_round(to_references.max()),
+                         mean_reference=_round(to_references.mean()),
+                         passed=bool(similarity >= threshold), detected_by=record.detected_by)
+        images.append(entry)
+    progress.close()
+    if isinstance(engine, InsightFaceBackend):
+        engine.refresh_providers()
+
+    scores = np.array([entry["similarity"] if entry["detected"] else 0.0 for entry in images])
+    detected = [entry["similarity"] for entry in images if entry["detected"]]
+    faces_found = len(detected)
+    detection_rate = faces_found / len(images)
+    mean = float(scores.mean())
+    identity_ratio = mean / ceiling if ceiling is not None and ceiling > 0 else None
+    summary = {
+        "images": len(images),
+        "faces_found": faces_found,
+        "detection_rate": _round(detection_rate),
+        "mean": _round(mean),
+        "mean_detected": _round(np.mean(detected)) if detected else None,
+        "median": _round(np.median(scores)),
+        "min": _round(scores.min()),
+        "max": _round(scores.max()),
+        "pass_rate": _round(sum(entry["passed"] for entry in images) / len(images)),
+        "ceiling": _round(ceiling),
+        "identity_ratio": _round(identity_ratio),
+        "threshold": threshold,
+        "min_detection_rate": min_detection_rate,
+        "pass": bool(mean >= threshold and detection_rate >= min_detection_rate),
+        "errors": len(errors),
+        "no_face_counts_as": 0.0,
+    }
+    stats = engine.stats
+    return {
+        "backend": engine.name,
+        "model": engine.model,
+        "threshold": threshold,
+        "device": engine.device,
+        "providers": list(engine.providers),
+        "face_policy": face_policy,
+        "generated_dir": str(generated_dir),
+        "reference_dir": str(reference_dir),
+        "images": images,
+        "references": {"count": len(reference_files), "used": len(ref_paths),
+                       "skipped": skipped, "ceiling": _round(ceiling),
+                       "per_reference": per_reference, "outliers": outliers},
+        "errors": errors,
+        "summary": summary,
+        "warnings": warnings,
+        "stats": {"cache": None if cache is None else str(cache.folder),
+                  "cache_hits": stats.cache_hits, "cache_misses": stats.cache_misses,
+                  "cache_rebuilt": stats.cache_rebuilt, "model_calls": stats.model_calls,
+                  "model_seconds": round(stats.model_seconds, 4),
+                  "model_load_seconds": round(stats.model_load_seconds, 4),
+                  "seconds": round(time.perf_counter() - started, 4)},
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_report(report: dict) -> str:
+    """The stdout text: one row per generated image, then the summary."""
+    rows = report["images"]
+    width = min(60, max([len("image")] + [len(row["path"]) for row in rows]))
+    lines = [f"{'image':<{width}}  faces  similarity  max_ref  mean_ref  result"]
+    for row in rows:
+        path = row["path"] if len(row["path"]) <= width else "..." + row["path"][-(width - 3):]
+        if row["error"]:
+            result = f"ERROR: {row['error']}"
+        elif not row["detected"]:
+            result = "FAIL (no face)"
+        else:
+            result = "pass" if row["passed"] else "FAIL"
+            if row["faces"] > 1:
+                result += f" ({row['faces']} faces, used the {report['face_policy']})"
+        lines.append(f"{path:<{width}}  {row['faces']:>5}  {_fmt(row['similarity']):>10}  "
+                     f"{_fmt(row['max_reference']):>7}  {_fmt(row['mean_reference']):>8}  {result}")
+    summary, refs = report["summary"], report["references"]
+    lines += [
+        "",
+        f"backend {report['backend']}, model {report['model']}, device {report['device']} "
+        f"(providers: {', '.join(report['providers'])}), face policy {report['face_policy']}",
+        f"threshold {summary['threshold']:.2f} ({report['backend']} cosine scale; not comparable "
+        f"across backends)",
+        f"references: {refs['used']} used of {refs['count']}, ceiling (leave-one-out mean) "
+        f"{_fmt(refs['ceiling'])}" + (f", outliers: {', '.join(refs['outliers'])}"
+                                      if refs["outliers"] else ""),
+        f"images {summary['images']}, faces found {summary['faces_found']}, detection_rate "
+        f"{summary['detection_rate']:.3f} (minimum {summary['min_detection_rate']:.2f}), "
+        f"errors {summary['errors']}",
+        f"mean {_fmt(summary['mean'])} (an image without a face counts 0), mean_detected "
+        f"{_fmt(summary['mean_detected'])}, median {_fmt(summary['median'])}, min "
+        f"{_fmt(summary['min'])}, max {_fmt(summary['max'])}",
+        f"pass_rate {summary['pass_rate']:.3f}, identity_ratio {_fmt(summary['identity_ratio'])} "
+        f"(mean / ceiling)",
+        f"RESULT: {'PASS' if summary['pass'] else 'FAIL'} (mean {_fmt(summary['mean'])} "
+        f"{'>=' if summary['mean'] >= summary['threshold'] else '<'} {summary['threshold']:.2f}, "
+        f"detection_rate {summary['detection_rate']:.3f} "
+        f"{'>=' if summary['detection_rate'] >= summary['min_detection_rate'] else '<'} "
+        f"{summary['min_detection_rate']:.2f})",
+    ]
+    return "\n".join(lines)
+
+
+def write_json(report: dict, path: Path) -> None:
+    """Atomic write: a temp file beside the target, then os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(report, stream, indent=2, ensure_ascii=False)
+            stream.write("\n")
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--generated", required=True, type=Path, metavar="DIR",
+                        help="folder of generated images (searched recursively); required")
+    parser.add_argument("--reference", required=True, type=Path, metavar="DIR",
+                        help="folder of the person's reference/training photos; required")
+    parser.add_argument("--threshold", type=float, default=None, metavar="T",
+                        help="cosine similarity needed to pass (default: the backend's, "
+                             f"insightface {DEFAULT_THRESHOLDS['insightface']:.2f}, dlib "
+                             f"{DEFAULT_THRESHOLDS['dlib']:.2f})")
+    parser.add_argument("--backend", choices=BACKENDS, default="insightface",
+                        help="face model (default: insightface)")
+    parser.add_argument("--model-pack", default=None, metavar="NAME_OR_DIR",
+                        help="insightface pack name under ~/.insightface/models, or a folder "
+                             f"of .onnx files (default: {DEFAULT_MODEL_PACK})")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="auto uses CUDA when a CUDA provider really runs, else CPU; cuda "
+                             "fails instead of falling back (default: auto)")
+    parser.add_argument("--face-policy", choices=FACE_POLICIES, default="largest",
+                        help="which face of a generated image counts: the largest, or the one "
+                             "most similar to the reference (default: largest)")
+    parser.add_argument("--min-detection-rate", type=float,
+                        default=DEFAULT_MIN_DETECTION_RATE, metavar="R",
+                        help="fraction of generated images that must have a face to pass "
+                             f"(default: {DEFAULT_MIN_DETECTION_RATE})")
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                       help=f"embedding cache folder (default: {default_cache_dir()})")
+    cache.add_argument("--no-cache", action="store_true",
+                       help="neither read nor write the embedding cache (default: cache on)")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
+                        help="also write the full report as JSON here (default: not written)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.threshold is not None and not (-1.0 <= args.threshold <= 1.0):
+        parser.error(f"--threshold {args.threshold} is outside [-1, 1] (cosine similarity)")
+    if not 0.0 <= args.min_detection_rate <= 1.0:
+        parser.error(f"--min-detection-rate {args.min_detection_rate} is outside [0, 1]")
+    if args.model_pack is not None and args.backend != "insightface":
+        parser.error(f"--model-pack applies only to --backend insightface, not --backend "
+                     f"{args.backend}")
+    try:
+        report = evaluate(args.generated, args.reference, threshold=args.threshold,
+                          backend=args.backend, model_pack=args.model_pack or DEFAULT_MODEL_PACK,
+                          device=args.device, face_policy=args.face_policy,
+                          min_detection_rate=args.min_detection_rate, cache_dir=args.cache_dir,
+                          use_cache=not args.no_cache, show_progress=True)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    for entry in report["errors"]:
+        print(f"error: {entry['folder']} image {entry['path']}: {entry['error']}", file=sys.stderr)
+    if args.json is not None:
+        try:
+            write_json(report, args.json)
+        except OSError as error:
+            print(f"error: cannot write --json {args.json}: {error}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0 if report["summary"]["pass"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
