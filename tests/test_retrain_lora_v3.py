@@ -1,0 +1,322 @@
+"""tools/retrain_lora_v3.py: the sd-scripts command, its checks, the files it writes, the launch."""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import load_script, run_script
+
+SCRIPT = "tools/retrain_lora_v3.py"
+retrain = load_script(SCRIPT)
+
+# Option names of kohya sd-scripts, read from its argument parsers (train_network.setup_parser,
+# library/train_util.py add_*_arguments, sdxl_train_util.add_sdxl_training_arguments,
+# add_dit_training_arguments, flux_train_utils.add_flux_train_arguments). A typo in a flag this
+# script writes would only surface on the pod as "unrecognized arguments".
+SD_SCRIPTS_OPTIONS = {
+    "pretrained_model_name_or_path", "dataset_config", "output_dir", "output_name", "save_model_as",
+    "max_train_steps", "save_every_n_steps", "network_module", "network_dim", "network_alpha",
+    "optimizer_type", "learning_rate", "unet_lr", "text_encoder_lr", "optimizer_args",
+    "lr_scheduler", "mixed_precision", "save_precision", "seed", "max_data_loader_n_workers",
+    "persistent_data_loader_workers", "network_train_unet_only", "cache_text_encoder_outputs",
+    "cache_text_encoder_outputs_to_disk", "cache_latents", "cache_latents_to_disk",
+    "gradient_checkpointing", "xformers", "sdpa", "full_bf16", "full_fp16", "fp8_base",
+    "cpu_offload_checkpointing", "blocks_to_swap",
+}
+SD_SCRIPTS_FLUX_OPTIONS = {
+    "clip_l", "t5xxl", "ae", "guidance_scale", "timestep_sampling", "discrete_flow_shift",
+    "model_prediction_type",
+}
+ACCELERATE_LAUNCH_OPTIONS = {"num_processes", "num_machines", "num_cpu_threads_per_process",
+                             "dynamo_backend", "mixed_precision"}
+
+
+def base_args(tmp_path: Path, model_type: str = "sdxl") -> list[str]:
+    args = ["--base-model", str(tmp_path / "missing.safetensors"), "--images", str(tmp_path / "imgs"),
+            "--trigger", "ohwx", "--output", str(tmp_path / "out"),
+            "--sd-scripts", str(tmp_path / "no-sd-scripts")]
+    if model_type == "flux":
+        args += ["--model-type", "flux", "--clip-l", "c.safetensors", "--t5xxl", "t.safetensors",
+                 "--ae", "ae.safetensors"]
+    return args
+
+
+def options_of(command: list[str]) -> tuple[list[str], dict]:
+    """(launcher part, {kohya option: values}) of a built command."""
+    index = next(i for i, token in enumerate(command) if token.endswith("_network.py"))
+    options: dict[str, list[str]] = {}
+    current = None
+    for token in command[index + 1:]:
+        if token.startswith("--"):
+            current = token[2:]
+            options[current] = []
+        else:
+            options[current].append(token)
+    return command[:index + 1], options
+
+
+@pytest.fixture
+def pod(tmp_path: Path) -> dict:
+    """A fake pod layout: sd-scripts checkout, base model file, a folder of two small images."""
+    sd_scripts = tmp_path / "sd-scripts"
+    sd_scripts.mkdir()
+    recorder = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "args = sys.argv[1:]\n"
+        "out = Path(args[args.index('--output_dir') + 1])\n"
+        "(out / 'argv.json').write_text(json.dumps(args), encoding='utf-8')\n"
+        "sys.exit(int(__import__('os').environ.get('FAKE_TRAIN_EXIT', '0')))\n"
+    )
+    for name in ("sdxl_train_network.py", "flux_train_network.py"):
+        (sd_scripts / name).write_text(recorder, encoding="utf-8")
+    base = tmp_path / "base.safetensors"
+    base.write_bytes(b"not really a model")
+    images = tmp_path / "training images"
+    images.mkdir()
+    for index, color in enumerate([(200, 150, 120), (90, 60, 40)]):
+        Image.new("RGB", (64, 64), color).save(images / f"face_{index}.png")
+    (images / "face_0.txt").write_text("ohwx, a man\n", encoding="utf-8")
+    return {"sd_scripts": sd_scripts, "base": base, "images": images, "out": tmp_path / "lora out"}
+
+
+def pod_args(pod: dict) -> list[str]:
+    return ["--base-model", str(pod["base"]), "--images", str(pod["images"]), "--trigger", "ohwx",
+            "--output", str(pod["out"]), "--sd-scripts", str(pod["sd_scripts"])]
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI (subprocess)
+
+
+def test_help_exits_0_and_states_defaults():
+    result = run_script(SCRIPT, "--help")
+    assert result.returncode == 0
+    assert "--print-cmd" in result.stdout and "(default: 1500)" in result.stdout
+
+
+def test_acceptance_line_names_both_flags(tmp_path):
+    result = run_script(SCRIPT, "--print-cmd", *base_args(tmp_path),
+                        "--cache_text_encoder_outputs", "--text_encoder_lr", "1e-5")
+    assert result.returncode == 2, result.stderr
+    assert "--cache_text_encoder_outputs" in result.stderr and "--text_encoder_lr" in result.stderr
+    assert result.stdout == ""
+
+
+def test_print_cmd_needs_no_pod_and_writes_nothing(tmp_path):
+    result = run_script(SCRIPT, "--print-cmd", *base_args(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    command = shlex.split(lines[0])
+    assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    launcher, options = options_of(command)
+    assert launcher[-1].endswith("sdxl_train_network.py")
+    assert options["optimizer_type"] == ["prodigy"] and options["learning_rate"] == ["1"]
+    assert options["optimizer_args"] == ["decouple=True", "weight_decay=0.01", "use_bias_correction=True",
+                                         "safeguard_warmup=True", "d_coef=1"]
+    for flag in ("network_train_unet_only", "cache_text_encoder_outputs", "cache_latents",
+                 "cache_latents_to_disk", "gradient_checkpointing", "xformers"):
+        assert options[flag] == [], flag
+    assert options["lr_scheduler"] == ["constant"] and options["mixed_precision"] == ["bf16"]
+    assert options["network_module"] == ["networks.lora"]
+    assert "text_encoder_lr" not in options and "sdpa" not in options
+    assert "warning:" in result.stderr and "--sd-scripts" in result.stderr
+    assert list(tmp_path.iterdir()) == [], "--print-cmd must not write files"
+
+
+def test_print_cmd_flux_uses_flux_script_and_flags(tmp_path):
+    result = run_script(SCRIPT, "--print-cmd", *base_args(tmp_path, "flux"))
+    assert result.returncode == 0, result.stderr
+    launcher, options = options_of(shlex.split(result.stdout))
+    assert launcher[-1].endswith("flux_train_network.py")
+    assert options["network_module"] == ["networks.lora_flux"]
+    assert options["clip_l"] == ["c.safetensors"] and options["ae"] == ["ae.safetensors"]
+    assert options["timestep_sampling"] == ["shift"] and options["model_prediction_type"] == ["raw"]
+    for flag in ("sdpa", "fp8_base", "network_train_unet_only", "cache_text_encoder_outputs"):
+        assert options[flag] == [], flag
+    assert "xformers" not in options
+
+
+def test_missing_inputs_are_errors_without_print_cmd(tmp_path):
+    result = run_script(SCRIPT, "--dry-run", *base_args(tmp_path))
+    assert result.returncode == 2
+    assert "--sd-scripts" in result.stderr and "--base-model" in result.stderr
+    assert "--images" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_writes_dataset_toml_and_training_params(pod):
+    result = run_script(SCRIPT, "--dry-run", *pod_args(pod), "--class-word", "man", "--steps", "800")
+    assert result.returncode == 0, result.stderr
+    dataset_path = pod["out"] / "dataset_v3.toml"
+    dataset = tomllib.loads(dataset_path.read_text(encoding="utf-8"))
+    assert dataset["general"]["caption_extension"] == ".txt"
+    assert dataset["general"]["shuffle_caption"] is False
+    subset = dataset["datasets"][0]["subsets"][0]
+    assert Path(subset["image_dir"]) == pod["images"]
+    assert subset["class_tokens"] == "ohwx man" and subset["num_repeats"] == 10
+    assert dataset["datasets"][0]["resolution"] == 1024
+    params = json.loads((pod["out"] / "training_params.json").read_text(encoding="utf-8"))
+    assert params["lora_version"] == "v3" and params["images"] == 2
+    assert params["params"]["steps"] == 800 and params["params"]["model_type"] == "sdxl"
+    assert params["command"] == shlex.split(result.stdout.strip())
+    _, options = options_of(params["command"])
+    assert Path(options["dataset_config"][0]) == dataset_path
+    assert not (pod["out"] / "argv.json").exists(), "--dry-run must not launch"
+
+
+def test_launch_runs_sd_scripts_with_the_printed_command(pod):
+    result = run_script(SCRIPT, *pod_args(pod), "--launcher", "python",
+                        "--extra-arg", "--noise_offset 0.05")
+    assert result.returncode == 0, result.stderr
+    argv = json.loads((pod["out"] / "argv.json").read_text(encoding="utf-8"))
+    printed = shlex.split(result.stdout.strip())
+    assert printed[0] == sys.executable and printed[1].endswith("sdxl_train_network.py")
+    assert argv == printed[2:]
+    assert argv[-2:] == ["--noise_offset", "0.05"]
+
+
+def test_training_failure_exits_1(pod):
+    result = run_script(SCRIPT, *pod_args(pod), "--launcher", "python",
+                        env={"FAKE_TRAIN_EXIT": "3"})
+    assert result.returncode == 1
+    assert "exited with code 3" in result.stderr
+
+
+def test_config_file_toml_and_json_with_command_line_winning(pod, tmp_path):
+    toml_config = tmp_path / "v3.toml"
+    toml_config.write_text('steps = 700\nnetwork-dim = 16\nshuffle_caption = false\n', encoding="utf-8")
+    result = run_script(SCRIPT, "--print-cmd", *pod_args(pod), "--config", toml_config,
+                        "--network-dim", "64")
+    assert result.returncode == 0, result.stderr
+    _, options = options_of(shlex.split(result.stdout))
+    assert options["max_train_steps"] == ["700"] and options["network_dim"] == ["64"]
+
+    json_config = tmp_path / "v3.json"
+    json_config.write_text(json.dumps({"model_type": "flux", "clip_l": "c", "t5xxl": "t", "ae": "a",
+                                       "blocks_to_swap": 40}), encoding="utf-8")
+    result = run_script(SCRIPT, "--print-cmd", *pod_args(pod), "--config", json_config)
+    assert result.returncode == 2
+    assert "--blocks_to_swap" in result.stderr and "35" in result.stderr
+
+    json_config.write_text(json.dumps({"stepz": 5}), encoding="utf-8")
+    result = run_script(SCRIPT, "--print-cmd", *pod_args(pod), "--config", json_config)
+    assert result.returncode == 2 and "stepz" in result.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# In-process: the checks
+
+
+@pytest.mark.parametrize("extra,model_type,must_name", [
+    (["--no-network_train_unet_only"], "sdxl", ["--cache_text_encoder_outputs", "--network_train_unet_only"]),
+    (["--shuffle_caption"], "sdxl", ["--cache_text_encoder_outputs", "--shuffle_caption"]),
+    (["--caption_dropout_rate", "0.1"], "sdxl", ["--cache_text_encoder_outputs", "--caption_dropout_rate"]),
+    (["--caption_tag_dropout_rate", "0.2"], "flux", ["--cache_text_encoder_outputs", "--caption_tag_dropout_rate"]),
+    (["--caption_dropout_every_n_epochs", "3"], "sdxl",
+     ["--cache_text_encoder_outputs", "--caption_dropout_every_n_epochs"]),
+    (["--extra-arg", "--token_warmup_step 10"], "sdxl", ["--cache_text_encoder_outputs", "--token_warmup_step"]),
+    (["--color_aug"], "sdxl", ["--cache_latents", "--color_aug"]),
+    (["--random_crop"], "flux", ["--cache_latents", "--random_crop"]),
+    (["--full_bf16", "--mixed_precision", "fp16"], "sdxl", ["--full_bf16", "--mixed_precision"]),
+    (["--full_fp16"], "sdxl", ["--full_fp16", "--mixed_precision"]),
+    (["--mixed_precision", "no", "--save_precision", "float"], "flux", ["--fp8_base", "--mixed_precision"]),
+    (["--blocks_to_swap", "36"], "flux", ["--blocks_to_swap", "--model-type flux"]),
+    (["--blocks_to_swap", "8", "--cpu_offload_checkpointing"], "flux",
+     ["--blocks_to_swap", "--cpu_offload_checkpointing"]),
+    (["--learning_rate", "1e-4"], "sdxl", ["--optimizer_type prodigy", "--learning_rate"]),
+    (["--unet_lr", "0.0001"], "sdxl", ["--optimizer_type prodigy", "--unet_lr"]),
+    (["--no-network_train_unet_only", "--no-cache_text_encoder_outputs",
+      "--no-cache_text_encoder_outputs_to_disk", "--text_encoder_lr", "0.5"], "sdxl",
+     ["--optimizer_type prodigy", "--unet_lr", "--text_encoder_lr"]),
+    (["--no-cache_text_encoder_outputs", "--no-cache_text_encoder_outputs_to_disk",
+      "--text_encoder_lr", "1"], "sdxl", ["--network_train_unet_only", "--text_encoder_lr"]),
+    (["--extra-arg", "--text_encoder_lr 1e-5"], "sdxl", ["--extra-arg", "--text_encoder_lr"]),
+])
+def test_conflicts_exit_2_naming_both_flags(tmp_path, capsys, extra, model_type, must_name):
+    with pytest.raises(SystemExit) as exit_info:
+        retrain.main(["--print-cmd", *base_args(tmp_path, model_type), *extra])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    for name in must_name:
+        assert name in error, (name, error)
+
+
+@pytest.mark.parametrize("extra,model_type", [
+    (["--blocks_to_swap", "35"], "flux"),
+    (["--no-cache_text_encoder_outputs", "--no-cache_text_encoder_outputs_to_disk", "--shuffle_caption",
+      "--no-cache_latents", "--no-cache_latents_to_disk", "--color_aug"], "sdxl"),
+    (["--learning_rate", "0.8", "--full_bf16"], "sdxl"),
+    (["--optimizer_type", "AdamW8bit", "--learning_rate", "1e-4"], "sdxl"),
+])
+def test_valid_overrides_print_a_command(tmp_path, capsys, extra, model_type):
+    assert retrain.main(["--print-cmd", *base_args(tmp_path, model_type), *extra]) == 0
+    assert "_train_network.py" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model_type", ["sdxl", "flux"])
+def test_defaults_have_no_conflict_and_only_real_sd_scripts_flags(model_type):
+    settings = retrain.default_settings(model_type)
+    assert retrain.find_conflicts(settings) == []
+    command = retrain.default_command(model_type)
+    launcher, options = options_of(command)
+    known = SD_SCRIPTS_OPTIONS | (SD_SCRIPTS_FLUX_OPTIONS if model_type == "flux" else set())
+    assert set(options) <= known, set(options) - known
+    launcher_flags = {token[2:] for token in launcher if token.startswith("--")}
+    assert launcher_flags <= ACCELERATE_LAUNCH_OPTIONS
+    dataset = retrain.default_dataset_config(model_type)
+    assert set(dataset) == {"general", "datasets"}
+    assert dataset["datasets"][0]["subsets"][0]["num_repeats"] == 10
+
+
+def test_dataset_toml_text_round_trips(tmp_path):
+    settings = retrain.default_settings("sdxl")
+    settings["images"] = tmp_path / 'odd "name" \\ folder'
+    text = retrain.dataset_toml_text(retrain.dataset_config(settings))
+    parsed = tomllib.loads(text)
+    assert parsed == json.loads(json.dumps(retrain.dataset_config(settings)))
+
+
+def test_toml_config_without_tomllib_says_what_to_do(tmp_path, monkeypatch):
+    config = tmp_path / "c.toml"
+    config.write_text("steps = 5\n", encoding="utf-8")
+    monkeypatch.setattr(retrain, "_toml_module", lambda: None)
+    with pytest.raises(retrain.SettingsError, match="tomli"):
+        retrain.load_config_file(config)
+
+
+def test_print_cmd_works_where_torch_and_accelerate_cannot_be_imported(tmp_path):
+    """A machine without GPU, torch or sd-scripts: block those imports and run the script."""
+    import subprocess
+
+    blocker = (
+        "import runpy, sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'accelerate', 'transformers', 'numpy'):\n"
+        "            raise ImportError(f'blocked {name}')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"sys.argv = [{str(Path(retrain.__file__))!r}] + sys.argv[1:]\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", blocker, "--print-cmd", *base_args(tmp_path, "flux")],
+                            capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "flux_train_network.py" in result.stdout
+
+
+def test_accelerate_launcher_needs_accelerate(pod):
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is not None:
+        pytest.skip("accelerate is installed here; the missing-package message cannot be shown")
+    result = run_script(SCRIPT, *pod_args(pod))
+    assert result.returncode == 2
+    assert "accelerate" in result.stderr and "--launcher python" in result.stderr

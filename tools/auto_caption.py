@@ -1,0 +1,353 @@
+"""Caption every image in a folder with BLIP-2 and write kohya-style `name.txt` captions beside them.
+
+Each caption goes to a text file with the image's name and the caption extension (photo.jpg ->
+photo.txt), which is what kohya sd-scripts reads as the caption (`caption_extension = ".txt"`).
+An optional trigger word is put in front ("ohwx, a man in a suit"). Images that already have a
+caption file are skipped unless --overwrite. Images that cannot be read are listed on stderr and
+the run goes on; the exit code is then 1.
+
+Usage (on the pod; downloads Salesforce/blip2-opt-2.7b, about 15 GB, on first use):
+    python3 tools/auto_caption.py --images /workspace/training_images --trigger ohwx
+    python3 tools/auto_caption.py --images /workspace/training_images --trigger ohwx \\
+        --batch-size 8 --load-in-8bit --overwrite
+A local model folder works too (anything saved with save_pretrained):
+    python3 tools/auto_caption.py --images imgs --model /workspace/models/blip2-opt-2.7b
+Tiny CPU run (a random-weight BLIP-2 built by the tests, so the captions are nonsense):
+    python3 -c "import sys; sys.path.insert(0, 'tests'); import tiny_blip2, pathlib; \\
+        tiny_blip2.build_tiny_blip2(pathlib.Path('/tmp/tiny_blip2'))"
+    python3 tools/auto_caption.py --images /tmp/imgs --model /tmp/tiny_blip2 --device cpu \\
+        --min-new-tokens 3 --max-new-tokens 8
+
+Precision: fp16 on CUDA, fp32 on CPU; --load-in-8bit (CUDA + bitsandbytes) roughly halves the
+fp16 memory (blip2-opt-2.7b: about 7.5 GB in fp16, about 4 GB in 8-bit).
+stdout: one line per written caption, `<image path relative to --images>\\t<caption>`.
+stderr: progress bar, skipped and failed images, summary.
+Exit codes: 0 every image captioned or skipped, 1 some images failed, 2 usage/input error
+(missing folder, no images, model that cannot be loaded, 8-bit without CUDA).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+DEFAULT_MODEL = "Salesforce/blip2-opt-2.7b"
+
+# Copied from evals/face_similarity_eval.py:IMAGE_EXTENSIONS
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+# 64 megapixels: far above any SDXL/Flux output, far below what exhausts memory when decoded.
+# Copied from evals/face_similarity_eval.py:MAX_IMAGE_PIXELS
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+# Copied from evals/face_similarity_eval.py:ImageLoadError
+class ImageLoadError(Exception):
+    """An image file that cannot be used; the message says why."""
+
+
+# Copied from evals/face_similarity_eval.py:list_images
+def list_images(folder: Path) -> list[Path]:
+    """Every image file under `folder`, recursively, extensions in any case, in a stable order."""
+    found = [
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+    ]
+    return sorted(found, key=lambda path: path.relative_to(folder).as_posix())
+
+
+# Copied from evals/face_similarity_eval.py:load_image
+def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode `path` to an 8-bit BGR array (H, W, 3), EXIF orientation applied.
+
+    Reads the bytes through pathlib so non-ASCII paths work on Windows too. Grayscale, palette,
+    RGBA (composited on white) and 16-bit images are converted. Raises ImageLoadError with the
+    reason for a file that is not a usable image or is larger than `max_pixels`.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ImageLoadError(f"cannot read file: {error.strerror or error}") from error
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageLoadError(
+                    f"image is {width}x{height} = {width * height / 1e6:.0f} MP, above the "
+                    f"{max_pixels / 1e6:.0f} MP limit; downscale it first"
+                )
+            if image.getexif().get(0x0112, 1) != 1:  # EXIF orientation; skips a copy when upright
+                image = ImageOps.exif_transpose(image)
+            rgb = _to_rgb8(image)
+    except ImageLoadError:
+        raise
+    except Image.UnidentifiedImageError as error:  # its message is just a BytesIO repr
+        raise ImageLoadError("not a readable image (unknown format or broken file)") from error
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageLoadError(f"not a readable image ({type(error).__name__}: {error})") from error
+    # Channel by channel: several times faster than np.ascontiguousarray(rgb[:, :, ::-1]).
+    bgr = np.empty(rgb.shape, dtype=np.uint8)
+    bgr[:, :, 0], bgr[:, :, 1], bgr[:, :, 2] = rgb[:, :, 2], rgb[:, :, 1], rgb[:, :, 0]
+    return bgr
+
+
+# Copied from evals/face_similarity_eval.py:_to_rgb8
+def _to_rgb8(image: Image.Image) -> np.ndarray:
+    """Any PIL mode to an 8-bit RGB array; wide integer and float modes are rescaled, not clipped."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+        elif image.mode.startswith("I;16") or values.max(initial=0) > 255:
+            top = 65535.0  # a 16-bit image is 16-bit even when dark (max <= 255)
+        else:
+            top = 255.0
+        gray = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.stack([gray, gray, gray], axis=-1)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    if image.mode == "RGB":
+        return np.asarray(image)
+    return np.asarray(image.convert("RGB"))
+
+
+class InputError(Exception):
+    """A usage or input problem (exit 2); the message is one clear line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--images", type=Path, required=True,
+                        help="folder of images to caption, searched recursively (required)")
+    parser.add_argument("--trigger", default="",
+                        help="trigger word put in front of every caption as 'TRIGGER, caption' "
+                             "(default: none)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"hub id or local folder of a BLIP-2 model (default: {DEFAULT_MODEL})")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="where to run: auto = cuda when available, else cpu (default: auto)")
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="images per generate() call (default: 4)")
+    parser.add_argument("--load-in-8bit", action="store_true",
+                        help="load the model in 8-bit with bitsandbytes; CUDA only (default: off)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="re-caption images that already have a caption file (default: skip them)")
+    parser.add_argument("--caption-extension", default=".txt",
+                        help="extension of the caption files, as kohya's caption_extension "
+                             "(default: .txt)")
+    parser.add_argument("--prompt", default="",
+                        help="optional text prompt the caption continues, e.g. 'a photo of' "
+                             "(default: none, plain captioning)")
+    parser.add_argument("--max-new-tokens", type=int, default=40,
+                        help="longest caption in tokens (default: 40)")
+    parser.add_argument("--min-new-tokens", type=int, default=0,
+                        help="shortest caption in tokens (default: 0)")
+    parser.add_argument("--num-beams", type=int, default=3,
+                        help="beam search width; 1 = greedy (default: 3)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="Hugging Face cache folder for hub downloads (default: HF_HOME's)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="do not draw the progress bar (default: drawn on stderr)")
+    return parser
+
+
+def caption_path(image_path: Path, extension: str) -> Path:
+    """kohya's convention: the caption sits beside the image, same stem, caption extension."""
+    return image_path.with_suffix(extension)
+
+
+def format_caption(caption: str, trigger: str) -> str:
+    """One line; the trigger word (if any) first, not repeated when the model already wrote it."""
+    caption = " ".join(caption.split())
+    trigger = trigger.strip()
+    if not trigger:
+        return caption
+    if caption.lower().startswith(trigger.lower()):
+        return caption
+    return f"{trigger}, {caption}" if caption else trigger
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder and os.replace, so a caption is never half-written."""
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
+            stream.write(text)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was given but torch sees no CUDA device; use --device cpu")
+    return requested
+
+
+def load_model(model_name: str, device: str, load_in_8bit: bool, cache_dir: Path | None):
+    """Blip2Processor + Blip2ForConditionalGeneration on `device`: fp16 on CUDA, fp32 on CPU."""
+    import torch
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+    local = Path(model_name).expanduser()
+    if local.exists() and not local.is_dir():
+        raise InputError(f"--model {model_name} is a file; give a model folder or a hub id")
+    source = str(local) if local.is_dir() else model_name
+    common = {"cache_dir": str(cache_dir) if cache_dir else None}
+    if local.is_dir():
+        common["local_files_only"] = True
+    kwargs: dict = dict(common)
+    if load_in_8bit:
+        if device != "cuda":
+            raise InputError("--load-in-8bit needs CUDA (bitsandbytes 8-bit has no CPU kernels); "
+                             "drop it or run on the GPU")
+        try:
+            import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
+        except ImportError as error:
+            raise InputError(f"--load-in-8bit needs bitsandbytes: pip install bitsandbytes "
+                             f"({error})") from error
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["device_map"] = {"": 0}
+        kwargs["dtype"] = torch.float16
+    else:
+        kwargs["dtype"] = torch.float16 if device == "cuda" else torch.float32
+    try:
+        processor = Blip2Processor.from_pretrained(source, **common)
+        model = Blip2ForConditionalGeneration.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"cannot load BLIP-2 model {model_name!r}: {first_line}") from error
+    if not load_in_8bit:
+        model = model.to(device)
+    model.eval()
+    if getattr(processor, "num_query_tokens", None) is None:
+        # Older processor configs lack it; without it a text prompt would not get image tokens.
+        processor.num_query_tokens = model.config.num_query_tokens
+    return processor, model
+
+
+def caption_batch(processor, model, images: list[Image.Image], args, device: str) -> list[str]:
+    """Captions for a batch of RGB PIL images (plain strings, special tokens removed)."""
+    import torch
+
+    if args.prompt:
+        inputs = processor(images=images, text=[args.prompt] * len(images), return_tensors="pt")
+    else:
+        inputs = processor(images=images, return_tensors="pt")
+    dtype = next(model.parameters()).dtype if not args.load_in_8bit else torch.float16
+    inputs = {
+        key: (value.to(device, dtype) if key == "pixel_values" else value.to(device))
+        for key, value in inputs.items()
+    }
+    with torch.inference_mode():
+        output = model.generate(
+            **inputs, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
+            num_beams=args.num_beams,
+        )
+    return [text.strip() for text in processor.batch_decode(output, skip_special_tokens=True)]
+
+
+def run(args) -> int:
+    folder: Path = args.images
+    if not folder.is_dir():
+        raise InputError(f"--images {folder} is not a folder")
+    images = list_images(folder)
+    if not images:
+        raise InputError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
+    todo = [path for path in images
+            if args.overwrite or not caption_path(path, args.caption_extension).exists()]
+    skipped = len(images) - len(todo)
+    if skipped:
+        print(f"skipping {skipped} image(s) that already have a {args.caption_extension} caption "
+              f"(--overwrite re-captions them)", file=sys.stderr)
+    failed: list[tuple[Path, str]] = []
+    written = 0
+    if todo:
+        device = resolve_device(args.device)
+        print(f"loading {args.model} on {device}"
+              f"{' (8-bit)' if args.load_in_8bit else ''}", file=sys.stderr)
+        processor, model = load_model(args.model, device, args.load_in_8bit, args.cache_dir)
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="captioning", unit="img", file=sys.stderr,
+                   disable=args.no_progress)
+        for start in range(0, len(todo), args.batch_size):
+            batch_paths = todo[start:start + args.batch_size]
+            loaded: list[tuple[Path, Image.Image]] = []
+            for path in batch_paths:
+                try:
+                    loaded.append((path, Image.fromarray(load_image(path)[:, :, ::-1])))
+                except ImageLoadError as error:
+                    failed.append((path, str(error)))
+            if loaded:
+                try:
+                    captions = caption_batch(processor, model, [image for _, image in loaded],
+                                             args, device)
+                except RuntimeError as error:  # e.g. CUDA out of memory: lose this batch only
+                    captions = [None] * len(loaded)
+                    reason = f"generation failed: {str(error).splitlines()[0]}"
+                    for path, _ in loaded:
+                        failed.append((path, reason))
+                for (path, _), caption in zip(loaded, captions):
+                    if caption is None:
+                        continue
+                    if not caption:
+                        failed.append((path, "the model returned an empty caption"))
+                        continue
+                    text = format_caption(caption, args.trigger)
+                    write_text_atomic(caption_path(path, args.caption_extension), text + "\n")
+                    written += 1
+                    print(f"{path.relative_to(folder).as_posix()}\t{text}", flush=True)
+            bar.update(len(batch_paths))
+        bar.close()
+    for path, reason in failed:
+        print(f"FAILED {path}: {reason}", file=sys.stderr)
+    print(f"captions written: {written}, skipped (already captioned): {skipped}, "
+          f"failed: {len(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.max_new_tokens < 1:
+        parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.min_new_tokens < 0 or args.min_new_tokens > args.max_new_tokens:
+        parser.error(f"--min-new-tokens {args.min_new_tokens} must be between 0 and "
+                     f"--max-new-tokens {args.max_new_tokens}")
+    if args.num_beams < 1:
+        parser.error(f"--num-beams must be at least 1, got {args.num_beams}")
+    if not args.caption_extension.startswith(".") or len(args.caption_extension) < 2:
+        parser.error(f"--caption-extension must look like '.txt', got {args.caption_extension!r}")
+    if args.caption_extension.lower() in IMAGE_EXTENSIONS:
+        parser.error(f"--caption-extension {args.caption_extension} is an image extension; "
+                     "it would overwrite the images")
+    if args.load_in_8bit and args.device == "cpu":
+        parser.error("--load-in-8bit needs CUDA; it cannot be combined with --device cpu")
+    try:
+        return run(args)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

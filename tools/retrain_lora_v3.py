@@ -1,0 +1,840 @@
+"""Train the v3 identity LoRA with kohya sd-scripts (SDXL or Flux), checking the flags before launch.
+
+Builds the sd-scripts command (sdxl_train_network.py, or flux_train_network.py with
+--model-type flux), writes the dataset TOML and training_params.json into the output folder, and
+runs it through `accelerate launch`. Every flag combination that sd-scripts (or Prodigy) rejects
+only after minutes of model loading is refused here first, with both flags named (exit 2).
+
+The v3 recipe (the defaults): Prodigy (--optimizer_type prodigy, --learning_rate 1.0,
+decouple=True weight_decay=0.01 use_bias_correction=True safeguard_warmup=True d_coef=1.0),
+constant scheduler, latents cached to disk, U-Net-only training with cached text-encoder outputs,
+xformers on SDXL / SDPA on Flux, bf16 mixed precision and saves, gradient checkpointing. Flux
+adds fp8 base weights, guidance 1.0, shift timestep sampling and raw model prediction.
+
+Usage (on the pod):
+    python3 tools/retrain_lora_v3.py --base-model /workspace/models/sd_xl_base_1.0.safetensors \\
+        --images /workspace/training_images --trigger ohwx --output /workspace/lora_v3 \\
+        --sd-scripts /workspace/sd-scripts
+    python3 tools/retrain_lora_v3.py --model-type flux --base-model /workspace/models/flux1-dev.safetensors \\
+        --clip-l /workspace/models/clip_l.safetensors --t5xxl /workspace/models/t5xxl_fp16.safetensors \\
+        --ae /workspace/models/ae.safetensors --images /workspace/training_images --trigger ohwx \\
+        --output /workspace/lora_v3_flux --sd-scripts /workspace/sd-scripts
+    python3 tools/retrain_lora_v3.py --config lora_v3.toml          # same keys as the flags
+Tiny CPU run (no GPU, torch or sd-scripts needed; prints the exact command, launches nothing,
+missing paths become warnings):
+    python3 tools/retrain_lora_v3.py --print-cmd --base-model base.safetensors --images imgs \\
+        --trigger ohwx --output out
+    python3 tools/retrain_lora_v3.py --print-cmd --base-model b --images i --trigger t --output o \\
+        --cache_text_encoder_outputs --text_encoder_lr 1e-5        # exit 2, names both flags
+
+Flags that decide a check also take kohya's spelling (--text_encoder_lr, --network_train_unet_only,
+--cache_text_encoder_outputs, ...); booleans have --no-... forms. Any other sd-scripts flag goes
+through --extra-arg "--noise_offset 0.05" (repeatable) and is checked too.
+--dry-run validates strictly, writes the dataset TOML and training_params.json, prints the command
+and does not launch. --launcher python runs the sd-scripts file with this Python, without accelerate.
+Config file (--config): TOML (Python 3.11+, or `pip install tomli` on 3.10) or JSON, a flat table
+whose keys are the flag names (dashes or underscores); flags on the command line win.
+Exit codes: 0 launched and training finished (or --print-cmd/--dry-run), 1 training failed,
+2 usage error, a conflicting flag pair, or a missing input.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SCRIPT_FOR = {"sdxl": "sdxl_train_network.py", "flux": "flux_train_network.py"}
+NETWORK_MODULE_FOR = {"sdxl": "networks.lora", "flux": "networks.lora_flux"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # what sd-scripts' datasets read
+PRODIGY_LR_RANGE = (0.5, 2.0)  # "near 1.0": Prodigy estimates the step size; lr only scales it
+FLUX_MAX_BLOCKS_TO_SWAP = 35  # 19 double + 38 single blocks: n//2 <= 17 and (n - n//2)*2 <= 36
+
+# The v3 recipe. Keys are this script's setting names (= kohya's option names where one exists).
+# known_failures.py (training_flag_test) checks the commands these defaults produce.
+V3_RECIPE = {
+    "common": {
+        "resolution": 1024,
+        "steps": 1500,
+        "save_every": 250,
+        "network_dim": 32,
+        "network_alpha": 16.0,
+        "num_repeats": 10,
+        "train_batch_size": 1,
+        "seed": 42,
+        "optimizer_type": "prodigy",
+        "learning_rate": 1.0,
+        "unet_lr": None,
+        "text_encoder_lr": None,
+        "d_coef": 1.0,
+        "weight_decay": 0.01,
+        "lr_scheduler": "constant",
+        "mixed_precision": "bf16",
+        "save_precision": "bf16",
+        "full_bf16": False,
+        "full_fp16": False,
+        "gradient_checkpointing": True,
+        "cache_latents": True,
+        "cache_latents_to_disk": True,
+        "network_train_unet_only": True,
+        "cache_text_encoder_outputs": True,
+        "cache_text_encoder_outputs_to_disk": True,
+        "cpu_offload_checkpointing": False,
+        "blocks_to_swap": None,
+        "caption_extension": ".txt",
+        "shuffle_caption": False,
+        "caption_dropout_rate": 0.0,
+        "caption_tag_dropout_rate": 0.0,
+        "caption_dropout_every_n_epochs": 0,
+        "color_aug": False,
+        "random_crop": False,
+        "flip_aug": False,
+        "keep_tokens": 0,
+        "max_data_loader_n_workers": 2,
+    },
+    "sdxl": {
+        "xformers": True,
+        "sdpa": False,
+        "fp8_base": False,
+    },
+    "flux": {
+        "xformers": False,
+        "sdpa": True,
+        "fp8_base": True,
+        "guidance_scale": 1.0,
+        "timestep_sampling": "shift",
+        "discrete_flow_shift": 3.1582,
+        "model_prediction_type": "raw",
+    },
+}
+
+BOOL_SETTINGS = (
+    "network_train_unet_only", "cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk",
+    "cache_latents", "cache_latents_to_disk", "gradient_checkpointing", "xformers", "sdpa",
+    "full_bf16", "full_fp16", "fp8_base", "cpu_offload_checkpointing", "shuffle_caption",
+    "color_aug", "random_crop", "flip_aug",
+)
+# Settings that live in the dataset TOML ([general]) rather than on the command line: with
+# --dataset_config, sd-scripts ignores the command-line copies of these.
+DATASET_SETTINGS = (
+    "caption_extension", "shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate",
+    "caption_dropout_every_n_epochs", "color_aug", "random_crop", "flip_aug", "keep_tokens",
+)
+# Kohya options this script writes itself; --extra-arg must not repeat them.
+MANAGED_KOHYA_FLAGS = frozenset(
+    {
+        "pretrained_model_name_or_path", "dataset_config", "output_dir", "output_name",
+        "max_train_steps", "save_every_n_steps", "network_module", "network_dim", "network_alpha",
+        "optimizer_type", "learning_rate", "unet_lr", "text_encoder_lr", "optimizer_args",
+        "lr_scheduler", "mixed_precision", "save_precision", "save_model_as", "seed",
+        "max_data_loader_n_workers", "clip_l", "t5xxl", "ae", "guidance_scale", "timestep_sampling",
+        "discrete_flow_shift", "model_prediction_type", "blocks_to_swap", "train_data_dir",
+        "resolution", "train_batch_size",
+    }
+    | set(BOOL_SETTINGS)
+)
+
+
+class SettingsError(Exception):
+    """A problem with the settings, one line that names the flags involved (exit 2)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser and config file
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="%(prog)s --base-model PATH --images DIR --trigger WORD --output DIR [options] "
+              "(--help lists them)",
+    )
+    common = V3_RECIPE["common"]
+    add = parser.add_argument
+    add("--config", type=Path, default=None,
+        help="TOML or JSON file with defaults for any flag below (default: none)")
+    add("--model-type", choices=sorted(SCRIPT_FOR), default=None,
+        help="sdxl runs sdxl_train_network.py, flux runs flux_train_network.py (default: sdxl)")
+    add("--base-model", "--pretrained_model_name_or_path", dest="base_model", default=None,
+        help="base checkpoint (.safetensors) or Diffusers folder; SDXL also takes a hub id (required)")
+    add("--images", "--image-dir", dest="images", type=Path, default=None,
+        help="folder of training images with optional kohya .txt captions beside them (required)")
+    add("--trigger", default=None,
+        help="trigger word; the class_tokens for images without a caption file (required)")
+    add("--class-word", default=None,
+        help="class word after the trigger in class_tokens, e.g. 'man' (default: none)")
+    add("--output", "--output_dir", dest="output", type=Path, default=None,
+        help="output folder for LoRA files, dataset TOML and training_params.json (required)")
+    add("--output-name", "--output_name", dest="output_name", default=None,
+        help="LoRA file name without extension (default: TRIGGER_v3_MODELTYPE)")
+    add("--sd-scripts", dest="sd_scripts", type=Path, default=None,
+        help="kohya sd-scripts checkout holding the training scripts (default: /workspace/sd-scripts)")
+    add("--clip-l", "--clip_l", dest="clip_l", default=None,
+        help="Flux: CLIP-L weights (.safetensors); required with --model-type flux")
+    add("--t5xxl", default=None,
+        help="Flux: T5-XXL weights (.safetensors); required with --model-type flux")
+    add("--ae", default=None,
+        help="Flux: autoencoder weights (ae.safetensors); required with --model-type flux")
+    add("--resolution", type=int, default=None,
+        help=f"training resolution in pixels, a multiple of 64 (default: {common['resolution']})")
+    add("--steps", "--max_train_steps", dest="steps", type=int, default=None,
+        help=f"training steps (default: {common['steps']})")
+    add("--save-every", "--save_every_n_steps", dest="save_every", type=int, default=None,
+        help=f"save a LoRA every N steps (default: {common['save_every']})")
+    add("--network-dim", "--network_dim", dest="network_dim", type=int, default=None,
+        help=f"LoRA rank (default: {common['network_dim']})")
+    add("--network-alpha", "--network_alpha", dest="network_alpha", type=float, default=None,
+        help=f"LoRA alpha (default: {common['network_alpha']})")
+    add("--num-repeats", dest="num_repeats", type=int, default=None,
+        help=f"dataset repeats per epoch (default: {common['num_repeats']})")
+    add("--train-batch-size", "--train_batch_size", dest="train_batch_size", type=int, default=None,
+        help=f"batch size (default: {common['train_batch_size']})")
+    add("--seed", type=int, default=None, help=f"random seed (default: {common['seed']})")
+    add("--optimizer-type", "--optimizer_type", dest="optimizer_type", default=None,
+        help=f"sd-scripts optimizer (default: {common['optimizer_type']})")
+    add("--learning-rate", "--learning_rate", dest="learning_rate", type=float, default=None,
+        help=f"learning rate; Prodigy wants about 1.0 (default: {common['learning_rate']})")
+    add("--unet-lr", "--unet_lr", dest="unet_lr", type=float, default=None,
+        help="U-Net learning rate (default: none, i.e. --learning_rate)")
+    add("--text-encoder-lr", "--text_encoder_lr", dest="text_encoder_lr", type=float, default=None,
+        help="text-encoder learning rate (default: none; the recipe trains no text encoder)")
+    add("--d-coef", "--d_coef", dest="d_coef", type=float, default=None,
+        help=f"Prodigy d_coef, scales the estimated step size (default: {common['d_coef']})")
+    add("--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=None,
+        help=f"Prodigy decoupled weight decay (default: {common['weight_decay']})")
+    add("--lr-scheduler", "--lr_scheduler", dest="lr_scheduler", default=None,
+        help=f"learning-rate schedule (default: {common['lr_scheduler']})")
+    add("--mixed-precision", "--mixed_precision", dest="mixed_precision",
+        choices=["no", "fp16", "bf16"], default=None,
+        help=f"mixed precision (default: {common['mixed_precision']})")
+    add("--save-precision", "--save_precision", dest="save_precision",
+        choices=["float", "fp16", "bf16"], default=None,
+        help=f"precision of the saved LoRA (default: {common['save_precision']})")
+    add("--blocks-to-swap", "--blocks_to_swap", dest="blocks_to_swap", type=int, default=None,
+        help="Flux: transformer blocks swapped to CPU to save VRAM, at most 35 (default: none)")
+    add("--caption-extension", "--caption_extension", dest="caption_extension", default=None,
+        help=f"caption file extension (default: {common['caption_extension']})")
+    add("--caption-dropout-rate", "--caption_dropout_rate", dest="caption_dropout_rate",
+        type=float, default=None, help="caption dropout rate (default: 0)")
+    add("--caption-tag-dropout-rate", "--caption_tag_dropout_rate", dest="caption_tag_dropout_rate",
+        type=float, default=None, help="caption tag dropout rate (default: 0)")
+    add("--caption-dropout-every-n-epochs", "--caption_dropout_every_n_epochs",
+        dest="caption_dropout_every_n_epochs", type=int, default=None,
+        help="drop all captions every N epochs (default: 0, never)")
+    add("--keep-tokens", "--keep_tokens", dest="keep_tokens", type=int, default=None,
+        help="caption tokens kept in front when shuffling (default: 0)")
+    add("--guidance-scale", "--guidance_scale", dest="guidance_scale", type=float, default=None,
+        help=f"Flux: guidance scale (default: {V3_RECIPE['flux']['guidance_scale']})")
+    add("--timestep-sampling", "--timestep_sampling", dest="timestep_sampling",
+        choices=["sigma", "uniform", "sigmoid", "shift", "flux_shift"], default=None,
+        help=f"Flux: timestep sampling (default: {V3_RECIPE['flux']['timestep_sampling']})")
+    add("--discrete-flow-shift", "--discrete_flow_shift", dest="discrete_flow_shift", type=float,
+        default=None, help=f"Flux: flow shift (default: {V3_RECIPE['flux']['discrete_flow_shift']})")
+    add("--model-prediction-type", "--model_prediction_type", dest="model_prediction_type",
+        choices=["raw", "additive", "sigma_scaled"], default=None,
+        help=f"Flux: prediction type (default: {V3_RECIPE['flux']['model_prediction_type']})")
+    for name in BOOL_SETTINGS:
+        dashed = "--" + name.replace("_", "-")
+        default = V3_RECIPE["common"].get(name, V3_RECIPE["sdxl"].get(name))
+        if name in V3_RECIPE["sdxl"]:
+            default_text = (f"SDXL {'on' if V3_RECIPE['sdxl'][name] else 'off'}, "
+                            f"Flux {'on' if V3_RECIPE['flux'][name] else 'off'}")
+        else:
+            default_text = "on" if default else "off"
+        add(*dict.fromkeys([dashed, "--" + name]), dest=name,
+            action=argparse.BooleanOptionalAction, default=None,
+            help=f"sd-scripts --{name} (recipe default: {default_text})")
+    add("--extra-arg", dest="extra_args", action="append", default=None,
+        help="extra sd-scripts arguments, shell-quoted, e.g. --extra-arg \"--noise_offset 0.05\" "
+             "(repeatable; checked like the rest; default: none)")
+    add("--launcher", choices=["accelerate", "python"], default=None,
+        help="accelerate = `python -m accelerate.commands.launch`; python = run the sd-scripts "
+             "file directly (default: accelerate)")
+    add("--python", dest="python", default=None,
+        help="Python interpreter that runs the training (default: this one)")
+    add("--print-cmd", action="store_true",
+        help="print the exact command as one shell-quoted line and exit 0; launches nothing, "
+             "writes nothing, works without GPU/torch/sd-scripts (missing paths are warnings)")
+    add("--dry-run", action="store_true",
+        help="validate strictly, write the dataset TOML and training_params.json, print the "
+             "command, do not launch")
+    return parser
+
+
+def load_config_file(path: Path) -> dict:
+    """Flat dict from a TOML or JSON file; raises SettingsError with a clear reason."""
+    if not path.is_file():
+        raise SettingsError(f"--config {path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise SettingsError(f"--config {path}: invalid JSON ({error})") from error
+    else:
+        toml = _toml_module()
+        if toml is None:
+            raise SettingsError(
+                f"--config {path}: reading TOML needs Python 3.11+ (tomllib) or `pip install tomli`"
+                " on Python 3.10; or write the config as JSON"
+            )
+        try:
+            data = toml.loads(text)
+        except Exception as error:  # tomllib.TOMLDecodeError / tomli.TOMLDecodeError
+            raise SettingsError(f"--config {path}: invalid TOML ({error})") from error
+    if not isinstance(data, dict):
+        raise SettingsError(f"--config {path}: the top level must be a table of flag = value")
+    return data
+
+
+def _toml_module():
+    try:
+        import tomllib  # Python 3.11+
+        return tomllib
+    except ModuleNotFoundError:
+        try:
+            import tomli
+            return tomli
+        except ModuleNotFoundError:
+            return None
+
+
+def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, config: dict,
+                 config_path: Path) -> None:
+    """Fill flags not given on the command line from the config file (flat keys, - or _)."""
+    dests = {action.dest for action in parser._actions}
+    for key, value in config.items():
+        dest = str(key).replace("-", "_")
+        dest = {"pretrained_model_name_or_path": "base_model", "output_dir": "output",
+                "max_train_steps": "steps", "save_every_n_steps": "save_every",
+                "image_dir": "images", "extra_arg": "extra_args"}.get(dest, dest)
+        if dest not in dests or dest in ("config", "help", "print_cmd", "dry_run"):
+            raise SettingsError(f"--config {config_path}: unknown key {key!r}")
+        if getattr(args, dest) is not None:
+            continue  # the command line wins
+        if dest in ("images", "output", "sd_scripts"):
+            value = Path(value)
+        if dest == "extra_args" and isinstance(value, str):
+            value = [value]
+        setattr(args, dest, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings, validation and the command
+
+
+def resolve_settings(args: argparse.Namespace) -> dict:
+    """Recipe defaults for the model type, overridden by every flag/config value that was set."""
+    model_type = args.model_type or "sdxl"
+    settings = dict(V3_RECIPE["common"])
+    settings.update(V3_RECIPE[model_type])
+    settings["model_type"] = model_type
+    for key, value in vars(args).items():
+        if key in ("config", "print_cmd", "dry_run", "model_type"):
+            continue
+        if value is not None:
+            settings[key] = value
+    settings.setdefault("extra_args", [])
+    settings["extra_args"] = settings["extra_args"] or []
+    settings.setdefault("launcher", "accelerate")
+    settings["launcher"] = settings.get("launcher") or "accelerate"
+    settings["python"] = settings.get("python") or sys.executable
+    settings["sd_scripts"] = Path(settings.get("sd_scripts") or "/workspace/sd-scripts")
+    trigger = settings.get("trigger") or ""
+    if not settings.get("output_name"):
+        settings["output_name"] = f"{trigger or 'lora'}_v3_{model_type}"
+    return settings
+
+
+def parse_extra_args(extra_args: list[str]) -> list[str]:
+    """Shell-split every --extra-arg value into argv tokens."""
+    tokens: list[str] = []
+    for value in extra_args:
+        tokens.extend(shlex.split(value))
+    return tokens
+
+
+def flags_from_tokens(tokens: list[str]) -> dict[str, list[str]]:
+    """{'noise_offset': ['0.05'], 'xformers': []} from ['--noise_offset', '0.05', '--xformers']."""
+    flags: dict[str, list[str]] = {}
+    current = None
+    for token in tokens:
+        if token.startswith("--") and len(token) > 2:
+            name, _, inline = token[2:].partition("=")
+            current = name.replace("-", "_")
+            flags[current] = [inline] if inline else []
+        elif current is not None:
+            flags[current].append(token)
+        else:
+            raise SettingsError(f"--extra-arg: {token!r} is not preceded by a --flag")
+    return flags
+
+
+def effective_options(settings: dict) -> dict:
+    """Settings merged with the --extra-arg flags, as kohya sees them (booleans, numbers)."""
+    options = dict(settings)
+    for name, values in flags_from_tokens(parse_extra_args(settings.get("extra_args", []))).items():
+        if not values:
+            options[name] = True
+        elif len(values) == 1:
+            options[name] = _number_or_text(values[0])
+        else:
+            options[name] = [_number_or_text(value) for value in values]
+    return options
+
+
+def _number_or_text(value: str):
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def _on(options: dict, name: str) -> bool:
+    value = options.get(name)
+    if isinstance(value, (list, tuple)):
+        return any(_on({name: item}, name) for item in value)
+    if isinstance(value, str):
+        return value.lower() not in ("", "0", "false", "no", "none")
+    return bool(value)
+
+
+def _lrs(value) -> list[float]:
+    if value is None or value is False:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [float(item) for item in value]
+    return [float(value)]
+
+
+def find_conflicts(settings: dict) -> list[str]:
+    """Flag combinations sd-scripts or Prodigy reject at run time; each message names both flags."""
+    options = effective_options(settings)
+    model_type = options.get("model_type", "sdxl")
+    problems: list[str] = []
+    te_cached = (_on(options, "cache_text_encoder_outputs")
+                 or _on(options, "cache_text_encoder_outputs_to_disk"))
+    te_lrs = _lrs(options.get("text_encoder_lr"))
+    unet_only = _on(options, "network_train_unet_only")
+
+    if te_cached and te_lrs:
+        problems.append(
+            "--cache_text_encoder_outputs conflicts with --text_encoder_lr: with cached text-encoder "
+            "outputs the text encoders are not trained (sd-scripts asserts 'network for Text Encoder "
+            "cannot be trained with caching Text Encoder outputs'); drop --text_encoder_lr"
+        )
+    if model_type == "sdxl" and te_cached and not unet_only:
+        problems.append(
+            "--cache_text_encoder_outputs needs --network_train_unet_only on SDXL: sd-scripts asserts "
+            "'network for Text Encoder cannot be trained with caching Text Encoder outputs'"
+        )
+    if unet_only and te_lrs and not te_cached:
+        problems.append(
+            "--network_train_unet_only conflicts with --text_encoder_lr: no text encoder is trained, "
+            "so the text-encoder learning rate would be silently ignored; drop one of them"
+        )
+    if te_cached:
+        for name in ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate",
+                     "caption_dropout_every_n_epochs", "token_warmup_step"):
+            if _on(options, name):
+                problems.append(
+                    f"--cache_text_encoder_outputs conflicts with --{name}: cached text-encoder "
+                    f"outputs are computed once per caption, so captions cannot change per step "
+                    f"(sd-scripts asserts 'when caching Text Encoder output, either "
+                    f"caption_dropout_rate, shuffle_caption, token_warmup_step or "
+                    f"caption_tag_dropout_rate cannot be used')"
+                )
+    if _on(options, "cache_latents") or _on(options, "cache_latents_to_disk"):
+        for name in ("color_aug", "random_crop"):
+            if _on(options, name):
+                problems.append(
+                    f"--cache_latents conflicts with --{name}: cached latents are encoded once, so "
+                    f"per-step augmentation is impossible (sd-scripts asserts 'when caching "
+                    f"latents, either color_aug or random_crop cannot be used')"
+                )
+    mixed = str(options.get("mixed_precision") or "no")
+    if _on(options, "full_bf16") and _on(options, "full_fp16"):
+        problems.append("--full_bf16 conflicts with --full_fp16: choose one")
+    if _on(options, "full_bf16") and mixed != "bf16":
+        problems.append(f"--full_bf16 needs --mixed_precision bf16, got --mixed_precision {mixed} "
+                        f"(sd-scripts asserts 'full_bf16 requires mixed precision=bf16')")
+    if _on(options, "full_fp16") and mixed != "fp16":
+        problems.append(f"--full_fp16 needs --mixed_precision fp16, got --mixed_precision {mixed} "
+                        f"(sd-scripts asserts 'full_fp16 requires mixed precision=fp16')")
+    if (_on(options, "fp8_base") or _on(options, "fp8_base_unet")) and mixed == "no":
+        problems.append("--fp8_base needs --mixed_precision fp16 or bf16, got --mixed_precision no "
+                        "(sd-scripts asserts 'fp8_base requires mixed precision')")
+    swap = options.get("blocks_to_swap")
+    if swap not in (None, False, 0):
+        if model_type != "flux":
+            problems.append(f"--blocks_to_swap {swap} is a Flux option; --model-type is {model_type}")
+        else:
+            if int(swap) > FLUX_MAX_BLOCKS_TO_SWAP:
+                problems.append(
+                    f"--blocks_to_swap {swap} is above {FLUX_MAX_BLOCKS_TO_SWAP} for --model-type flux: "
+                    f"Flux has 19 double and 38 single blocks and sd-scripts asserts 'Cannot swap "
+                    f"more than 17 double blocks and 36 single blocks'"
+                )
+            if _on(options, "cpu_offload_checkpointing"):
+                problems.append("--blocks_to_swap conflicts with --cpu_offload_checkpointing "
+                                "(sd-scripts asserts 'blocks_to_swap is not supported with "
+                                "cpu_offload_checkpointing')")
+    optimizer = str(options.get("optimizer_type") or "").lower()
+    if optimizer == "prodigy":
+        low, high = PRODIGY_LR_RANGE
+        base_lr = float(options.get("learning_rate") or 0.0)
+        unet_lr = _lrs(options.get("unet_lr"))[0] if options.get("unet_lr") is not None else base_lr
+        checked = {"--learning_rate": base_lr}
+        if options.get("unet_lr") is not None:
+            checked["--unet_lr"] = unet_lr
+        for flag, value in checked.items():
+            if not low <= value <= high:
+                problems.append(
+                    f"--optimizer_type prodigy needs {flag} near 1.0 (between {low:g} and {high:g}), "
+                    f"got {value:g}: Prodigy estimates the step size itself; tune --d_coef instead"
+                )
+        if not unet_only:  # the text encoders are trained too: one more parameter group each
+            for te_lr in te_lrs or [base_lr]:
+                if te_lr != unet_lr:
+                    problems.append(
+                        f"--optimizer_type prodigy conflicts with different per-group learning rates "
+                        f"(--unet_lr {unet_lr:g}, --text_encoder_lr {te_lr:g}): Prodigy raises "
+                        f"'Setting different lr values in different parameter groups is only "
+                        f"supported for values of 0' at step 1"
+                    )
+                    break
+    elif options.get("d_coef") not in (None, V3_RECIPE["common"]["d_coef"]) and optimizer:
+        problems.append(f"--d_coef is a Prodigy argument; --optimizer_type is {optimizer}")
+    return problems
+
+
+def check_values(settings: dict) -> list[str]:
+    """Single-flag value problems (ranges); messages name the flag."""
+    problems = []
+    for name, flag in (("steps", "--steps"), ("save_every", "--save-every"),
+                       ("network_dim", "--network-dim"), ("num_repeats", "--num-repeats"),
+                       ("train_batch_size", "--train-batch-size")):
+        if int(settings[name]) < 1:
+            problems.append(f"{flag} must be at least 1, got {settings[name]}")
+    if float(settings["network_alpha"]) <= 0:
+        problems.append(f"--network-alpha must be above 0, got {settings['network_alpha']}")
+    if int(settings["resolution"]) < 64 or int(settings["resolution"]) % 64:
+        problems.append(f"--resolution must be a positive multiple of 64, got {settings['resolution']}")
+    for name in ("caption_dropout_rate", "caption_tag_dropout_rate"):
+        if not 0.0 <= float(settings[name]) <= 1.0:
+            problems.append(f"--{name} must be between 0 and 1, got {settings[name]}")
+    if settings.get("trigger") is not None and not str(settings["trigger"]).strip():
+        problems.append("--trigger must not be empty")
+    tokens = parse_extra_args(settings.get("extra_args", []))
+    for name in flags_from_tokens(tokens):
+        if name in MANAGED_KOHYA_FLAGS:
+            problems.append(f"--extra-arg --{name} repeats a flag this script sets; pass "
+                            f"--{name} to this script instead")
+    if settings["model_type"] != "flux":
+        for name in ("clip_l", "t5xxl", "ae"):
+            if settings.get(name):
+                problems.append(f"--{name.replace('_', '-')} is a Flux input; add --model-type flux")
+    return problems
+
+
+def missing_values(settings: dict) -> list[str]:
+    """Required flags that were not given (always an error, --print-cmd included)."""
+    problems = []
+    for name, flag in (("base_model", "--base-model"), ("images", "--images"),
+                       ("trigger", "--trigger"), ("output", "--output")):
+        if not settings.get(name):
+            problems.append(f"{flag} is required (on the command line or in --config)")
+    if settings["model_type"] == "flux":
+        for name in ("clip_l", "t5xxl", "ae"):
+            if not settings.get(name):
+                problems.append(f"--{name.replace('_', '-')} is required with --model-type flux")
+    return problems
+
+
+def missing_inputs(settings: dict) -> list[str]:
+    """Paths that do not exist: errors, or warnings under --print-cmd (which needs no pod)."""
+    problems = []
+    model_type = settings["model_type"]
+    script = Path(settings["sd_scripts"]) / SCRIPT_FOR[model_type]
+    if not Path(settings["sd_scripts"]).is_dir():
+        problems.append(f"--sd-scripts {settings['sd_scripts']} is not a folder; clone "
+                        f"kohya-ss/sd-scripts there or pass --sd-scripts")
+    elif not script.is_file():
+        problems.append(f"--sd-scripts {settings['sd_scripts']} has no {SCRIPT_FOR[model_type]}; "
+                        f"is it a kohya sd-scripts checkout (the sd3 branch or newer for Flux)?")
+    base = settings.get("base_model")
+    if base and not Path(base).exists():
+        looks_like_hub_id = (model_type == "sdxl" and base.count("/") == 1 and not base.startswith(".")
+                             and Path(base).suffix.lower() not in (".safetensors", ".ckpt", ".sft"))
+        if not looks_like_hub_id:
+            problems.append(f"--base-model {base} does not exist")
+    if model_type == "flux":
+        for name in ("clip_l", "t5xxl", "ae"):
+            flag = "--" + name.replace("_", "-")
+            if settings.get(name) and not Path(settings[name]).exists():
+                problems.append(f"{flag} {settings[name]} does not exist")
+    images = settings.get("images")
+    if images:
+        folder = Path(images)
+        if not folder.is_dir():
+            problems.append(f"--images {folder} is not a folder")
+        elif not any(path.suffix.lower() in IMAGE_SUFFIXES for path in folder.iterdir()
+                     if path.is_file()):
+            problems.append(f"--images {folder} has no images ({', '.join(IMAGE_SUFFIXES)}) at its "
+                            f"top level, which is all sd-scripts reads")
+    return problems
+
+
+def dataset_config_path(settings: dict) -> Path:
+    return Path(settings["output"]) / "dataset_v3.toml"
+
+
+def dataset_config(settings: dict) -> dict:
+    """The kohya dataset config ([general] / [[datasets]] / [[datasets.subsets]]) as a dict."""
+    class_tokens = " ".join(part for part in (settings.get("trigger"), settings.get("class_word"))
+                            if part)
+    general = {name: settings[name] for name in DATASET_SETTINGS}
+    return {
+        "general": general,
+        "datasets": [
+            {
+                "resolution": int(settings["resolution"]),
+                "batch_size": int(settings["train_batch_size"]),
+                "enable_bucket": True,
+                "bucket_no_upscale": True,
+                "subsets": [
+                    {
+                        "image_dir": str(settings.get("images") or ""),
+                        "class_tokens": class_tokens,
+                        "num_repeats": int(settings["num_repeats"]),
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string is JSON-compatible
+
+
+def dataset_toml_text(config: dict) -> str:
+    """Serialise dataset_config() to TOML (stdlib has no TOML writer)."""
+    lines = ["# Written by tools/retrain_lora_v3.py: kohya sd-scripts dataset config (--dataset_config).",
+             "[general]"]
+    lines += [f"{key} = {_toml_value(value)}" for key, value in config["general"].items()]
+    for dataset in config["datasets"]:
+        lines += ["", "[[datasets]]"]
+        lines += [f"{key} = {_toml_value(value)}" for key, value in dataset.items() if key != "subsets"]
+        for subset in dataset["subsets"]:
+            lines += ["", "  [[datasets.subsets]]"]
+            lines += [f"  {key} = {_toml_value(value)}" for key, value in subset.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def build_command(settings) -> list[str]:
+    """The full argv (launcher + sd-scripts script + flags) for resolved settings (dict or Namespace)."""
+    if isinstance(settings, argparse.Namespace):
+        settings = resolve_settings(settings)
+    model_type = settings["model_type"]
+    script = Path(settings["sd_scripts"]) / SCRIPT_FOR[model_type]
+    python = settings.get("python") or sys.executable
+    if settings.get("launcher", "accelerate") == "python":
+        command = [python, str(script)]
+    else:
+        command = [python, "-m", "accelerate.commands.launch", "--num_processes", "1",
+                   "--num_machines", "1", "--num_cpu_threads_per_process", "2",
+                   "--dynamo_backend", "no", "--mixed_precision", str(settings["mixed_precision"]),
+                   str(script)]
+    args = [
+        "--pretrained_model_name_or_path", str(settings.get("base_model") or ""),
+        "--dataset_config", str(dataset_config_path(settings)) if settings.get("output") else "",
+        "--output_dir", str(settings.get("output") or ""),
+        "--output_name", str(settings["output_name"]),
+        "--save_model_as", "safetensors",
+        "--max_train_steps", str(settings["steps"]),
+        "--save_every_n_steps", str(settings["save_every"]),
+        "--network_module", NETWORK_MODULE_FOR[model_type],
+        "--network_dim", str(settings["network_dim"]),
+        "--network_alpha", _fmt(settings["network_alpha"]),
+        "--optimizer_type", str(settings["optimizer_type"]),
+        "--learning_rate", _fmt(settings["learning_rate"]),
+    ]
+    if settings.get("unet_lr") is not None:
+        args += ["--unet_lr", _fmt(settings["unet_lr"])]
+    if settings.get("text_encoder_lr") is not None:
+        args += ["--text_encoder_lr"] + [_fmt(value) for value in _lrs(settings["text_encoder_lr"])]
+    if str(settings["optimizer_type"]).lower() == "prodigy":
+        args += ["--optimizer_args", "decouple=True", f"weight_decay={_fmt(settings['weight_decay'])}",
+                 "use_bias_correction=True", "safeguard_warmup=True",
+                 f"d_coef={_fmt(settings['d_coef'])}"]
+    args += [
+        "--lr_scheduler", str(settings["lr_scheduler"]),
+        "--mixed_precision", str(settings["mixed_precision"]),
+        "--save_precision", str(settings["save_precision"]),
+        "--seed", str(settings["seed"]),
+        "--max_data_loader_n_workers", str(settings["max_data_loader_n_workers"]),
+        "--persistent_data_loader_workers",
+    ]
+    for name in BOOL_SETTINGS:
+        if name in DATASET_SETTINGS:
+            continue  # written to the dataset TOML
+        if settings.get(name):
+            args.append("--" + name)
+    if model_type == "flux":
+        args += [
+            "--clip_l", str(settings.get("clip_l") or ""),
+            "--t5xxl", str(settings.get("t5xxl") or ""),
+            "--ae", str(settings.get("ae") or ""),
+            "--guidance_scale", _fmt(settings["guidance_scale"]),
+            "--timestep_sampling", str(settings["timestep_sampling"]),
+            "--discrete_flow_shift", _fmt(settings["discrete_flow_shift"]),
+            "--model_prediction_type", str(settings["model_prediction_type"]),
+        ]
+        if settings.get("blocks_to_swap"):
+            args += ["--blocks_to_swap", str(settings["blocks_to_swap"])]
+    args += parse_extra_args(settings.get("extra_args", []))
+    return command + args
+
+
+def default_settings(model_type: str) -> dict:
+    """The recipe defaults with placeholder paths (what known_failures.py inspects)."""
+    args = build_parser().parse_args([
+        "--model-type", model_type, "--base-model", "/workspace/models/base.safetensors",
+        "--images", "/workspace/training_images", "--trigger", "ohwx",
+        "--output", "/workspace/lora_v3", "--sd-scripts", "/workspace/sd-scripts",
+    ] + (["--clip-l", "/workspace/models/clip_l.safetensors",
+          "--t5xxl", "/workspace/models/t5xxl_fp16.safetensors",
+          "--ae", "/workspace/models/ae.safetensors"] if model_type == "flux" else []))
+    return resolve_settings(args)
+
+
+def default_command(model_type: str) -> list[str]:
+    """The command the recipe defaults produce for `model_type` ('sdxl' or 'flux'), unvalidated."""
+    return build_command(default_settings(model_type))
+
+
+def default_dataset_config(model_type: str) -> dict:
+    """The dataset TOML content the recipe defaults produce (dataset options live there)."""
+    return dataset_config(default_settings(model_type))
+
+
+def training_params(settings: dict, command: list[str], image_count: int) -> dict:
+    """What evals/scorecard.py's history records about this training run."""
+    keys = ("model_type", "base_model", "trigger", "class_word", "output_name", "resolution", "steps",
+            "save_every", "network_dim", "network_alpha", "num_repeats", "train_batch_size", "seed",
+            "optimizer_type", "learning_rate", "unet_lr", "text_encoder_lr", "d_coef",
+            "weight_decay", "lr_scheduler", "mixed_precision", "save_precision", "blocks_to_swap",
+            "clip_l", "t5xxl", "ae", "guidance_scale", "timestep_sampling", "discrete_flow_shift",
+            "model_prediction_type") + BOOL_SETTINGS + DATASET_SETTINGS
+    params = {key: settings.get(key) for key in dict.fromkeys(keys)}
+    return {
+        "lora_version": "v3",
+        "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "script": "tools/retrain_lora_v3.py",
+        "images_dir": str(settings.get("images")),
+        "images": image_count,
+        "output_dir": str(settings.get("output")),
+        "dataset_config": str(dataset_config_path(settings)),
+        "extra_args": list(settings.get("extra_args", [])),
+        "params": params,
+        "command": command,
+    }
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
+            stream.write(text)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def shell_line(command: list[str]) -> str:
+    return " ".join(shlex.quote(part) for part in command)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.config is not None:
+            apply_config(parser, args, load_config_file(args.config), args.config)
+        settings = resolve_settings(args)
+        problems = missing_values(settings) + check_values(settings) + find_conflicts(settings)
+    except SettingsError as error:
+        parser.error(str(error))
+    if problems:
+        parser.error("; ".join(problems) if len(problems) == 1 else
+                     f"{len(problems)} problems:\n  " + "\n  ".join(problems))
+    missing = missing_inputs(settings)
+    if missing and args.print_cmd:
+        for message in missing:
+            print(f"warning: {message}", file=sys.stderr)
+    elif missing:
+        parser.error(missing[0] if len(missing) == 1 else
+                     f"{len(missing)} missing inputs:\n  " + "\n  ".join(missing))
+    command = build_command(settings)
+    if args.print_cmd:
+        print(shell_line(command))
+        return 0
+    if settings["launcher"] == "accelerate" and not args.dry_run:
+        if importlib.util.find_spec("accelerate") is None:
+            parser.error("--launcher accelerate needs the accelerate package (pip install "
+                         "accelerate==1.11.0, see requirements-pod.txt) or use --launcher python")
+    output = Path(settings["output"])
+    output.mkdir(parents=True, exist_ok=True)
+    images = [path for path in Path(settings["images"]).iterdir()
+              if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES]
+    write_text_atomic(dataset_config_path(settings), dataset_toml_text(dataset_config(settings)))
+    params = training_params(settings, command, len(images))
+    write_text_atomic(output / "training_params.json", json.dumps(params, indent=2) + "\n")
+    print(f"wrote {dataset_config_path(settings)} and {output / 'training_params.json'}",
+          file=sys.stderr)
+    print(shell_line(command))
+    if args.dry_run:
+        return 0
+    print(f"launching sd-scripts {SCRIPT_FOR[settings['model_type']]} in {settings['sd_scripts']}",
+          file=sys.stderr, flush=True)
+    try:
+        completed = subprocess.run(command, cwd=str(settings["sd_scripts"]))
+    except OSError as error:
+        print(f"error: cannot start {command[0]}: {error}", file=sys.stderr)
+        return 2
+    if completed.returncode != 0:
+        print(f"error: training failed: {shell_line(command[:2])} ... exited with code "
+              f"{completed.returncode}", file=sys.stderr)
+        return 1
+    print(f"training finished; LoRA files in {output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
