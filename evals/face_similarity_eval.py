@@ -18,8 +18,9 @@ Usage:
   python3 evals/face_similarity_eval.py --backend dlib --no-cache \\
       --generated ../shared/faces/crops --reference ../shared/faces/photos
 
-Exit codes: 0 PASS, 1 FAIL, 2 usage or input error (missing/empty folder, no usable reference
-face, missing or broken model pack, --device cuda without a working CUDA provider).
+Exit codes: 0 PASS, 1 FAIL, 2 usage or input error (missing/empty folder, no generated image
+readable at all, no usable reference face, missing or broken model pack, --device cuda without a
+working CUDA provider).
 Stdout: one row per generated image, then the summary. Progress and warnings: stderr.
 
 What PASS means: mean >= threshold and detection_rate >= --min-detection-rate, where `mean` is
@@ -96,6 +97,11 @@ from PIL import Image, ImageOps
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 # 64 megapixels: far above any SDXL/Flux output, far below what exhausts memory when decoded.
 MAX_IMAGE_PIXELS = 64_000_000
+
+
+# The one recipe that leaves onnxruntime-gpu alone in the environment (README.md, requirements-pod.txt).
+ONNXRUNTIME_FIX = ("pip uninstall -y onnxruntime && "
+                   "pip install --force-reinstall --no-deps onnxruntime-gpu=={version}")
 
 
 class ImageLoadError(Exception):
@@ -305,13 +311,13 @@ def cuda_fallback_diagnosis() -> str:
     if "onnxruntime" in dists and "onnxruntime-gpu" in dists:
         return (f"both onnxruntime {dists['onnxruntime']} and onnxruntime-gpu "
                 f"{dists['onnxruntime-gpu']} are installed; they share one 'onnxruntime' folder "
-                f"and the CPU build wins. Fix: pip uninstall -y onnxruntime onnxruntime-gpu && "
-                f"pip install --no-deps onnxruntime-gpu=={gpu_version}")
+                f"and the CPU build wins. Fix (as in requirements-pod.txt): "
+                f"{ONNXRUNTIME_FIX.format(version=gpu_version)}")
     if "CUDAExecutionProvider" not in available:
         installed = ", ".join(f"{k} {v}" for k, v in dists.items()) or "no onnxruntime package"
         return (f"this ONNX Runtime has no CUDAExecutionProvider (installed: {installed}; "
-                f"available providers: {available}). Fix: pip uninstall -y onnxruntime && "
-                f"pip install --no-deps onnxruntime-gpu=={gpu_version}")
+                f"available providers: {available}). Fix (as in requirements-pod.txt): "
+                f"{ONNXRUNTIME_FIX.format(version=gpu_version)}")
     return ("CUDAExecutionProvider is installed but the session fell back to CPU: usually a "
             "CUDA/cuDNN mismatch (onnxruntime-gpu 1.23 needs CUDA 12.x and cuDNN 9 libraries on "
             "the library path; importing torch first or `pip install nvidia-cudnn-cu12` "
@@ -947,6 +953,11 @@ def evaluate(generated_dir, reference_dir, *, threshold=None, backend="insightfa
                          passed=bool(similarity >= threshold), detected_by=record.detected_by)
         images.append(entry)
     progress.close()
+    unreadable = [entry for entry in images if entry["error"] is not None]
+    if len(unreadable) == len(images):
+        # Nothing to score is an input error, as for an empty folder (skin_realism_eval agrees).
+        raise InputError(f"--generated {generated_dir}: none of its {len(images)} images could "
+                         f"be read; first: {unreadable[0]['path']}: {unreadable[0]['error']}")
     if isinstance(engine, InsightFaceBackend):
         engine.refresh_providers()
 

@@ -53,7 +53,9 @@ the newest run of that run id or lora version: per-metric deltas, and a bootstra
 (exit 2). Without --compare-to the report still compares with the newest run of another version.
 face_similarity_mean counts an image without a face as 0, like the face eval's summary mean.
 
-Exit codes: 0 written; 1 --compare-to found a significant regression; 2 usage or input error.
+Exit codes: 0 written; 1 --compare-to found a significant regression; 2 usage or input error
+(also when --compare-to cannot decide: the target run has no per-image sidecar, or either run has
+fewer than 3 images; the new run is still recorded).
 """
 from __future__ import annotations
 
@@ -1337,6 +1339,12 @@ def _run(args: argparse.Namespace, training_params) -> int:
               f"(interval {comparison['interval'][0]:+.3f} .. {comparison['interval'][1]:+.3f})",
               file=sys.stderr)
         return 1
+    if comparison and target is not None and comparison["verdict"].startswith("unknown"):
+        # A gate that cannot decide must not read as a pass.
+        print(f"error: --compare-to {args.compare_to}: cannot decide against {target['run_id']}: "
+              f"{comparison['verdict']}; this run was recorded, the comparison was not made",
+              file=sys.stderr)
+        return 2
     return 0
 
 

@@ -120,3 +120,17 @@ def test_model_folder_that_is_not_blip2_exits_2(tmp_path, hf_env):
     assert result.returncode == 2
     assert "cannot load BLIP-2 model" in result.stderr
     assert not (images / "x.txt").exists()
+
+
+def test_missing_local_model_folder_exits_2_without_a_download(tmp_path, hf_env):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (120, 90, 70)).save(images / "x.png")
+    result = run_script(SCRIPT, *caption_args(images, tmp_path / "missing_model"), env=hf_env)
+    assert result.returncode == 2
+    assert "no such model folder" in result.stderr
+    module = load_script(SCRIPT)
+    assert module.looks_like_path("C:\\models\\blip2") and module.looks_like_path("./blip2")
+    assert not module.looks_like_path("Salesforce/blip2-opt-2.7b")

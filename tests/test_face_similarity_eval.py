@@ -151,7 +151,7 @@ def test_cli_fail_is_exit_1(tiny_pack, identity_dirs, tmp_path):
     assert "RESULT: FAIL" in result.stdout
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "no_images", "file"])
+@pytest.mark.parametrize("case", ["missing", "empty", "no_images", "file", "all_unreadable"])
 def test_cli_bad_folder_is_exit_2_with_one_line(case, tiny_pack, tmp_path):
     ref = tmp_path / "ref"
     save_bgr(face_image(1), ref / "r.png")
@@ -163,10 +163,16 @@ def test_cli_bad_folder_is_exit_2_with_one_line(case, tiny_pack, tmp_path):
         (gen / "notes.txt").write_text("not an image", encoding="utf-8")
     elif case == "file":
         gen.write_text("x", encoding="utf-8")
+    elif case == "all_unreadable":
+        gen.mkdir()
+        (gen / "broken.png").write_bytes(b"not a png at all")
     result = run_script(SCRIPT, "--generated", gen, "--reference", ref, "--model-pack", tiny_pack,
                         "--no-cache")
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
+    if case == "all_unreadable":  # found only after the references were embedded (progress)
+        lines = lines[-1:]
+        assert "none of its 1 images could be read; first: broken.png" in lines[0]
     assert len(lines) == 1 and lines[0].startswith("error: --generated"), result.stderr
     assert str(gen) in lines[0]
     assert result.stdout == ""
@@ -239,7 +245,8 @@ def test_cuda_diagnosis_names_the_double_install(monkeypatch):
                         lambda: {"onnxruntime": "1.23.2", "onnxruntime-gpu": "1.23.2"})
     message = fse.cuda_fallback_diagnosis()
     assert "both onnxruntime" in message
-    assert "pip uninstall -y onnxruntime onnxruntime-gpu" in message
+    assert ("pip uninstall -y onnxruntime && pip install --force-reinstall --no-deps "
+            "onnxruntime-gpu==1.23.2") in message
 
 
 def test_cli_dlib_device_cuda_is_exit_2(faces_dir, tmp_path):

@@ -154,6 +154,15 @@ def test_references_that_are_not_stale_pass(project):
     assert lines["stale_reference_test"][0] == "PASS", lines["stale_reference_test"][1]
 
 
+def test_an_output_name_in_a_missing_folder_is_still_stale(project):
+    notes = project / "context" / "notes.md"
+    stale = "evals/" + "old/latest_report.md"
+    notes.write_text(f"The old report was {stale}.\n", encoding="utf-8")
+    _, lines = run_checks(project, "--only", "stale_reference_test")
+    verdict, reason = lines["stale_reference_test"]
+    assert verdict == "FAIL" and f"names {stale}, which does not exist" in reason
+
+
 def test_startup_file_300_lines_over_fails(project):
     first = known_failures.startup_files(project)[0]
     path = project / first

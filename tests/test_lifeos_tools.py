@@ -126,6 +126,19 @@ def test_freshness_fails_on_a_date_100_days_back(project):
                                f"100 days ago, older than 30 days")
 
 
+def test_freshness_fails_on_a_date_in_the_future(project):
+    today = dt.date.fromisoformat(newest_last_updated(project))
+    path = project / "CLAUDE.md"
+    text = re.sub(r"Last updated:\s*\d{4}-\d{2}-\d{2}",
+                  f"Last updated: {today + dt.timedelta(days=400)}", path.read_text(encoding="utf-8"))
+    path.write_text(text, encoding="utf-8")
+    completed = run_script("tools/lifeos_freshness_check.py", "--project-root", project,
+                           "--today", today.isoformat())
+    assert completed.returncode == 1
+    assert "FAIL freshness doc CLAUDE.md: 'Last updated'" in completed.stdout
+    assert "is in the future" in completed.stdout
+
+
 def test_freshness_falls_back_to_git_date_and_flags_briefing_and_tasks(project):
     module = load_script("tools/lifeos_freshness_check.py")
     path = project / "PROGRESS.md"

@@ -200,6 +200,28 @@ def test_lock_blocks_a_second_cycle_and_stale_lock_is_replaced(tmp_path):
     lock.unlink()
 
 
+def test_a_folder_that_is_not_a_git_repository_is_a_usage_error(tmp_path):
+    completed = run_script("tools/run_full_cycle.py", "--project-root", tmp_path, "--dry-run")
+    assert completed.returncode == 2
+    assert "is not the root of a git repository" in completed.stderr
+    assert not (tmp_path / ".cycle-logs").exists() and not (tmp_path / ".cycle.lock").exists()
+
+
+def test_a_lock_just_created_but_not_yet_written_is_held(tmp_path):
+    module = load_script("tools/run_full_cycle.py")
+    (tmp_path / module.LOCK_NAME).write_text("", encoding="utf-8")
+    with pytest.raises(RuntimeError, match="another cycle is starting"):
+        module.acquire_lock(tmp_path)
+
+
+def test_agent_command_splits_like_the_platform_shell():
+    module = load_script("tools/run_full_cycle.py")
+    assert module.split_command('py -3 "C:\\a b\\agent.py" --x', windows=True) == [
+        "py", "-3", "C:\\a b\\agent.py", "--x"]
+    assert module.split_command("python3 '/tmp/a b/agent.py' --x", windows=False) == [
+        "python3", "/tmp/a b/agent.py", "--x"]
+
+
 def test_files_written_by_cycle_ignores_earlier_user_changes():
     module = load_script("tools/run_full_cycle.py")
     before = {"notes.md": "aaa", "PROGRESS.md": "bbb"}

@@ -335,6 +335,12 @@ def test_compare_to_flags_regressions_not_noise(sweeps, tmp_path):
                        "--history", out / "eval_history.jsonl", "--compare-to", "v1")
     assert other.returncode == 2 and "backend" in other.stderr
     assert len(_lines(out / "eval_history.jsonl")) == 3
+    # Without the target's per-image sidecar the gate cannot decide: that is not a pass.
+    (out / json.loads(first.stdout)["details"]).unlink()
+    undecided = _score(sweeps, sweeps["worse"], out, "--compare-to", "v1", version="v5")
+    assert undecided.returncode == 2, undecided.stderr
+    assert "cannot decide" in undecided.stderr and "no per-image details" in undecided.stderr
+    assert len(_lines(out / "eval_history.jsonl")) == 4
 
 
 @pytest.mark.slow

@@ -199,6 +199,12 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def looks_like_path(name: str) -> bool:
+    """True for a local path (absolute, ./ ../ ~, a drive letter or backslash); False for owner/name."""
+    return (name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or "\\" in name
+            or (len(name) > 1 and name[1] == ":") or name.count("/") > 1)
+
+
 def load_model(model_name: str, device: str, load_in_8bit: bool, cache_dir: Path | None):
     """Blip2Processor + Blip2ForConditionalGeneration on `device`: fp16 on CUDA, fp32 on CPU."""
     import torch
@@ -207,6 +213,9 @@ def load_model(model_name: str, device: str, load_in_8bit: bool, cache_dir: Path
     local = Path(model_name).expanduser()
     if local.exists() and not local.is_dir():
         raise InputError(f"--model {model_name} is a file; give a model folder or a hub id")
+    if not local.exists() and looks_like_path(model_name):
+        # A hub id is "owner/name"; a missing folder must not turn into a download attempt.
+        raise InputError(f"--model {model_name}: no such model folder")
     source = str(local) if local.is_dir() else model_name
     common = {"cache_dir": str(cache_dir) if cache_dir else None}
     if local.is_dir():
@@ -270,6 +279,11 @@ def run(args) -> int:
     images = list_images(folder)
     if not images:
         raise InputError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
+    nested = [path for path in images if path.parent != folder]
+    if nested:
+        print(f"warning: {len(nested)} image(s) are in subfolders of {folder} (e.g. "
+              f"{nested[0].relative_to(folder).as_posix()}); tools/retrain_lora_v3.py trains on "
+              f"the top level of the image folder only", file=sys.stderr)
     todo = [path for path in images
             if args.overwrite or not caption_path(path, args.caption_extension).exists()]
     skipped = len(images) - len(todo)

@@ -96,7 +96,10 @@ def check_documents(project_root: Path, today: dt.date, max_age: int) -> list[tu
         date, source = document_date(project_root, relative)
         age = (today - date).days
         detail = f"doc {relative}: updated {date} ({source}), {age} days ago"
-        if age > max_age:
+        if age < 0:
+            results.append((False, f"doc {relative}: 'Last updated' {date} is in the future "
+                                   f"(today is {today}); correct the date"))
+        elif age > max_age:
             results.append((False, f"{detail}, older than {max_age} days; review it and update "
                                    f"its 'Last updated:' line"))
         else:

@@ -50,6 +50,7 @@ from pathlib import Path
 DEFAULT_STEP_TIMEOUT = 3600
 TAIL_LINES = 25
 LOCK_NAME = ".cycle.lock"
+FRESH_LOCK_SECONDS = 30
 LOG_DIR = ".cycle-logs"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 BRIEFING_NAME = re.compile(r"^briefing-(\d{4}-\d{2}-\d{2})\.md$")
@@ -129,6 +130,13 @@ def acquire_lock(root: Path) -> Path:
                 holder = json.loads(lock.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 holder = {}
+            try:
+                lock_age = time.time() - lock.stat().st_mtime
+            except FileNotFoundError:
+                continue  # released meanwhile: try again
+            if not holder and lock_age < FRESH_LOCK_SECONDS:
+                # Created by another cycle an instant ago and not yet written: it is held.
+                raise RuntimeError(f"another cycle is starting (lock file {lock} was just created)")
             same_host = holder.get("host") == socket.gethostname()
             if same_host and pid_alive(int(holder.get("pid", 0))):
                 raise RuntimeError(f"another cycle is running (pid {holder['pid']} since "
@@ -300,8 +308,13 @@ def default_agent_command(root: Path, today: str) -> list[str]:
     return ["claude", "-p", prompt, "--permission-mode", "acceptEdits", "--max-turns", "60"]
 
 
-def split_command(text: str) -> list[str]:
-    return shlex.split(text, posix=os.name != "nt")
+def split_command(text: str, windows: bool = os.name == "nt") -> list[str]:
+    """Split --agent-cmd like the platform's shell would: POSIX rules, or Windows quoting."""
+    if not windows:
+        return shlex.split(text)
+    # shlex in non-POSIX mode keeps the quotes inside each token ('"C:\\a b\\x.py"').
+    return [token[1:-1] if len(token) >= 2 and token[0] == token[-1] == '"' else token
+            for token in shlex.split(text, posix=False)]
 
 
 def resolve_executable(command: list[str]) -> list[str]:
@@ -355,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--step-timeout must be a positive number of seconds")
     if shutil.which("git") is None:
         parser.error("git is not on PATH; the cycle needs it")
+    toplevel = git(root, "rev-parse", "--show-toplevel", check=False)
+    if toplevel.returncode != 0 or Path(toplevel.stdout.strip()).resolve() != root:
+        parser.error(f"--project-root {root} is not the root of a git repository; the cycle "
+                     f"commits what it writes, so run it in the repository's top folder")
 
     today = dt.date.today().isoformat()
     agent_command = (split_command(args.agent_cmd) if args.agent_cmd
