@@ -112,7 +112,7 @@ def test_full_cycle_promotes_scores_commits_once_and_never_pushes(clone, cycle_e
     reference.mkdir()
     shutil.copy(faces_dir / "photos/obama_1.jpg", sweep / "step100_str0.80_cfg4.0_seed1.jpg")
     shutil.copy(faces_dir / "photos/biden_2.jpg", sweep / "step100_str0.80_cfg4.0_seed2.jpg")
-    for name in ("obama_2.jpg", "obama_4.jpg"):
+    for name in ("obama_2.jpg", "obama_3.jpg", "obama_4.jpg"):  # the skin eval needs 3+
         shutil.copy(faces_dir / "photos" / name, reference / name)
     remote_before = git(tmp_path / "remote.git", "rev-parse", "main")
     agent = stand_in_agent(tmp_path, BRIEFING_AGENT)
@@ -165,14 +165,14 @@ def test_agent_without_briefing_fails_step_5(clone, cycle_env, tmp_path):
 def test_agent_timeout_is_stopped(clone, cycle_env, tmp_path):
     agent = stand_in_agent(tmp_path, "import time\nprint('thinking', flush=True)\ntime.sleep(600)\n")
     completed = run_script("tools/run_full_cycle.py", "--project-root", clone, "--agent-cmd", agent,
-                           "--step-timeout", "60", env=cycle_env, timeout=900)
+                           "--step-timeout", "8", env=cycle_env, timeout=900)
     assert completed.returncode == 1
-    assert "FAILED at step 5 agent: timed out after 60 s" in completed.stdout
+    assert "FAILED at step 5 agent: timed out after 8 s" in completed.stdout
     assert "| thinking" in completed.stdout
 
 
 def test_secret_written_by_the_cycle_is_refused(clone, cycle_env, tmp_path):
-    agent = stand_in_agent(tmp_path, BRIEFING_AGENT + textwrap.dedent("""
+    agent = stand_in_agent(tmp_path, textwrap.dedent(BRIEFING_AGENT) + textwrap.dedent("""
         (pathlib.Path(os.environ["PISTACHIO_PROJECT_ROOT"]) / ".env").write_text("API_KEY=x\\n")
     """))
     completed = run_script("tools/run_full_cycle.py", "--project-root", clone, "--agent-cmd", agent,
