@@ -165,9 +165,9 @@ def test_agent_without_briefing_fails_step_5(clone, cycle_env, tmp_path):
 def test_agent_timeout_is_stopped(clone, cycle_env, tmp_path):
     agent = stand_in_agent(tmp_path, "import time\nprint('thinking', flush=True)\ntime.sleep(600)\n")
     completed = run_script("tools/run_full_cycle.py", "--project-root", clone, "--agent-cmd", agent,
-                           "--step-timeout", "8", env=cycle_env, timeout=900)
+                           "--step-timeout", "15", env=cycle_env, timeout=900)
     assert completed.returncode == 1
-    assert "FAILED at step 5 agent: timed out after 8 s" in completed.stdout
+    assert "FAILED at step 5 agent: timed out after 15 s" in completed.stdout
     assert "| thinking" in completed.stdout
 
 
