@@ -81,6 +81,7 @@ identical (tests/test_copies.py checks them).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -1064,17 +1065,23 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(report: dict, path: Path) -> None:
-    """Atomic write: a temp file beside the target, then os.replace."""
+# Copied from evals/scorecard.py:write_atomic
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file via a temp file in the same folder and os.replace."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(report, stream, indent=2, ensure_ascii=False)
-            stream.write("\n")
-        os.replace(temp_name, path)
+        with open(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
+        os.replace(temp, path)
     except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
         raise
 
 
@@ -1138,7 +1145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {entry['folder']} image {entry['path']}: {entry['error']}", file=sys.stderr)
     if args.json is not None:
         try:
-            write_json(report, args.json)
+            write_atomic(args.json, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         except OSError as error:
             print(f"error: cannot write --json {args.json}: {error}", file=sys.stderr)
             return 2

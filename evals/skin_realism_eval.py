@@ -74,6 +74,7 @@ Method (every constant below is also in the JSON under "method"):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import io
 import json
@@ -773,16 +774,23 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_json(path: Path, data: dict) -> None:
+# Copied from evals/scorecard.py:write_atomic
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file via a temp file in the same folder and os.replace."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=2, ensure_ascii=False)
-            stream.write("\n")
+        with open(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
         os.replace(temp, path)
     except BaseException:
-        Path(temp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
         raise
 
 
@@ -821,7 +829,7 @@ def main(argv=None) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(format_table(result))
     if args.json is not None:
-        _write_json(args.json, result)
+        write_atomic(args.json, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 

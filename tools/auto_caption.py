@@ -28,6 +28,7 @@ Exit codes: 0 every image captioned or skipped, 1 some images failed, 2 usage/in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import sys
@@ -177,15 +178,23 @@ def format_caption(caption: str, trigger: str) -> str:
     return f"{trigger}, {caption}" if caption else trigger
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder and os.replace, so a caption is never half-written."""
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+# Copied from evals/scorecard.py:write_atomic
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file via a temp file in the same folder and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
-            stream.write(text)
-        os.replace(temp_name, path)
+        with open(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
+        os.replace(temp, path)
     except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
         raise
 
 
@@ -325,7 +334,7 @@ def run(args) -> int:
                         failed.append((path, "the model returned an empty caption"))
                         continue
                     text = format_caption(caption, args.trigger)
-                    write_text_atomic(caption_path(path, args.caption_extension), text + "\n")
+                    write_atomic(caption_path(path, args.caption_extension), text + "\n")
                     written += 1
                     print(f"{path.relative_to(folder).as_posix()}\t{text}", flush=True)
             bar.update(len(batch_paths))

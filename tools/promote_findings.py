@@ -767,6 +767,8 @@ def insert_entries(old: str | None, entries: list[str], relative: str, today: dt
     return "".join(lines[:position] + block + lines[position:])
 
 
+# Not a copy of evals/scorecard.py:write_atomic on purpose: the files written here are edited by
+# people too, so this one keeps the file's mode and also fsyncs the folder.
 def atomic_write(path: Path, text: str) -> None:
     """Write text (UTF-8, line endings as given) so the file is either the old or the new one:
     a temp file in the same folder, fsync, then os.replace over the target."""

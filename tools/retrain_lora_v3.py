@@ -40,6 +40,7 @@ Exit codes: 0 launched and training finished (or --print-cmd/--dry-run), 1 train
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.util
 import json
@@ -762,15 +763,23 @@ def training_params(settings: dict, command: list[str], image_count: int) -> dic
     }
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+# Copied from evals/scorecard.py:write_atomic
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file via a temp file in the same folder and os.replace."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
-            stream.write(text)
-        os.replace(temp_name, path)
+        with open(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
+        os.replace(temp, path)
     except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
         raise
 
 
@@ -813,9 +822,9 @@ def main(argv=None) -> int:
     output.mkdir(parents=True, exist_ok=True)
     images = [path for path in Path(settings["images"]).iterdir()
               if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES]
-    write_text_atomic(dataset_config_path(settings), dataset_toml_text(dataset_config(settings)))
+    write_atomic(dataset_config_path(settings), dataset_toml_text(dataset_config(settings)))
     params = training_params(settings, command, len(images))
-    write_text_atomic(output / "training_params.json", json.dumps(params, indent=2) + "\n")
+    write_atomic(output / "training_params.json", json.dumps(params, indent=2) + "\n")
     print(f"wrote {dataset_config_path(settings)} and {output / 'training_params.json'}",
           file=sys.stderr)
     print(shell_line(command))

@@ -28,6 +28,7 @@ library (`packaging` is used for version comparison when present).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ast
 import concurrent.futures
 import json
@@ -1240,16 +1241,23 @@ def render(result: dict, source: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def _write_json(path: Path, data: dict):
+# Copied from evals/scorecard.py:write_atomic
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file via a temp file in the same folder and os.replace."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=str(path.parent))
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
+        with open(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
+        os.replace(temp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
         raise
 
 
@@ -1320,7 +1328,7 @@ def _main(argv) -> int:
     sys.stdout.write(render(result, source))
     if args.json is not None:
         try:
-            _write_json(args.json, result)
+            write_atomic(args.json, json.dumps(result, indent=2) + "\n")
         except OSError as exc:
             print(f"error: --json {args.json}: cannot write ({exc})", file=sys.stderr)
             return 2
