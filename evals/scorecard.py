@@ -538,15 +538,24 @@ def clean_json(value):
     return value
 
 
-def append_history(history: Path, record: dict) -> None:
+def append_history(history: Path, record: dict, sidecar: Path | None = None,
+                   sidecar_text: str = "") -> None:
     """Append `record` as one JSON line: one O_APPEND os.write under the lock, then fsync.
 
-    A previous line left without its newline (a torn write) gets one first: this line stays whole.
+    Under the same lock the run id is checked to be new (two runs given the same --run-id at
+    once must not both land) and the sidecar, when given, is written first. A previous line left
+    without its newline (a torn write) gets one first: this line stays whole.
     """
     text = json.dumps(clean_json(record), ensure_ascii=True, allow_nan=False)
     data = (text + "\n").encode("ascii")
     history.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(lock_path_for(history)):
+        run_id = str(record.get("run_id"))
+        if any(str(old.get("run_id")) == run_id
+               for old in read_history(history, report=lambda message: None)):
+            raise UsageError(f"--run-id {run_id} is already in {history}; choose another id")
+        if sidecar is not None:
+            write_atomic(sidecar, sidecar_text)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
         fd = os.open(history, flags, 0o644)
         try:
@@ -1311,7 +1320,6 @@ def _run(args: argparse.Namespace, training_params) -> int:
     scorecard["comparison"] = comparison
 
     sidecar = sidecar_path(history, run_id)
-    write_atomic(sidecar, json.dumps(clean_json(details), indent=1, ensure_ascii=False) + "\n")
     record = dict(scorecard)
     record["training_params"] = training_params
     record["notes"] = args.notes
@@ -1319,7 +1327,8 @@ def _run(args: argparse.Namespace, training_params) -> int:
                              "skin_realism": skin.get("summary")}
     record["details"] = sidecar.relative_to(history.parent).as_posix()
     record = clean_json(record)
-    append_history(history, record)
+    append_history(history, record, sidecar,
+                   json.dumps(clean_json(details), indent=1, ensure_ascii=False) + "\n")
     write_atomic(args.report, render_report(record, comparison, notes=args.notes,
                                             training_params=training_params))
     if args.html is not None:

@@ -225,6 +225,16 @@ def test_corrupt_history_lines_are_skipped_never_deleted(tmp_path):
     assert sc.find_run(records, "v9") is None
 
 
+def test_a_run_id_already_in_the_history_is_refused_under_the_lock(tmp_path):
+    history = tmp_path / "history.jsonl"
+    first, second = tmp_path / "runs" / "same.json", tmp_path / "runs" / "same-again.json"
+    sc.append_history(history, {"run_id": "same", "lora_version": "v1"}, first, "{}\n")
+    with pytest.raises(sc.UsageError, match="--run-id same is already in"):
+        sc.append_history(history, {"run_id": "same", "lora_version": "v2"}, second, "{}\n")
+    assert [r["lora_version"] for r in sc.read_history(history)] == ["v1"]
+    assert first.is_file() and not second.exists()
+
+
 def test_bootstrap_interval():
     rng = np.random.default_rng(3)
     old = list(0.95 + 0.01 * rng.standard_normal(12))

@@ -9,7 +9,9 @@ Steps:
                      agents/pistachio-agent-v3.md as its contract); afterwards a new briefing must
                      exist and pass `promote_findings.py --check`
   6 promote          tools/promote_findings.py on that briefing
-  7 scorecard        evals/scorecard.py, when --sweep-dir has images newer than the last history entry
+  7 scorecard        evals/scorecard.py, when --sweep-dir has images newer than the last history
+                     entry (by file time: a sweep copied with its times kept, e.g. rsync -a, reads
+                     as old; score it by hand or touch its files)
   8 commit           a local commit of exactly the files the cycle wrote; never pushes
 
 Usage:
