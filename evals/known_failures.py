@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+from importlib import metadata
 import json
 import os
 import py_compile
@@ -92,7 +93,9 @@ PIN_LINE = re.compile(
 )
 
 
+# Copied from tools/validate_pod_deps.py:normalize_name
 def normalize_name(name: str) -> str:
+    """PEP 503 normalized distribution name."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
@@ -136,19 +139,19 @@ def parse_requirements(path: Path) -> tuple[dict, list[str]]:
     return pins, problems
 
 
-def installed_version(name: str) -> str | None:
-    from importlib import metadata
-
+# Copied from tools/validate_pod_deps.py:installed_version
+def installed_version(distribution: str) -> str | None:
     try:
-        return metadata.version(name)
+        version = metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return None
+    except Exception:  # noqa: BLE001 - broken metadata counts as not installed
+        return None
+    return version or None
 
 
 def installed_requirement_pin(package: str, dependency: str) -> str | None:
     """The `dependency==X` pin in an installed package's Requires-Dist, or None."""
-    from importlib import metadata
-
     try:
         requires = metadata.requires(package) or []
     except metadata.PackageNotFoundError:
