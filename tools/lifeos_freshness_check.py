@@ -27,6 +27,7 @@ DEFAULT_MAX_DOC_AGE_DAYS = 30
 DEFAULT_MAX_BRIEFING_AGE_DAYS = 7
 DEFAULT_MAX_TASK_AGE_DAYS = 30
 # Active documents: the startup context plus the files the research loop writes and reads.
+# Copied from tools/lifeos_context_budget.py:DEFAULT_STARTUP_FILES
 DEFAULT_STARTUP_FILES = (
     "CLAUDE.md",
     "context/session-learnings.md",
@@ -34,6 +35,7 @@ DEFAULT_STARTUP_FILES = (
     "PROGRESS.md",
 )
 LOOP_DOCUMENTS = ("autonomous-research/memory.md", "autonomous-research/pending-tasks.md")
+# Copied from tools/lifeos_context_budget.py:STARTUP_LIST
 STARTUP_LIST = "context/startup-context.txt"
 LAST_UPDATED = re.compile(r"^\W*last updated\W*(\d{4}-\d{2}-\d{2})", re.IGNORECASE | re.MULTILINE)
 BRIEFING_NAME = re.compile(r"^briefing-(\d{4}-\d{2}-\d{2})\.md$")

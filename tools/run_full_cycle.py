@@ -54,6 +54,7 @@ TAIL_LINES = 25
 LOCK_NAME = ".cycle.lock"
 FRESH_LOCK_SECONDS = 30
 LOG_DIR = ".cycle-logs"
+# Copied from evals/face_similarity_eval.py:IMAGE_EXTENSIONS
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 BRIEFING_NAME = re.compile(r"^briefing-(\d{4}-\d{2}-\d{2})\.md$")
 # Names that must never be committed by an unattended cycle.
