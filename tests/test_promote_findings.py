@@ -618,3 +618,65 @@ def test_changed_briefing_adds_only_its_new_item(tmp_path, capsys):
     assert memory.count("(source: briefing-2026-02-11.md)") == 3
     record = read(root, "autonomous-research/promoted-briefings.txt")
     assert record.count("briefing-2026-02-11.md ") == 1 and "promoted=2026-02-13" in record
+
+
+# --- the contract's interfaces with the cycle ----------------------------------------------------
+HEADLESS_COMMANDS = [
+    "$PISTACHIO_PYTHON tools/lifeos_preflight.py ...",
+    "$PISTACHIO_PYTHON tools/lifeos_freshness_check.py ...",
+    "$PISTACHIO_PYTHON tools/lifeos_context_budget.py ...",
+    "$PISTACHIO_PYTHON evals/known_failures.py ...",
+    "$PISTACHIO_PYTHON tools/promote_findings.py --project-root . --check [--strict] ...",
+    "$PISTACHIO_PYTHON evals/scorecard.py --demo ...",
+    "git status ...", "git log ...", "git diff ...", "git show ...",
+]
+
+
+def contract_section(title: str) -> str:
+    text = CONTRACT.read_text(encoding="utf-8")
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", text, re.MULTILINE | re.DOTALL)
+    assert match, f"the contract has no '## {title}' section"
+    return match.group(1)
+
+
+def test_contract_lists_exactly_the_headless_commands_one_per_bullet():
+    """tools/run_full_cycle.py's allowed-tools list is compared with this one (same strings)."""
+    section = contract_section("What you may run")
+    bullets = re.findall(r"^- `([^`]+)`$", section, re.MULTILINE)
+    assert bullets == HEADLESS_COMMANDS
+    assert "PISTACHIO_BRIEFING" in section and "PROGRESS.md" in section
+    assert "--demo OUT" in section and "outside the repository" in section
+
+
+def test_contract_budget_rows_keep_the_form_the_cycle_parses():
+    budgets = contract_section("Budgets (defaults; the runner may set lower ones in its prompt, never higher)")
+    assert re.search(r"^\| Tool calls \| 100 \| .*`--max-turns` equal to this budget", budgets, re.MULTILINE)
+    assert re.search(r"^\| Money \| USD 5\.00 of model/API cost; .*`--max-budget-usd`", budgets, re.MULTILINE)
+    assert "--max-turns 60" not in CONTRACT.read_text(encoding="utf-8")
+    environment = contract_section("Your environment")
+    for name in ("PISTACHIO_PYTHON", "PISTACHIO_DATE", "PISTACHIO_BRIEFING"):
+        assert f"`{name}`" in environment
+
+
+def test_contract_never_list_feeds_the_rule_check():
+    rules = promote.load_never_list(CONTRACT)
+    assert [rule.number for rule in rules] == [f"never-{n}" for n in range(1, 6)]
+    assert rules[0].text.startswith("push (`git push`)") and all(rule.clauses for rule in rules)
+
+
+def test_a_promoted_item_naming_a_missing_path_is_refused_by_strict(tmp_path):
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "real.py").write_text('REPORT = "evals/latest_report.md"\n', encoding="utf-8")
+    (tmp_path / "evals").mkdir()
+    text = sample_text().replace(
+        "- [ ] Put the seed into",
+        "- [ ] Delete tools/gone.py, keep tools/real.py, read evals/latest_report.md (source: x)\n"
+        "- [ ] Put the seed into")
+    root = make_project(tmp_path, {"briefing-2026-02-11.md": text, "briefing-2026-02-10.md": "x\n"})
+    relative = "autonomous-research/briefing-2026-02-11.md"
+    plain = run_script(SCRIPT, "--project-root", root, "--check", relative, "--today", TODAY)
+    assert plain.returncode == 0
+    assert "warning: Action items item names tools/gone.py, which does not exist" in plain.stderr
+    assert "tools/real.py" not in plain.stderr and "latest_report" not in plain.stderr
+    strict = run_script(SCRIPT, "--project-root", root, "--check", "--strict", relative, "--today", TODAY)
+    assert strict.returncode == 1 and "error: Action items item names tools/gone.py" in strict.stderr

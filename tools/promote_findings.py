@@ -54,7 +54,8 @@ its date is after today; no `Date:` field or one that differs from the name; `St
 section; an item without `(source: ...)`; an impossible calendar date (dates inside Notes and code
 fences are not checked). Warnings: a missing section or expected field, an unknown section, an
 empty Summary, text outside a list item, a ticked action item, a malformed `Budget used`,
-control characters (removed).
+control characters (removed), an Action item, Learning or decision naming a repo path that does
+not exist (it would be copied into a file stale_reference_test scans).
 --strict (only with --check) turns every warning and every deviation from the canonical schema
 into an error: the title line, the header fields in their order and form, the `##` section names
 in order, `- none` for an empty section, a Summary of 2-5 lines, one `- ` line per item ending in
@@ -967,6 +968,42 @@ def check_section_form(parser: _Parser) -> None:
                    + ", ".join(SECTION_TITLES.values()) + f", then {NOTES_TITLE} (optional)", "style")
 
 
+# A repo path as stale_reference_test reads one: a top-level folder, a slash, then the rest.
+REPO_PATH = re.compile(r"(?<![\w./-])((?:tools|evals|agents|context|autonomous-research|benchmarks"
+                       r"|tests)/[\w./-]{1,200})")
+PROMOTED_TO = {"action_items": PENDING_TASKS, "decisions": PENDING_TASKS, "learnings": MEMORY}
+
+
+def check_promoted_paths(briefing: Briefing, project_root: Path) -> None:
+    """Warn (an error under --strict) when an item that is copied into pending-tasks.md or
+    memory.md names a repo path that does not exist: those files are scanned by
+    evals/known_failures.py's stale_reference_test, so the next cycle would fail at step 4.
+    A name that a script in tools/ or evals/ writes (an output such as evals/latest_report.md)
+    in a folder that exists is fine, as it is for that test."""
+    scripts = None
+    for item in briefing.items:
+        if item.section not in PROMOTED_TO:
+            continue
+        for match in REPO_PATH.finditer(item.text):
+            token = match.group(1).rstrip(".,:;`'\")")
+            if any(mark in token for mark in "*?{}<>$") or "YYYY" in token or "..." in token:
+                continue
+            path = project_root / token.rstrip("/")
+            if path.exists():
+                continue
+            if scripts is None:
+                scripts = "\n".join(script.read_text(encoding="utf-8", errors="replace")
+                                    for folder in ("tools", "evals")
+                                    for script in sorted((project_root / folder).glob("*.py")))
+            if path.parent.is_dir() and path.name and path.name in scripts:
+                continue
+            briefing.problems.append(Problem(
+                item.line, f"{SECTION_TITLES[item.section]} item names {token}, which does not "
+                           f"exist; it is copied into {PROMOTED_TO[item.section]}, which "
+                           "stale_reference_test scans, so the next cycle would fail: name only "
+                           "paths that exist (describe the missing one in words)", "warning"))
+
+
 def format_problems(briefing: Briefing, display: str) -> list[str]:
     out = []
     for kind, problems in (("error", briefing.errors), ("warning", briefing.warnings)):
@@ -1812,6 +1849,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"error: cannot read {path}: {exc}", sys.stderr)
         return 2
     briefing = parse_briefing(path, data if size <= MAX_BRIEFING_BYTES else None, today)
+    check_promoted_paths(briefing, root)
     for line in format_problems(briefing, display):
         say(line, sys.stderr)
     if briefing.errors:
@@ -1857,6 +1895,7 @@ def run_check(args, root: Path, today: dt.date) -> int:
     except OSError as exc:
         say(f"error: cannot read {path}: {exc}", sys.stderr)
         return 2
+    check_promoted_paths(briefing, root)
     for line in format_problems(briefing, str(args.check)):
         say(line, sys.stderr)
     mode = "strict " if args.strict else ""
