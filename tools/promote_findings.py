@@ -64,21 +64,28 @@ its single `(source: ...)`, `Budget used: <m> min, <n> tool calls, $<cost>`, the
 Rule check (what makes an item a candidate besides CRITICAL:). Rules: the numbered items of
 context/session-learnings.md and the bullets of the "Never, whatever ..." list of
 agents/pistachio-agent-v3.md (named never-1, never-2, ...). Each rule is cut into clauses (at
-. ; : and at ", not", "instead of", "rather than"); a clause with never / must not / do not /
-forbid / no ... may is a prohibition, one led by an imperative verb or holding must / needs is a
-requirement, any other clause is a fact and is not used. Text becomes content tokens: lowercase
-words, a small synonym table (retry/again/twice/second -> again; origin/remote -> git), a crude
-suffix strip, stopwords and directive words dropped. An item clause is a proposal when its section
-is Action items, Needs human decision or Critical candidates, or it is led by an imperative verb,
-or it holds should / must / always / never / do not / "is safe" and the like: a finding that only
-states a fact is never a candidate. Its polarity is negative when it holds never / do not /
-avoid / skip / disable / turn off. coverage(item clause, rule clause) = the IDF-weighted share
-of the rule clause's tokens that the item clause holds (IDF over all rule clauses). For each
-rule: C = the best coverage with opposite polarity (a positive proposal against a prohibition, a
-negative one against a requirement), A = the best with the same polarity. The item contradicts
-the rule when C >= CONTRADICT_COVERAGE and C - A >= AGREE_MARGIN; the rule with the largest C
-is named. The never-list is not applied to Needs human decision items (asking a human is allowed).
-Measured on tests/data/rule-candidates-labelled.tsv by benchmarks/bench_rule_candidates.py.
+. ; : ", not" "instead of" "rather than" "without <verb>ing", and between coordinated imperatives);
+a parenthesis that lists examples ("(`rebase`, `commit --amend`)") gives one variant of the clause
+per example. A clause with never / must not / do not / forbid / avoid / skip / no ... may is a
+prohibition; one led by an imperative verb, holding must / needs, or the rule's first clause is
+a requirement; any other clause is a fact and is not used. Text becomes content tokens:
+lowercase words, a crude suffix strip, a small synonym table (retry/twice/second -> again;
+origin/remote -> git; mean -> average; remove/truncate/wipe -> delete; paste/put/store ->
+write), stopwords and directive words dropped, a pronoun ("... and never rewrite it") taking the
+tokens of the clause before. An item clause is a proposal when it is the first clause of an
+Action item, a decision or a Critical candidate, or is led by an imperative verb, or holds should
+/ must / can / may / always / never / do not / "is safe" and the like: a finding that only states
+a fact is never a candidate. Its polarity is negative with never / do not / avoid / skip /
+disable / exclude / ignore / turn off / leave ... out / leave ... to (someone), or when it is
+the contrasted part of ", not" / "instead of" / "without". similarity(item clause, rule clause)
+= the cosine of their token sets with IDF weights (over all rule clauses; a token no rule has
+weighs 1), 0 unless they share 2 tokens. An item contradicts a rule when one of its clauses has
+C >= CONTRADICT_COVERAGE, where C is its best similarity to a rule clause of the opposite
+polarity (a positive proposal against a prohibition, a negative one against a requirement),
+C is above that clause's best same-polarity similarity to any rule, and C exceeds by at least
+AGREE_MARGIN the best same-polarity similarity of the item's other clauses to that rule. The
+rule with the largest C is named, with the shared words. The never-list is not applied to Needs
+human decision items (asking a human is the point). Measured on tests/data/rule-candidates-labelled.tsv by benchmarks/bench_rule_candidates.py.
 
 Exit codes: 0 promoted or nothing new (also: --check found the briefing valid), 1 the briefing
 fails the v3 schema or a limit (every problem printed with its line), 2 usage or input error
