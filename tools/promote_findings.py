@@ -85,7 +85,8 @@ polarity (a positive proposal against a prohibition, a negative one against a re
 C is above that clause's best same-polarity similarity to any rule, and C exceeds by at least
 AGREE_MARGIN the best same-polarity similarity of the item's other clauses to that rule. The
 rule with the largest C is named, with the shared words. The never-list is not applied to Needs
-human decision items (asking a human is the point). Measured on tests/data/rule-candidates-labelled.tsv by benchmarks/bench_rule_candidates.py.
+human decision items (asking a human is the point). Measured on
+tests/data/rule-candidates-labelled.tsv by benchmarks/bench_rule_candidates.py.
 
 Exit codes: 0 promoted or nothing new (also: --check found the briefing valid), 1 the briefing
 fails the v3 schema or a limit (every problem printed with its line), 2 usage or input error
@@ -1835,7 +1836,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.briefing is not None:
         path = resolve_input(args.briefing, root)
         if not path.is_file():
-            say(f"error: --briefing {args.briefing}: no such file", sys.stderr)
+            say(f"error: --briefing {args.briefing}: no such file (or not a regular file)",
+                sys.stderr)
             return 2
         display = str(args.briefing)
     else:
@@ -1895,7 +1897,7 @@ def run_check(args, root: Path, today: dt.date) -> int:
         args.check = Path(RESEARCH_DIR) / newest.name
     path = resolve_input(args.check, root)
     if not path.is_file():
-        say(f"error: --check {args.check}: no such file", sys.stderr)
+        say(f"error: --check {args.check}: no such file (or not a regular file)", sys.stderr)
         return 2
     try:
         briefing = parse_briefing(path, today=today, strict=args.strict)
