@@ -4,10 +4,12 @@ Reads tests/data/rule-candidates-labelled.tsv (hand-labelled items: contradicts 
 unrelated / marked), runs tools/promote_findings.py's rule check on each item with the real rules
 (context/session-learnings.md and the Never list of agents/pistachio-agent-v3.md) and prints, per
 split (dev = looked at while tuning; held-out-1 = measured once, then its misses prompted fixes;
-held-out-2 = written before those fixes, measured once after them; all):
+held-out-2 = written before those fixes, measured once after them; agent-run = a real agent's
+items and variants, with the changes they prompted; all):
   - "contradicts": precision and recall of the label, and the recall on prohibition ("never") rules;
   - agreeing items labelled "contradicts" (target 0);
-  - findings without a proposed action that became candidates (target 0);
+  - findings without a proposed action that became candidates (target 0; by construction since
+    the check reads no Findings, only those marked CRITICAL: are candidates);
   - candidates overall (contradicts, CRITICAL-marked, or listed under Critical candidates).
 
 Usage:
@@ -26,7 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data" / "rule-candidates-labelled.tsv"
-SPLITS = ("dev", "held-out-1", "held-out-2", "all")
+SPLITS = ("dev", "held-out-1", "held-out-2", "agent-run", "all")
 
 
 def load_promoter(root: Path):
@@ -39,7 +41,10 @@ def load_promoter(root: Path):
 
 def split_of(number: int) -> str:
     """dev: looked at while tuning; held-out-1: ids 3, 6, ... 72, measured once before the fixes it
-    prompted; held-out-2: ids 73 and up, written before those fixes and measured once after."""
+    prompted; held-out-2: ids 73-96, written before those fixes and measured once after;
+    agent-run: ids 97 and up, from a real agent's briefing (see the data file's log)."""
+    if number >= 97:
+        return "agent-run"
     if number >= 73:
         return "held-out-2"
     return "held-out-1" if number % 3 == 0 else "dev"

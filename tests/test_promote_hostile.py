@@ -589,6 +589,70 @@ def test_the_issue_examples_against_the_real_rules(tmp_path):
                                  "ones requested", rules, "learnings") is None
 
 
+# What a real agent's first briefing (2026-12-02) had flagged by mistake, reworded to pass.
+AGENT_RUN_FINDINGS = (
+    'The open task "Validate the pod with tools/validate_pod_deps.py before the first v3 training '
+    'run" waits for a human: the agent cannot run it without a pod, and may not start a pod',
+    'The open task "Grade the v2 sweep with evals/scorecard.py so v3 has a baseline to compare '
+    'against" waits for a human: grading a real sweep appends to evals/eval_history.jsonl, a write '
+    'this agent may not make',
+)
+AGENT_RUN_TASK = ("Add a .venv line without the trailing slash to .gitignore, so that git status "
+                  "--porcelain lists only what a run changed")
+
+
+def test_findings_are_never_checked_against_the_rules_only_marked(tmp_path):
+    """Findings state facts: not candidates, whatever their words, unless marked CRITICAL:
+    (Failures likewise). The same words in a proposing section are still checked."""
+    rules, _ = promote.load_all_rules(REPO_ROOT)
+    proposal = "The remote rejected the last commit, so the cycle should run git push --force"
+    text = briefing("2026-02-11", findings=[f"{item} (source: x)" for item in AGENT_RUN_FINDINGS]
+                    + [f"{proposal} (source: x)",
+                       "CRITICAL: the pod disk fills at 50 GB; check free space first (source: y)"],
+                    tasks=[f"{AGENT_RUN_TASK} (source: z)"], learnings=[f"{proposal} (source: x)"])
+    text = text.replace("## Failures\n- none", "## Failures\n- CRITICAL: git push was refused "
+                        "by the runner; never retry a refused command (source: run log)")
+    parsed = parse(tmp_path, text, strict=True)
+    assert not parsed.errors, messages(parsed)
+    found = {(c.text, c.why.split(" (shared")[0]) for c in promote.find_candidates(parsed, rules)}
+    assert found == {
+        ("the pod disk fills at 50 GB; check free space first", "marked CRITICAL in Findings"),
+        ("git push was refused by the runner; never retry a refused command",
+         "marked CRITICAL in Failures"),
+        (proposal, "contradicts CRITICAL rule 1, which forbids: \"Never `git push`.\""),
+    }, found
+    for item in AGENT_RUN_FINDINGS + (proposal,):
+        assert promote.rule_relation(item, rules, "findings") is None
+        assert promote.rule_relation(item, rules, "failures") is None
+
+
+def test_purpose_clauses_and_participles_do_not_make_a_proposal(tmp_path):
+    """A goal after so / so that / because is not the action; "git" with "changed" is not
+    "rewrite git history"; a modal after "and" is its own clause. The action itself still is."""
+    rules, _ = promote.load_all_rules(REPO_ROOT)
+    for text, section in (
+            (AGENT_RUN_TASK, "action_items"),
+            ("Change the git hook so it prints the branch name", "action_items"),
+            ("Check with git log which commits changed requirements-dev.txt", "action_items"),
+            ("Do not run evals/scorecard.py on a real sweep: it appends to "
+             "evals/eval_history.jsonl", "action_items"),
+            ("The agent may not start a pod, so every task that needs validate_pod_deps.py waits "
+             "for a human", "learnings"),
+            ("The pod-validation task waits for a human: the agent cannot run validate_pod_deps.py "
+             "without a pod and may not start one", "learnings")):
+        assert promote.rule_relation(text, rules, section) is None, text
+    for text, section, rule in (
+            ("Push the fix to origin so that CI runs on it", "action_items", "CRITICAL rule 1"),
+            ("Rewrite the git history of the branch to hide the cycle commits", "action_items",
+             "never-1"),
+            ("The rules file is out of date, so the agent should edit "
+             "context/session-learnings.md itself", "learnings", "never-2"),
+            ("Old LoRA outputs can be deleted when the disk fills, since the pod has a backup",
+             "learnings", "never-4")):
+        relation = promote.rule_relation(text, rules, section)
+        assert relation and rule in relation, (text, relation)
+
+
 def test_check_lists_the_candidates_the_promoter_would_create(tmp_path):
     text = briefing("2026-02-11", tasks=["Always git push after a cycle (source: x)",
                                          "Put the seed into the config name (source: y)"],

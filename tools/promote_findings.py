@@ -61,21 +61,27 @@ into an error: the title line, the header fields in their order and form, the `#
 in order, `- none` for an empty section, a Summary of 2-5 lines, one `- ` line per item ending in
 its single `(source: ...)`, `Budget used: <m> min, <n> tool calls, $<cost>`, the Previous briefing.
 
-Rule check (what makes an item a candidate besides CRITICAL:). Rules: the numbered items of
-context/session-learnings.md and the bullets of the "Never, whatever ..." list of
-agents/pistachio-agent-v3.md (named never-1, never-2, ...). Each rule is cut into clauses (at
-. ; : ", not" "instead of" "rather than" "without <verb>ing", and between coordinated imperatives);
+Rule check (what makes an item a candidate besides CRITICAL:). Only the proposing sections are
+read: Action items, Learnings, Needs human decision and Critical candidates. Findings and Failures
+state what happened and are never checked (an item there is a candidate only when marked
+CRITICAL:). Rules: the numbered items of context/session-learnings.md and the bullets of the
+"Never, whatever ..." list of agents/pistachio-agent-v3.md (named never-1, never-2, ...). Each rule
+is cut into clauses (at . ; : ", not" "instead of" "rather than" "without <verb>ing", and between
+coordinated imperatives);
 a parenthesis that lists examples ("(`rebase`, `commit --amend`)") gives one variant of the clause
 per example. A clause with never / must not / do not / forbid / avoid / skip / no ... may is a
 prohibition; one led by an imperative verb, holding must / needs, or the rule's first clause is
 a requirement; any other clause is a fact and is not used. Text becomes content tokens:
 lowercase words, a crude suffix strip, a small synonym table (retry/twice/second -> again;
 origin/remote -> git; mean -> average; remove/truncate/wipe -> delete; paste/put/store ->
-write), stopwords and directive words dropped, a pronoun ("... and never rewrite it") taking the
-tokens of the clause before. An item clause is a proposal when it is the first clause of an
-Action item, a decision or a Critical candidate, or is led by an imperative verb, or holds should
-/ must / can / may / always / never / do not / "is safe" and the like: a finding that only states
-a fact is never a candidate. Its polarity is negative with never / do not / avoid / skip /
+write), stopwords, directive words and file-name extensions (py, md, jsonl, ...) dropped, a
+pronoun ("... and never rewrite it") taking the tokens of the clause before. An item is cut like a
+rule, and also before so / so that / because / since and before "and <modal>" ("cannot run A and
+may not start B"). An item clause is a proposal when it is the first clause of an Action item, a
+decision or a Critical candidate, or is led by an imperative verb, or holds should / must / can /
+may / always / never / do not / "is safe" and the like; a purpose or reason clause (after so,
+because, since) states a goal or a fact and proposes only with should / must / always / never /
+ought / do not / need to of its own. Its polarity is negative with never / do not / avoid / skip /
 disable / exclude / ignore / turn off / leave ... out / leave ... to (someone), or when it is
 the contrasted part of ", not" / "instead of" / "without". similarity(item clause, rule clause)
 = the cosine of their token sets with IDF weights (over all rule clauses; a token no rule has
@@ -132,6 +138,9 @@ NEWEST = Path("<newest briefing>")   # --check without a PATH
 # Rule check thresholds (module docstring, "Rule check"; measured by benchmarks/bench_rule_candidates.py).
 CONTRADICT_COVERAGE = 0.4
 AGREE_MARGIN = 0.35
+# The sections whose items propose; Findings and Failures state what happened and are never
+# checked against the rules (an item there is a candidate only when marked CRITICAL:).
+PROPOSING_SECTIONS = ("action_items", "learnings", "decisions", "critical")
 
 # --- the v3 schema -------------------------------------------------------------------------------
 # Section keys in the order the contract lists them; each with the headings accepted for it
@@ -1054,6 +1063,7 @@ before when while which who whom what where why how one two e g eg ie etc both r
 always never not no nor without cannot avoid forbid forbids forbidden prohibit prohibited
 need needs needed want wants let lets let's ok okay fine safe safely better allowed instead
 rather whenever whatever anything something everything own really
+py md txt json jsonl toml yaml yml sh ps1 cfg ini csv tsv html
 """.split())
 # Words that make a clause a directive with negative polarity ("never X", "do not X", ...).
 NEGATORS = frozenset("""never avoid avoids forbid forbids forbidden forbade prohibit prohibits
@@ -1081,6 +1091,12 @@ SYNONYMS = {"twice": "again", "retry": "again", "retri": "again", "second": "aga
             "put": "writ", "stor": "writ", "truncat": "delet", "wip": "delet", "eras": "delet",
             "purg": "delet", "remov": "delet"}
 CONTRAST = re.compile(r", not | instead of | rather than | without (?=[a-z]{2,30}ing\b)")
+# A purpose or reason ("..., so that git status lists only what changed", "because ...") states
+# a goal or a fact, not the action: it is a clause of its own, and proposes only with a
+# directive of its own (STRONG_PROPOSAL).
+PURPOSE = re.compile(r",? (?:so that|so|because|since) (?=[a-z])", re.IGNORECASE)
+STRONG_PROPOSAL = frozenset("should must always never ought".split())
+STRONG_PHRASES = ("do not", "need to", "needs to", "have to", "has to")
 PRONOUNS = frozenset(("it", "them", "this", "these"))
 
 
@@ -1140,10 +1156,12 @@ def is_imperative(word_list: list[str]) -> bool:
     return bool(rest) and rest[0] in VERBS
 
 
-def split_clauses(text: str) -> list[tuple[str, bool]]:
-    """(clause text, contrast?) pieces: sentences and ; : clauses, then `X, not Y` /
-    `X instead of Y` / `X rather than Y` / `X without doing Y` into X and the contrasted Y
-    (polarity flipped), and X into its coordinated actions (split_actions)."""
+def split_clauses(text: str, purpose: bool = False) -> list[tuple[str, bool, bool]]:
+    """(clause text, contrast?, subordinate?) pieces: sentences and ; : clauses, then
+    `X, not Y` / `X instead of Y` / `X rather than Y` / `X without doing Y` into X and the
+    contrasted Y (polarity flipped), and X into its coordinated actions (split_actions). With
+    purpose (items, not rules), X is first cut at `so (that)` / `because` / `since`: the part
+    after it is subordinate."""
     text = " ".join(text.split())
     for abbreviation, plain in (("e.g.", "eg"), ("i.e.", "ie"), ("etc.", "etc"), ("vs.", "vs")):
         text = text.replace(abbreviation, plain)
@@ -1152,18 +1170,27 @@ def split_clauses(text: str) -> list[tuple[str, bool]]:
         if not sentence.strip():
             continue
         parts = CONTRAST.split(sentence)
-        for action in split_actions(parts[0]):
-            pieces.append((action, False))
-        pieces.extend((part, True) for part in parts[1:] if part.strip())
+        main, *subordinate = PURPOSE.split(parts[0]) if purpose else [parts[0]]
+        for action in split_actions(main):
+            pieces.append((action, False, False))
+        pieces.extend((part, False, True) for part in subordinate if part.strip())
+        pieces.extend((part, True, False) for part in parts[1:] if part.strip())
     return pieces
 
 
 def split_actions(text: str) -> list[str]:
     """`X and Y` (or `X, then Y`, `X and never Y`) where X is an imperative of three words or more
-    and Y is led by an imperative verb (or a negated one): two actions. "Stop and ask" stays one."""
+    and Y is led by an imperative verb (or a negated one): two actions. "Stop and ask" stays one.
+    `X and <modal> Y` ("... cannot run A and may not start B"): two clauses, each with its own
+    polarity."""
     out, start = [], 0
     for match in re.finditer(r"(?:,? and |, then |, )(?=[A-Za-z])", text):
         following = words(text[match.end():match.end() + 40])[:3]
+        if match.group().endswith(" and ") and following[:1] and \
+                following[0] in MODALS | {"cannot", "will"}:
+            out.append(text[start:match.start()])   # "X cannot run A and may not start B"
+            start = match.end()
+            continue
         if following[:1] == ["never"] or following[:2] == ["do", "not"]:
             following = following[2:] if following[0] == "do" else following[1:]
         left = words(text[start:match.start()])
@@ -1176,8 +1203,8 @@ def split_actions(text: str) -> list[str]:
 
 def variants(piece: str) -> list[str]:
     """The clause without its parentheses, then once with each example listed in them:
-    "change git history (`rebase`, `commit --amend`)" -> "change git history",
-    "change git history rebase", "change git history commit --amend". A parenthesis is a list
+    "rewrite git history (`rebase`, `commit --amend`)" -> "rewrite git history",
+    "rewrite git history rebase", "rewrite git history commit --amend". A parenthesis is a list
     of examples when it holds a comma, " or ", a code span or "e.g."; any other one
     ("(append-only)", "(the CRITICAL rules)") describes and is dropped."""
     outside, examples, depth, current = [], [], 0, []
@@ -1205,7 +1232,7 @@ def rule_clauses(text: str, headline: bool = False) -> list[RuleClause]:
     stay archived", "torch and xformers move together")."""
     out: list[RuleClause] = []
     previous: frozenset = frozenset()
-    for position, (piece, contrast) in enumerate(split_clauses(text)):
+    for position, (piece, contrast, _) in enumerate(split_clauses(text)):
         word_list = words(piece)
         tokens = content_tokens(word_list)
         if not tokens:
@@ -1297,12 +1324,16 @@ def idf_weights(rules: list[Rule]) -> dict[str, float]:
 
 def item_clauses(text: str, section: str) -> list[tuple[frozenset, bool]]:
     """(tokens, negative?) of each clause of an item that proposes an action: in Action items,
-    Needs human decision and Critical candidates the first clause; in any section a clause led by
-    an imperative verb, holding a proposal word or phrase, or contrasted (", not ...")."""
+    Needs human decision and Critical candidates the first clause; in those and Learnings a
+    clause led by an imperative verb, holding a proposal word or phrase, or contrasted
+    (", not ..."); a purpose or reason clause ("so that ...", "because ...") only with a directive
+    of its own (should, must, always, never, do not, ...). Findings and Failures: none."""
     out = []
+    if section not in PROPOSING_SECTIONS:
+        return out
     always_proposal = section in ("action_items", "decisions", "critical")
     previous: frozenset = frozenset()
-    for position, (piece, contrast) in enumerate(split_clauses(text)):
+    for position, (piece, contrast, subordinate) in enumerate(split_clauses(text, purpose=True)):
         word_list = words(piece)
         tokens = content_tokens(word_list)
         if not tokens:
@@ -1311,6 +1342,10 @@ def item_clauses(text: str, section: str) -> list[tuple[frozenset, bool]]:
             tokens = tokens | previous           # "... and never rewrite it"
         previous = tokens
         joined = " ".join(word_list) + " "
+        if subordinate:
+            if set(word_list) & STRONG_PROPOSAL or any(p in joined for p in STRONG_PHRASES):
+                out.append((tokens, is_negative(word_list)))
+            continue
         # In a proposing section the first clause proposes; a later one ("; it only costs time")
         # only when it is itself a directive.
         proposal = ((always_proposal and position == 0) or contrast
@@ -1385,8 +1420,6 @@ def find_candidates(briefing: Briefing, rules: list[Rule]) -> list[Candidate]:
     weights = idf_weights(rules)
     candidates = []
     for item in briefing.items:
-        if item.section == "failures":
-            continue
         reasons = []
         if item.section == "critical":
             reasons.append("listed under Critical candidates")
