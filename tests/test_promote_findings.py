@@ -621,6 +621,11 @@ def test_changed_briefing_adds_only_its_new_item(tmp_path, capsys):
 
 
 # --- the contract's interfaces with the cycle ----------------------------------------------------
+# What the agent may use headless, as the contract's "What you may run" lists it: the tools (one
+# bullet per group: read anything; write two files; Bash for the commands below), then the Bash
+# commands. tools/run_full_cycle.py builds Claude Code's --tools / --allowedTools from this list.
+HEADLESS_TOOLS = [("Read", "Glob", "Grep"), ("Write", "Edit"), ("Bash",)]
+HEADLESS_WRITABLE = ("PISTACHIO_BRIEFING", "PROGRESS.md")
 HEADLESS_COMMANDS = [
     "$PISTACHIO_PYTHON tools/lifeos_preflight.py ...",
     "$PISTACHIO_PYTHON tools/lifeos_freshness_check.py ...",
@@ -639,13 +644,23 @@ def contract_section(title: str) -> str:
     return match.group(1)
 
 
-def test_contract_lists_exactly_the_headless_commands_one_per_bullet():
-    """tools/run_full_cycle.py's allowed-tools list is compared with this one (same strings)."""
+def test_contract_lists_exactly_the_headless_tools_and_commands():
+    """tools/run_full_cycle.py's allowed-tools list is compared with this one (same strings): one
+    bullet per tool group, the Bash commands as its nested bullets, nothing else in a bullet."""
     section = contract_section("What you may run")
-    bullets = re.findall(r"^- `([^`]+)`$", section, re.MULTILINE)
-    assert bullets == HEADLESS_COMMANDS
-    assert "PISTACHIO_BRIEFING" in section and "PROGRESS.md" in section
+    groups = [tuple(re.findall(r"`([A-Za-z]+)`", names)) for names in
+              re.findall(r"^- ((?:`[A-Za-z]+`(?:, )?)+):", section, re.MULTILINE)]
+    assert groups == HEADLESS_TOOLS
+    assert len(re.findall(r"^- ", section, re.MULTILINE)) == len(HEADLESS_TOOLS)
+    commands = re.findall(r"^  - `([^`]+)`$", section, re.MULTILINE)
+    assert commands == HEADLESS_COMMANDS
+    assert len(re.findall(r"^  - ", section, re.MULTILINE)) == len(HEADLESS_COMMANDS)
+    write_line = re.search(r"^- `Write`, `Edit`: (.*?)(?=^- )", section, re.MULTILINE | re.DOTALL)
+    assert write_line and all(name in write_line.group(1) for name in HEADLESS_WRITABLE)
     assert "--demo OUT" in section and "outside the repository" in section
+    # How the agent sees an exit code, and the forms that are refused.
+    assert "Exit code N" in section and "; echo $?" in section and "| tail" in section
+    assert "Glob" in section and "`autonomous-research/briefing-*.md`" in section
 
 
 def test_contract_budget_rows_keep_the_form_the_cycle_parses():

@@ -864,7 +864,7 @@ def validate(briefing: Briefing, parser: _Parser) -> None:
         value, number = fields["budget used"]
         if not BUDGET_USED.match(value):
             add(number, f"Budget used {clean(value)[:60]!r} is not `<minutes> min, <n> tool calls, "
-                        "$<cost>` (e.g. `34 min, 61 tool calls, $1.80`)", "warning")
+                        "$<cost>` (e.g. `31 min, 61 tool calls, $3.05`)", "warning")
     check_previous(briefing, add)
     check_header_form(briefing, parser)
 
