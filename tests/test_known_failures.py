@@ -163,6 +163,33 @@ def test_an_output_name_in_a_missing_folder_is_still_stale(project):
     assert verdict == "FAIL" and f"names {stale}, which does not exist" in reason
 
 
+def test_briefings_are_records_and_not_scanned_but_promoted_files_are(project):
+    """A briefing that cites a path deleted later must not fail every later cycle (issue 13)."""
+    gone = "tools/" + "deleted_since.py"
+    research = project / "autonomous-research"
+    research.mkdir(exist_ok=True)
+    (research / "briefing-2026-02-11.md").write_text(
+        f"# Pistachio research briefing 2026-02-11\n\n## Findings\n- {gone} was slow (source: {gone})\n",
+        encoding="utf-8")
+    _, lines = run_checks(project, "--only", "stale_reference_test")
+    assert gone not in lines["stale_reference_test"][1]   # (other stale paths may exist meanwhile)
+    # Only briefing-YYYY-MM-DD.md files in autonomous-research/ are records; the files the
+    # promoter writes, and look-alikes elsewhere, are still checked.
+    for relative in ("autonomous-research/memory.md", "autonomous-research/briefing-notes.md",
+                     "context/briefing-2026-02-11.md"):
+        path = project / relative
+        original = path.read_text(encoding="utf-8") if path.exists() else None
+        path.write_text((original or "") + f"\n- see {gone}\n", encoding="utf-8")
+        _, lines = run_checks(project, "--only", "stale_reference_test")
+        verdict, reason = lines["stale_reference_test"]
+        assert verdict == "FAIL" and f"{relative}:" in reason, relative
+        assert f"names {gone}, which does not exist" in reason, relative
+        if original is None:
+            path.unlink()
+        else:
+            path.write_text(original, encoding="utf-8")
+
+
 def test_startup_file_300_lines_over_fails(project):
     first = known_failures.startup_files(project)[0]
     path = project / first

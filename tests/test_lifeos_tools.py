@@ -192,3 +192,19 @@ def test_startup_context_limits():
     module = load_script("tools/lifeos_context_budget.py")
     assert module.count_lines(REPO_ROOT / "CLAUDE.md") <= 53
     assert module.measure(REPO_ROOT, 220)["total"] <= 220
+
+
+def test_freshness_fails_on_a_briefing_dated_in_the_future(project):
+    briefings = project / "autonomous-research"
+    (briefings / "briefing-2026-02-18.md").write_text("today's\n", encoding="utf-8")
+    (briefings / "briefing-2099-01-01.md").write_text("from the future\n", encoding="utf-8")
+    completed = run_script("tools/lifeos_freshness_check.py", "--project-root", project,
+                           "--today", "2026-02-20")
+    assert completed.returncode == 1
+    assert ("FAIL freshness briefing: briefing-2099-01-01.md dated after today (2026-02-20)"
+            in completed.stdout)
+    assert "-26" not in completed.stdout          # no negative age
+    (briefings / "briefing-2099-01-01.md").unlink()
+    module = load_script("tools/lifeos_freshness_check.py")
+    passed, detail = module.check_briefing(project, dt.date(2026, 2, 20), 7)
+    assert passed and "newest is briefing-2026-02-18.md, 2 days old" in detail

@@ -97,7 +97,9 @@ def sample_text() -> str:
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file's bytes, except the promoter's empty lock file (created by any real run)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != ".promote.lock"}
 
 
 def read(root: Path, relative: str) -> str:
@@ -108,7 +110,8 @@ def read(root: Path, relative: str) -> str:
 def test_help_lists_flags_and_exit_codes():
     result = run_script(SCRIPT, "--help")
     assert result.returncode == 0, result.stderr
-    for text in ("--project-root", "--briefing", "--dry-run", "--check", "Exit codes"):
+    for text in ("--project-root", "--briefing", "--dry-run", "--check", "--strict",
+                 "--lock-timeout", "Exit codes", "Limits"):
         assert text in result.stdout
 
 
@@ -137,14 +140,13 @@ def test_sample_promotes_tasks_learnings_and_candidates(tmp_path):
     candidates = read(root, "autonomous-research/critical-candidates.md")
     assert "- [ ] Never ship a LoRA strength above 0.85 as the default" in candidates
     assert "listed under Critical candidates" in candidates
-    # The second learning restates rule 3 of RULES: a "repeats" candidate.
-    assert "repeats CRITICAL rule 3" in candidates
-    assert "CRITICAL-rule candidates for a human" in result.stdout
-    assert "repeats CRITICAL rule 3" in result.stdout
+    # The second learning agrees with rule 3 of RULES: agreeing with a rule is not a candidate.
+    assert "Check the providers" not in candidates
+    assert "Rule candidates for a human" in result.stdout
 
     record = read(root, "autonomous-research/promoted-briefings.txt")
     assert re.search(r"^briefing-2026-02-11\.md sha256=[0-9a-f]{64} promoted=2026-02-12 "
-                     r"tasks=3 learnings=2 candidates=2$", record, re.MULTILINE)
+                     r"tasks=3 learnings=2 candidates=1$", record, re.MULTILINE)
     # The diff names every file it changed.
     for relative in ("pending-tasks.md", "memory.md", "critical-candidates.md",
                      "promoted-briefings.txt"):
@@ -209,14 +211,14 @@ def test_crlf_star_bullets_missing_learnings_still_promote_with_warning(tmp_path
     root = make_project(tmp_path, {"briefing-2026-02-13.md": CRLF_BRIEFING.encode("utf-8")})
     memory_before = (root / "autonomous-research" / "memory.md").read_bytes()
     rules_before = (root / "context" / "session-learnings.md").read_bytes()
-    result = run_script(SCRIPT, "--project-root", root, "--today", TODAY)
+    result = run_script(SCRIPT, "--project-root", root, "--today", "2026-02-14")
     assert result.returncode == 0, result.stderr
     assert "warning: no 'Learnings' section" in result.stderr
     pending = read(root, "autonomous-research/pending-tasks.md")
     assert ("- [ ] Caption the new photos with tools/auto_caption.py (source: "
-            f"briefing-2026-02-13.md, added {TODAY})") in pending
+            "briefing-2026-02-13.md, added 2026-02-14)") in pending
     assert ("- [ ] Re-grade the v2 sweep once captions exist (source: briefing-2026-02-13.md, "
-            f"added {TODAY})") in pending
+            "added 2026-02-14)") in pending
     assert (root / "autonomous-research" / "memory.md").read_bytes() == memory_before
     assert (root / "context" / "session-learnings.md").read_bytes() == rules_before
 
@@ -278,6 +280,8 @@ def test_check_validates_only(tmp_path):
                     "autonomous-research/briefing-2026-02-11.md")
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("PASS") and "0 warnings" in ok.stdout
+    # --check lists the candidates the promoter would create.
+    assert "would propose 1 rule candidate" in ok.stdout and "Never ship a LoRA" in ok.stdout
     bad_path = root / "autonomous-research" / "briefing-2026-02-30.md"
     bad_path.write_text(sample_text(), encoding="utf-8")
     bad = run_script(SCRIPT, "--project-root", root, "--check", bad_path)
@@ -343,17 +347,26 @@ def test_contract_example_is_the_sample_and_valid(tmp_path):
     assert example.group(1) == sample_text()
     path = tmp_path / "briefing-2026-02-11.md"
     path.write_text(example.group(1), encoding="utf-8")
+    # The example names briefing-2026-02-10.md as the previous one: --strict wants it to exist.
+    (tmp_path / "briefing-2026-02-10.md").write_text("earlier\n", encoding="utf-8")
     result = run_script(SCRIPT, "--project-root", tmp_path, "--check", path)
     assert result.returncode == 0, result.stderr
     assert "0 warnings" in result.stdout
+    strict = run_script(SCRIPT, "--project-root", tmp_path, "--check", "--strict", path)
+    assert strict.returncode == 0, strict.stderr + strict.stdout
+    assert "strict check" in strict.stdout
     # The contract states the vocabulary the validator enforces.
     for title in promote.SECTION_TITLES.values():
         assert f"## {title}" in contract
     for status, reasons in promote.STATUS_REASONS.items():
         for reason in reasons:
             assert re.search(rf"\| {status} \| {reason} \|", contract), (status, reason)
-    assert f"{promote.REPEAT_OVERLAP:g}" in contract
-    assert "promote_findings.py --project-root . --check autonomous-research/briefing-YYYY-MM-DD.md" in contract
+    for number in (f"{promote.MAX_BRIEFING_BYTES:,}", f"{promote.MAX_LINE_CHARS:,}",
+                   str(promote.MAX_ITEMS_PER_SECTION), f"{promote.CONTRADICT_COVERAGE:g}",
+                   f"{promote.AGREE_MARGIN:g}"):
+        assert number in contract, number
+    assert ("$PISTACHIO_PYTHON tools/promote_findings.py --project-root . --check --strict "
+            "autonomous-research/briefing-YYYY-MM-DD.md") in contract
 
 
 def test_real_session_learnings_parse_and_stay_untouched(tmp_path):
@@ -485,23 +498,34 @@ def test_extract_sources_variants():
     assert promote.extract_sources("x (sourced elsewhere)") == ("x (sourced elsewhere)", [])
 
 
-def test_rule_relation_repeats_contradicts_and_unrelated(tmp_path):
+def test_rule_relation_contradicts_agrees_and_unrelated(tmp_path):
     path = tmp_path / "rules.md"
     path.write_text(RULES, encoding="utf-8")
     rules = promote.load_rules(path)
     assert [rule.number for rule in rules] == ["1", "2", "3", "4"]
     assert rules[1].text.startswith("`onnxruntime` and `onnxruntime-gpu` must never be installed "
                                     "together: they share one folder")
-    repeat = promote.rule_relation("Caption shuffle and caption dropout are forbidden with cached "
-                                   "text-encoder outputs", rules)
-    assert repeat and repeat.startswith("repeats CRITICAL rule 4")
-    contradiction = promote.rule_relation("onnxruntime and onnxruntime-gpu can be installed "
-                                          "together safely", rules)
-    assert contradiction and contradiction.startswith("contradicts CRITICAL rule 2")
-    assert promote.rule_relation("Caption shuffle works with cached text-encoder outputs",
-                                 rules).startswith("contradicts CRITICAL rule 4")
-    assert promote.rule_relation("Put the seed into the scorecard's config name", rules) is None
-    assert promote.rule_relation("Grade the v2 sweep with evals/scorecard.py", rules) is None
+    assert [clause.kind for clause in rules[0].clauses][:1] == ["forbid"]
+    relation = promote.rule_relation("Always git push after a cycle", rules)
+    assert relation and relation.startswith("contradicts CRITICAL rule 1, which forbids")
+    assert "shared words: git, push" in relation
+    together = promote.rule_relation("Install onnxruntime and onnxruntime-gpu together", rules)
+    assert together and together.startswith("contradicts CRITICAL rule 2")
+    shuffle = promote.rule_relation("Enable caption shuffle with cached text-encoder outputs", rules)
+    assert shuffle and shuffle.startswith("contradicts CRITICAL rule 4")
+    skip_check = promote.rule_relation("Do not check session.get_providers(); the requested "
+                                       "providers are used", rules, "learnings")
+    assert skip_check and skip_check.startswith("contradicts CRITICAL rule 3, which requires")
+    # Agreeing with a rule, restating it, or a finding that proposes nothing: not a candidate.
+    for text, section in (("Never push from the cycle; the human pushes after review", "learnings"),
+                          ("Check the providers a session really uses, not the ones requested",
+                           "learnings"),
+                          ("Caption shuffle and caption dropout are forbidden with cached "
+                           "text-encoder outputs", "learnings"),
+                          ("git log shows 4 commits, none of them pushed", "findings"),
+                          ("Put the seed into the scorecard's config name", "action_items"),
+                          ("Push the LoRA strength up to 0.9", "action_items")):
+        assert promote.rule_relation(text, rules, section) is None, text
 
 
 def test_insert_entries_sections_line_endings_and_headers():
@@ -594,3 +618,80 @@ def test_changed_briefing_adds_only_its_new_item(tmp_path, capsys):
     assert memory.count("(source: briefing-2026-02-11.md)") == 3
     record = read(root, "autonomous-research/promoted-briefings.txt")
     assert record.count("briefing-2026-02-11.md ") == 1 and "promoted=2026-02-13" in record
+
+
+# --- the contract's interfaces with the cycle ----------------------------------------------------
+# What the agent may use headless, as the contract's "What you may run" lists it: the tools (one
+# bullet per group: read anything; write two files; Bash for the commands below), then the Bash
+# commands. tools/run_full_cycle.py builds Claude Code's --tools / --allowedTools from this list.
+HEADLESS_TOOLS = [("Read", "Glob", "Grep"), ("Write", "Edit"), ("Bash",)]
+HEADLESS_WRITABLE = ("PISTACHIO_BRIEFING", "PROGRESS.md")
+HEADLESS_COMMANDS = [
+    "$PISTACHIO_PYTHON tools/lifeos_preflight.py ...",
+    "$PISTACHIO_PYTHON tools/lifeos_freshness_check.py ...",
+    "$PISTACHIO_PYTHON tools/lifeos_context_budget.py ...",
+    "$PISTACHIO_PYTHON evals/known_failures.py ...",
+    "$PISTACHIO_PYTHON tools/promote_findings.py --project-root . --check [--strict] ...",
+    "$PISTACHIO_PYTHON evals/scorecard.py --demo ...",
+    "git status ...", "git log ...", "git diff ...", "git show ...",
+]
+
+
+def contract_section(title: str) -> str:
+    text = CONTRACT.read_text(encoding="utf-8")
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", text, re.MULTILINE | re.DOTALL)
+    assert match, f"the contract has no '## {title}' section"
+    return match.group(1)
+
+
+def test_contract_lists_exactly_the_headless_tools_and_commands():
+    """tools/run_full_cycle.py's allowed-tools list is compared with this one (same strings): one
+    bullet per tool group, the Bash commands as its nested bullets, nothing else in a bullet."""
+    section = contract_section("What you may run")
+    groups = [tuple(re.findall(r"`([A-Za-z]+)`", names)) for names in
+              re.findall(r"^- ((?:`[A-Za-z]+`(?:, )?)+):", section, re.MULTILINE)]
+    assert groups == HEADLESS_TOOLS
+    assert len(re.findall(r"^- ", section, re.MULTILINE)) == len(HEADLESS_TOOLS)
+    commands = re.findall(r"^  - `([^`]+)`$", section, re.MULTILINE)
+    assert commands == HEADLESS_COMMANDS
+    assert len(re.findall(r"^  - ", section, re.MULTILINE)) == len(HEADLESS_COMMANDS)
+    write_line = re.search(r"^- `Write`, `Edit`: (.*?)(?=^- )", section, re.MULTILINE | re.DOTALL)
+    assert write_line and all(name in write_line.group(1) for name in HEADLESS_WRITABLE)
+    assert "--demo OUT" in section and "outside the repository" in section
+    # How the agent sees an exit code, and the forms that are refused.
+    assert "Exit code N" in section and "; echo $?" in section and "| tail" in section
+    assert "Glob" in section and "`autonomous-research/briefing-*.md`" in section
+
+
+def test_contract_budget_rows_keep_the_form_the_cycle_parses():
+    budgets = contract_section("Budgets (defaults; the runner may set lower ones in its prompt, never higher)")
+    assert re.search(r"^\| Tool calls \| 100 \| .*`--max-turns` equal to this budget", budgets, re.MULTILINE)
+    assert re.search(r"^\| Money \| USD 5\.00 of model/API cost; .*`--max-budget-usd`", budgets, re.MULTILINE)
+    assert "--max-turns 60" not in CONTRACT.read_text(encoding="utf-8")
+    environment = contract_section("Your environment")
+    for name in ("PISTACHIO_PYTHON", "PISTACHIO_DATE", "PISTACHIO_BRIEFING"):
+        assert f"`{name}`" in environment
+
+
+def test_contract_never_list_feeds_the_rule_check():
+    rules = promote.load_never_list(CONTRACT)
+    assert [rule.number for rule in rules] == [f"never-{n}" for n in range(1, 6)]
+    assert rules[0].text.startswith("push (`git push`)") and all(rule.clauses for rule in rules)
+
+
+def test_a_promoted_item_naming_a_missing_path_is_refused_by_strict(tmp_path):
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "real.py").write_text('REPORT = "evals/latest_report.md"\n', encoding="utf-8")
+    (tmp_path / "evals").mkdir()
+    text = sample_text().replace(
+        "- [ ] Put the seed into",
+        "- [ ] Delete tools/gone.py, keep tools/real.py, read evals/latest_report.md (source: x)\n"
+        "- [ ] Put the seed into")
+    root = make_project(tmp_path, {"briefing-2026-02-11.md": text, "briefing-2026-02-10.md": "x\n"})
+    relative = "autonomous-research/briefing-2026-02-11.md"
+    plain = run_script(SCRIPT, "--project-root", root, "--check", relative, "--today", TODAY)
+    assert plain.returncode == 0
+    assert "warning: Action items item names tools/gone.py, which does not exist" in plain.stderr
+    assert "tools/real.py" not in plain.stderr and "latest_report" not in plain.stderr
+    strict = run_script(SCRIPT, "--project-root", root, "--check", "--strict", relative, "--today", TODAY)
+    assert strict.returncode == 1 and "error: Action items item names tools/gone.py" in strict.stderr

@@ -2,9 +2,10 @@
 
 A document's date is its `Last updated: YYYY-MM-DD` line; without one, the date of the last git
 commit that touched it; without that (untracked), its file time. The newest briefing is the
-`autonomous-research/briefing-YYYY-MM-DD.md` with the latest date in its name. An open task is a
-`- [ ]` line in `autonomous-research/pending-tasks.md`; its age comes from its `added YYYY-MM-DD`
-(or the first date on the line).
+`autonomous-research/briefing-YYYY-MM-DD.md` with the latest date in its name; a briefing dated
+after today fails the check (it would otherwise pass as the newest, "-26328 days old"). An open
+task is a `- [ ]` line in `autonomous-research/pending-tasks.md`; its age comes from its
+`added YYYY-MM-DD` (or the first date on the line).
 
 Usage:
     python3 tools/lifeos_freshness_check.py --project-root .
@@ -117,6 +118,11 @@ def check_briefing(project_root: Path, today: dt.date, max_age: int) -> tuple[bo
             match = BRIEFING_NAME.match(path.name)
             if match and parse_date(match.group(1)):
                 dated.append((parse_date(match.group(1)), path.name))
+    future = sorted(name for date, name in dated if date > today)
+    if future:
+        return False, (f"briefing: {', '.join(future[:3])}{' ...' if len(future) > 3 else ''} "
+                       f"dated after today ({today}); a briefing cannot come from the future: "
+                       "rename or remove it")
     if not dated:
         return True, "briefing: none yet (the research agent has not run)"
     newest_date, newest_name = max(dated)
