@@ -376,7 +376,10 @@ def dependency_chain_test(root: Path, args) -> tuple[bool, str]:
 # training_flag_test
 
 TRAIN_SCRIPT = "tools/retrain_lora_v3.py"
-PRODIGY_LR_RANGE = (0.5, 2.0)
+# get_scheduler_fix's names (transformers 4.54.1 SchedulerType + diffusers' piecewise_constant).
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                 "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr",
+                 "cosine_warmup_with_min_lr", "warmup_stable_decay", "piecewise_constant")
 
 
 def kohya_options(argv: list[str]) -> tuple[str, dict]:
@@ -426,20 +429,46 @@ def _floats(value) -> list[float]:
     return [float(item) for item in values]
 
 
+def _network_args(options: dict) -> dict:
+    value = options.get("network_args")
+    if value in (None, True, False):
+        return {}
+    items = value if isinstance(value, list) else [value]
+    return dict(str(item).split("=", 1) for item in items if "=" in str(item))
+
+
+def _differs_from_one(text: str) -> bool:
+    try:
+        return float(text) != 1.0
+    except ValueError:
+        return True
+
+
+def _block_lrs_differ(text: str) -> bool:
+    try:
+        weights = {float(part) if part.strip() else 0.0 for part in text.split(",")}
+    except ValueError:
+        return True  # a preset (sine, cosine, ...): weights vary by block
+    return bool(weights - {0.0, 1.0})
+
+
 def conflicting_pairs(options: dict, model_type: str) -> list[str]:
-    """Flag pairs that sd-scripts (or Prodigy) reject after loading the model; independent of
-    retrain_lora_v3.py's own checks, so a bug there cannot hide one here."""
+    """Flag combinations that sd-scripts (or Prodigy) refuses, or that this project refuses for its
+    own reasons (cached text encoders with a text-encoder lr); independent of retrain_lora_v3.py's
+    own checks, so a bug there cannot hide one here. The same rules, the same upstream places:
+    tools/retrain_lora_v3.py UPSTREAM; tests/test_known_failures.py checks both agree."""
     found = []
     te_cached = _truthy(options.get("cache_text_encoder_outputs")) or _truthy(
         options.get("cache_text_encoder_outputs_to_disk"))
     unet_only = _truthy(options.get("network_train_unet_only"))
-    te_lrs = _floats(options.get("text_encoder_lr"))
+    te_lrs = [value for value in _floats(options.get("text_encoder_lr")) if value != 0]
     if te_cached and te_lrs:
         found.append("--cache_text_encoder_outputs with --text_encoder_lr "
-                     f"{options['text_encoder_lr']} (cached text encoders cannot be trained)")
+                     f"{options['text_encoder_lr']} (the text encoder is not trained, the lr is "
+                     f"silently ignored)")
     if te_cached and not unet_only and model_type == "sdxl":
-        found.append("--cache_text_encoder_outputs without --network_train_unet_only (sd-scripts "
-                     "asserts on SDXL)")
+        found.append("--cache_text_encoder_outputs without --network_train_unet_only "
+                     "(sdxl_train_network.py:39-41)")
     if te_cached:
         for name in ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate",
                      "caption_dropout_every_n_epochs", "token_warmup_step"):
@@ -450,10 +479,11 @@ def conflicting_pairs(options: dict, model_type: str) -> list[str]:
             if _truthy(options.get(name)):
                 found.append(f"--cache_latents with --{name}")
     mixed = str(options.get("mixed_precision") or "no")
-    if _truthy(options.get("full_bf16")) and mixed != "bf16":
+    if _truthy(options.get("full_fp16")):  # checked first upstream; full_bf16 only without it
+        if mixed != "fp16":
+            found.append(f"--full_fp16 with --mixed_precision {mixed}")
+    elif _truthy(options.get("full_bf16")) and mixed != "bf16":
         found.append(f"--full_bf16 with --mixed_precision {mixed}")
-    if _truthy(options.get("full_fp16")) and mixed != "fp16":
-        found.append(f"--full_fp16 with --mixed_precision {mixed}")
     if (_truthy(options.get("fp8_base")) or _truthy(options.get("fp8_base_unet"))) and mixed == "no":
         found.append("--fp8_base with --mixed_precision no")
     swap = options.get("blocks_to_swap")
@@ -462,17 +492,61 @@ def conflicting_pairs(options: dict, model_type: str) -> list[str]:
             found.append(f"--blocks_to_swap {swap} above 35 on Flux")
         if int(float(swap)) > 0 and _truthy(options.get("cpu_offload_checkpointing")):
             found.append("--blocks_to_swap with --cpu_offload_checkpointing")
-    if str(options.get("optimizer_type", "")).lower() == "prodigy":
-        low, high = PRODIGY_LR_RANGE
+    if model_type == "sdxl" and _truthy(options.get("cpu_offload_checkpointing")):
+        found.append("--cpu_offload_checkpointing on SDXL (library/sdxl_original_unet.py:1041 takes "
+                     "no cpu_offload)")
+    if model_type == "sdxl" and _truthy(options.get("v2")):
+        found.append("--v2 on SDXL (library/sdxl_train_util.py:349)")
+    if options.get("adaptive_noise_scale") not in (None, False) and options.get("noise_offset") in (
+            None, False):
+        found.append("--adaptive_noise_scale without --noise_offset (library/train_util.py:4443)")
+    bucket = options.get("bucket_reso_steps")
+    if bucket not in (None, True, False):
+        step = 32 if model_type == "sdxl" else 64
+        if int(float(bucket)) % step:
+            found.append(f"--bucket_reso_steps {bucket} not divisible by {step} "
+                         f"(library/train_util.py:1094)")
+    optimizer = str(options.get("optimizer_type", "")).lower()
+    if _truthy(options.get("fused_backward_pass")) and optimizer != "adafactor":
+        found.append(f"--fused_backward_pass with --optimizer_type {optimizer} "
+                     f"(library/train_util.py:4848)")
+    scheduler = str(options.get("lr_scheduler") or "constant")
+    if not options.get("lr_scheduler_type"):
+        if scheduler.startswith("adafactor"):
+            if optimizer != "adafactor":
+                found.append(f"--lr_scheduler {scheduler} without Adafactor")
+        elif scheduler not in LR_SCHEDULERS:
+            found.append(f"--lr_scheduler {scheduler} unknown (library/train_util.py:5326)")
+        elif scheduler == "constant":
+            warmup = options.get("lr_warmup_steps")
+            if warmup not in (None, True, False):
+                text = str(warmup).strip()  # int_or_float: below 1 (or N%) a ratio of the steps
+                value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+                steps = int(options.get("max_train_steps") or 0)
+                if (int(value * steps) if value < 1 else value):
+                    found.append(f"--lr_scheduler constant with --lr_warmup_steps {warmup} "
+                                 f"(library/train_util.py:5296)")
+    if optimizer == "prodigy":
         base = float(options.get("learning_rate", 2e-6))  # sd-scripts' default learning rate
         unet = _floats(options.get("unet_lr"))[0] if options.get("unet_lr") not in (None, True) else base
-        for flag, value in (("--learning_rate", base), ("--unet_lr", unet)):
-            if not low <= value <= high:
-                found.append(f"--optimizer_type prodigy with {flag} {value:g} (not near 1.0)")
-                break
-        if not unet_only and any(value != unet for value in (te_lrs or [base])):
+        nargs = _network_args(options)
+        plus = [key for key in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio")
+                + (() if unet_only else ("loraplus_text_encoder_lr_ratio",))
+                if key in nargs and _differs_from_one(nargs[key])]
+        if plus:
+            found.append(f"--optimizer_type prodigy with LoRA+ {plus[0]}={nargs[plus[0]]} "
+                         f"(prodigyopt/prodigy.py:151)")
+        if model_type == "sdxl":
+            blocks = [key for key in ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
+                      if key in nargs and _block_lrs_differ(nargs[key])]
+            if blocks:
+                found.append(f"--optimizer_type prodigy with block lr {blocks[0]}={nargs[blocks[0]]} "
+                             f"(prodigyopt/prodigy.py:151)")
+        elif nargs.get("network_reg_lrs"):
+            found.append("--optimizer_type prodigy with network_reg_lrs (prodigyopt/prodigy.py:151)")
+        if not unet_only and unet != 0 and any(value != unet for value in (te_lrs or [base])):
             found.append(f"--optimizer_type prodigy with different --unet_lr {unet:g} and "
-                         f"--text_encoder_lr {te_lrs or base} (Prodigy raises at step 1)")
+                         f"--text_encoder_lr {te_lrs or base} (prodigyopt/prodigy.py:151)")
     return found
 
 
