@@ -4,9 +4,13 @@ Five tests, one line each on stdout (`PASS name: detail` or `FAIL name: reason`)
   dependency_chain_test  requirements-pod.txt: every line pinned with ==, the pins compatible
                          (xformers and torchvision with torch, no onnxruntime beside onnxruntime-gpu,
                          insightface's CPU onnxruntime defused by the documented reinstall), and
-                         installed versions compared with the pins.
+                         installed versions compared with the pins; the locks of both pod
+                         environments (requirements-{pod,training}-py3*.lock): every entry pinned
+                         and hashed, the top-level pins in them, xformers with its torch.
   training_flag_test     the commands tools/retrain_lora_v3.py builds for its SDXL and Flux
-                         defaults hold no flag pair that sd-scripts or Prodigy rejects.
+                         defaults hold no flag combination that sd-scripts or Prodigy refuses
+                         (the launcher's rules, with the upstream file:line of each, checked by
+                         independent code).
   stale_reference_test   no active file (outside archive folders) names a repo path that is
                          missing or archived.
   context_budget_test    the startup context fits 220 lines (as tools/lifeos_context_budget.py).
@@ -335,6 +339,61 @@ def resolver_checks(pins: dict, result: dict) -> tuple[list[str], list[str]]:
     return problems, facts
 
 
+LOCKED_ENVIRONMENTS = ("pod", "training")  # requirements-ENV.txt -> requirements-ENV-py3XX.lock
+LOCK_ENTRY = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;\\]+)")
+
+
+def lock_problems(root: Path) -> tuple[list[str], list[str]]:
+    """The committed locks: every entry pinned and hashed, the top-level pins in them unchanged,
+    xformers with its torch, no CPU onnxruntime in the eval lock. Offline; tests/test_pod_locks.py
+    re-resolves them against the index."""
+    problems, facts = [], []
+    for env in LOCKED_ENVIRONMENTS:
+        top_file = root / f"requirements-{env}.txt"
+        locks = sorted(root.glob(f"requirements-{env}-py3*.lock"))
+        if not top_file.is_file():
+            continue
+        if not locks:  # tests/test_pod_locks.py requires them in the repository
+            facts.append(f"{top_file.name}: no lock here")
+            continue
+        top = {}
+        for raw in top_file.read_text(encoding="utf-8").splitlines():
+            match = PIN_LINE.match(re.sub(r"(^|\s)#.*$", "", raw).strip())
+            if match:
+                top[normalize_name(match["name"])] = match["version"]
+        for lock in locks:
+            entries, current = {}, None
+            for raw in lock.read_text(encoding="utf-8").splitlines():
+                if raw.strip().startswith("#") or not raw.strip():
+                    continue
+                match = LOCK_ENTRY.match(raw)
+                if match:
+                    current = normalize_name(match["name"])
+                    entries[current] = [match["version"], 0]
+                elif not raw[0].isspace():
+                    problems.append(f"{lock.name}: `{raw.strip()}` is not pinned with ==")
+                if current and "--hash=sha256:" in raw:
+                    entries[current][1] += raw.count("--hash=sha256:")
+            unhashed = sorted(name for name, (_, hashes) in entries.items() if not hashes)
+            if unhashed:
+                problems.append(f"{lock.name}: no --hash for {', '.join(unhashed)}")
+            for name, version in top.items():
+                if name not in entries:
+                    problems.append(f"{lock.name} lacks {name}, pinned in {top_file.name}")
+                elif not same_version(entries[name][0], version):
+                    problems.append(f"{lock.name} has {name} {entries[name][0]} but {top_file.name} "
+                                    f"pins {version}: regenerate the lock (command in its header)")
+            if "xformers" in entries and "torch" in entries:
+                wanted = XFORMERS_TORCH.get(public_version(entries["xformers"][0]))
+                if wanted and not same_version(wanted, entries["torch"][0]):
+                    problems.append(f"{lock.name}: xformers {entries['xformers'][0]} requires torch=={wanted}"
+                                    f", the lock has torch {entries['torch'][0]}")
+            if env == "pod" and "onnxruntime" in entries:
+                problems.append(f"{lock.name} installs the CPU onnxruntime beside onnxruntime-gpu")
+            facts.append(f"{lock.name} {len(entries)} hashed pins")
+    return problems, facts
+
+
 def dependency_chain_test(root: Path, args) -> tuple[bool, str]:
     requirements = root / REQUIREMENTS_FILE
     if not requirements.is_file():
@@ -347,6 +406,9 @@ def dependency_chain_test(root: Path, args) -> tuple[bool, str]:
     problems += more
     matching, differing, faults = installed_comparison(pins)
     problems += faults
+    more, lock_facts = lock_problems(root)
+    problems += more
+    facts += lock_facts
     if args.check_installed and differing:
         problems.append("installed versions differ from the pins: " + ", ".join(differing))
     layers = "offline layer (table + installed metadata)"

@@ -321,3 +321,22 @@ def test_resolver_layer_fails_when_the_wheel_disagrees(project, tmp_path):
     verdict, reason = lines["dependency_chain_test"]
     assert verdict == "FAIL" and "pip's resolver rejects the pins" in reason
     assert "torch==2.8.0" in reason
+
+
+def test_dependency_chain_catches_a_training_pin_without_a_new_lock(project):
+    top = project / "requirements-training.txt"
+    top.write_text(top.read_text(encoding="utf-8").replace("safetensors==0.4.5", "safetensors==0.4.4"),
+                   encoding="utf-8")
+    problems = known_failures.lock_problems(project)[0]
+    assert len(problems) == 2, problems  # both Python versions' locks
+    assert all("has safetensors 0.4.5 but requirements-training.txt pins 0.4.4" in p for p in problems)
+
+
+def test_dependency_chain_catches_an_unhashed_or_cpu_onnxruntime_lock(project):
+    lock = project / "requirements-pod-py311.lock"
+    lock.write_text(lock.read_text(encoding="utf-8") + "onnxruntime==1.23.2\n", encoding="utf-8")
+    problems = known_failures.lock_problems(project)[0]
+    assert any("no --hash for onnxruntime" in problem for problem in problems)
+    assert any("installs the CPU onnxruntime" in problem for problem in problems)
+    result, lines = run_checks(project, "--only", "dependency_chain_test")
+    assert result.returncode == 1 and lines["dependency_chain_test"][0] == "FAIL"
