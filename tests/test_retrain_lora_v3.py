@@ -526,7 +526,7 @@ def test_a_python_without_sd_scripts_packages_is_an_environment_error(upstream, 
     import subprocess
     import venv
 
-    venv.EnvBuilder(with_pip=False).create(tmp_path / "bare")
+    venv.EnvBuilder(with_pip=False).create(tmp_path / "venv")
     bare = retrain.find_training_python(tmp_path)
     assert bare is not None
     subprocess.run([str(bare), "-c", "pass"], check=True, timeout=60)

@@ -93,6 +93,7 @@ REQUIREMENTS_POD = {
     "tqdm": "4.67.1",
     "diffusers": "0.39.0",
     "peft": "0.21.2",
+    "huggingface-hub": "0.36.2",
 }
 
 # import name -> (distribution, pinned version or None). Every third-party import of
@@ -105,6 +106,7 @@ MANIFEST = {
     "diffusers": ("diffusers", "0.39.0"),
     "dlib": ("dlib-bin", None),
     "filelock": ("filelock", "3.20.0"),
+    "huggingface_hub": ("huggingface-hub", "0.36.2"),
     "insightface": ("insightface", "2.1"),
     "numpy": ("numpy", "2.2.6"),
     "onnx": ("onnx", "1.19.1"),
