@@ -4,9 +4,13 @@ Five tests, one line each on stdout (`PASS name: detail` or `FAIL name: reason`)
   dependency_chain_test  requirements-pod.txt: every line pinned with ==, the pins compatible
                          (xformers and torchvision with torch, no onnxruntime beside onnxruntime-gpu,
                          insightface's CPU onnxruntime defused by the documented reinstall), and
-                         installed versions compared with the pins.
+                         installed versions compared with the pins; the locks of both pod
+                         environments (requirements-{pod,training}-py3*.lock): every entry pinned
+                         and hashed, the top-level pins in them, xformers with its torch.
   training_flag_test     the commands tools/retrain_lora_v3.py builds for its SDXL and Flux
-                         defaults hold no flag pair that sd-scripts or Prodigy rejects.
+                         defaults hold no flag combination that sd-scripts or Prodigy refuses
+                         (the launcher's rules, with the upstream file:line of each, checked by
+                         independent code).
   stale_reference_test   no active file (outside archive folders) names a repo path that is
                          missing or archived.
   context_budget_test    the startup context fits 220 lines (as tools/lifeos_context_budget.py).
@@ -336,6 +340,61 @@ def resolver_checks(pins: dict, result: dict) -> tuple[list[str], list[str]]:
     return problems, facts
 
 
+LOCKED_ENVIRONMENTS = ("pod", "training")  # requirements-ENV.txt -> requirements-ENV-py3XX.lock
+LOCK_ENTRY = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;\\]+)")
+
+
+def lock_problems(root: Path) -> tuple[list[str], list[str]]:
+    """The committed locks: every entry pinned and hashed, the top-level pins in them unchanged,
+    xformers with its torch, no CPU onnxruntime in the eval lock. Offline; tests/test_pod_locks.py
+    re-resolves them against the index."""
+    problems, facts = [], []
+    for env in LOCKED_ENVIRONMENTS:
+        top_file = root / f"requirements-{env}.txt"
+        locks = sorted(root.glob(f"requirements-{env}-py3*.lock"))
+        if not top_file.is_file():
+            continue
+        if not locks:  # tests/test_pod_locks.py requires them in the repository
+            facts.append(f"{top_file.name}: no lock here")
+            continue
+        top = {}
+        for raw in top_file.read_text(encoding="utf-8").splitlines():
+            match = PIN_LINE.match(re.sub(r"(^|\s)#.*$", "", raw).strip())
+            if match:
+                top[normalize_name(match["name"])] = match["version"]
+        for lock in locks:
+            entries, current = {}, None
+            for raw in lock.read_text(encoding="utf-8").splitlines():
+                if raw.strip().startswith("#") or not raw.strip():
+                    continue
+                match = LOCK_ENTRY.match(raw)
+                if match:
+                    current = normalize_name(match["name"])
+                    entries[current] = [match["version"], 0]
+                elif not raw[0].isspace():
+                    problems.append(f"{lock.name}: `{raw.strip()}` is not pinned with ==")
+                if current and "--hash=sha256:" in raw:
+                    entries[current][1] += raw.count("--hash=sha256:")
+            unhashed = sorted(name for name, (_, hashes) in entries.items() if not hashes)
+            if unhashed:
+                problems.append(f"{lock.name}: no --hash for {', '.join(unhashed)}")
+            for name, version in top.items():
+                if name not in entries:
+                    problems.append(f"{lock.name} lacks {name}, pinned in {top_file.name}")
+                elif not same_version(entries[name][0], version):
+                    problems.append(f"{lock.name} has {name} {entries[name][0]} but {top_file.name} "
+                                    f"pins {version}: regenerate the lock (command in its header)")
+            if "xformers" in entries and "torch" in entries:
+                wanted = XFORMERS_TORCH.get(public_version(entries["xformers"][0]))
+                if wanted and not same_version(wanted, entries["torch"][0]):
+                    problems.append(f"{lock.name}: xformers {entries['xformers'][0]} requires torch=={wanted}"
+                                    f", the lock has torch {entries['torch'][0]}")
+            if env == "pod" and "onnxruntime" in entries:
+                problems.append(f"{lock.name} installs the CPU onnxruntime beside onnxruntime-gpu")
+            facts.append(f"{lock.name} {len(entries)} hashed pins")
+    return problems, facts
+
+
 def dependency_chain_test(root: Path, args) -> tuple[bool, str]:
     requirements = root / REQUIREMENTS_FILE
     if not requirements.is_file():
@@ -348,6 +407,9 @@ def dependency_chain_test(root: Path, args) -> tuple[bool, str]:
     problems += more
     matching, differing, faults = installed_comparison(pins)
     problems += faults
+    more, lock_facts = lock_problems(root)
+    problems += more
+    facts += lock_facts
     if args.check_installed and differing:
         problems.append("installed versions differ from the pins: " + ", ".join(differing))
     layers = "offline layer (table + installed metadata)"
@@ -377,7 +439,10 @@ def dependency_chain_test(root: Path, args) -> tuple[bool, str]:
 # training_flag_test
 
 TRAIN_SCRIPT = "tools/retrain_lora_v3.py"
-PRODIGY_LR_RANGE = (0.5, 2.0)
+# get_scheduler_fix's names (transformers 4.54.1 SchedulerType + diffusers' piecewise_constant).
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                 "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr",
+                 "cosine_warmup_with_min_lr", "warmup_stable_decay", "piecewise_constant")
 
 
 def kohya_options(argv: list[str]) -> tuple[str, dict]:
@@ -427,20 +492,46 @@ def _floats(value) -> list[float]:
     return [float(item) for item in values]
 
 
+def _network_args(options: dict) -> dict:
+    value = options.get("network_args")
+    if value in (None, True, False):
+        return {}
+    items = value if isinstance(value, list) else [value]
+    return dict(str(item).split("=", 1) for item in items if "=" in str(item))
+
+
+def _differs_from_one(text: str) -> bool:
+    try:
+        return float(text) != 1.0
+    except ValueError:
+        return True
+
+
+def _block_lrs_differ(text: str) -> bool:
+    try:
+        weights = {float(part) if part.strip() else 0.0 for part in text.split(",")}
+    except ValueError:
+        return True  # a preset (sine, cosine, ...): weights vary by block
+    return bool(weights - {0.0, 1.0})
+
+
 def conflicting_pairs(options: dict, model_type: str) -> list[str]:
-    """Flag pairs that sd-scripts (or Prodigy) reject after loading the model; independent of
-    retrain_lora_v3.py's own checks, so a bug there cannot hide one here."""
+    """Flag combinations that sd-scripts (or Prodigy) refuses, or that this project refuses for its
+    own reasons (cached text encoders with a text-encoder lr); independent of retrain_lora_v3.py's
+    own checks, so a bug there cannot hide one here. The same rules, the same upstream places:
+    tools/retrain_lora_v3.py UPSTREAM; tests/test_known_failures.py checks both agree."""
     found = []
     te_cached = _truthy(options.get("cache_text_encoder_outputs")) or _truthy(
         options.get("cache_text_encoder_outputs_to_disk"))
     unet_only = _truthy(options.get("network_train_unet_only"))
-    te_lrs = _floats(options.get("text_encoder_lr"))
+    te_lrs = [value for value in _floats(options.get("text_encoder_lr")) if value != 0]
     if te_cached and te_lrs:
         found.append("--cache_text_encoder_outputs with --text_encoder_lr "
-                     f"{options['text_encoder_lr']} (cached text encoders cannot be trained)")
+                     f"{options['text_encoder_lr']} (the text encoder is not trained, the lr is "
+                     f"silently ignored)")
     if te_cached and not unet_only and model_type == "sdxl":
-        found.append("--cache_text_encoder_outputs without --network_train_unet_only (sd-scripts "
-                     "asserts on SDXL)")
+        found.append("--cache_text_encoder_outputs without --network_train_unet_only "
+                     "(sdxl_train_network.py:39-41)")
     if te_cached:
         for name in ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate",
                      "caption_dropout_every_n_epochs", "token_warmup_step"):
@@ -451,10 +542,11 @@ def conflicting_pairs(options: dict, model_type: str) -> list[str]:
             if _truthy(options.get(name)):
                 found.append(f"--cache_latents with --{name}")
     mixed = str(options.get("mixed_precision") or "no")
-    if _truthy(options.get("full_bf16")) and mixed != "bf16":
+    if _truthy(options.get("full_fp16")):  # checked first upstream; full_bf16 only without it
+        if mixed != "fp16":
+            found.append(f"--full_fp16 with --mixed_precision {mixed}")
+    elif _truthy(options.get("full_bf16")) and mixed != "bf16":
         found.append(f"--full_bf16 with --mixed_precision {mixed}")
-    if _truthy(options.get("full_fp16")) and mixed != "fp16":
-        found.append(f"--full_fp16 with --mixed_precision {mixed}")
     if (_truthy(options.get("fp8_base")) or _truthy(options.get("fp8_base_unet"))) and mixed == "no":
         found.append("--fp8_base with --mixed_precision no")
     swap = options.get("blocks_to_swap")
@@ -463,17 +555,61 @@ def conflicting_pairs(options: dict, model_type: str) -> list[str]:
             found.append(f"--blocks_to_swap {swap} above 35 on Flux")
         if int(float(swap)) > 0 and _truthy(options.get("cpu_offload_checkpointing")):
             found.append("--blocks_to_swap with --cpu_offload_checkpointing")
-    if str(options.get("optimizer_type", "")).lower() == "prodigy":
-        low, high = PRODIGY_LR_RANGE
+    if model_type == "sdxl" and _truthy(options.get("cpu_offload_checkpointing")):
+        found.append("--cpu_offload_checkpointing on SDXL (library/sdxl_original_unet.py:1041 takes "
+                     "no cpu_offload)")
+    if model_type == "sdxl" and _truthy(options.get("v2")):
+        found.append("--v2 on SDXL (library/sdxl_train_util.py:349)")
+    if options.get("adaptive_noise_scale") not in (None, False) and options.get("noise_offset") in (
+            None, False):
+        found.append("--adaptive_noise_scale without --noise_offset (library/train_util.py:4443)")
+    bucket = options.get("bucket_reso_steps")
+    if bucket not in (None, True, False):
+        step = 32 if model_type == "sdxl" else 64
+        if int(float(bucket)) % step:
+            found.append(f"--bucket_reso_steps {bucket} not divisible by {step} "
+                         f"(library/train_util.py:1094)")
+    optimizer = str(options.get("optimizer_type", "")).lower()
+    if _truthy(options.get("fused_backward_pass")) and optimizer != "adafactor":
+        found.append(f"--fused_backward_pass with --optimizer_type {optimizer} "
+                     f"(library/train_util.py:4848)")
+    scheduler = str(options.get("lr_scheduler") or "constant")
+    if not options.get("lr_scheduler_type"):
+        if scheduler.startswith("adafactor"):
+            if optimizer != "adafactor":
+                found.append(f"--lr_scheduler {scheduler} without Adafactor")
+        elif scheduler not in LR_SCHEDULERS:
+            found.append(f"--lr_scheduler {scheduler} unknown (library/train_util.py:5326)")
+        elif scheduler == "constant":
+            warmup = options.get("lr_warmup_steps")
+            if warmup not in (None, True, False):
+                text = str(warmup).strip()  # int_or_float: below 1 (or N%) a ratio of the steps
+                value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+                steps = int(options.get("max_train_steps") or 0)
+                if (int(value * steps) if value < 1 else value):
+                    found.append(f"--lr_scheduler constant with --lr_warmup_steps {warmup} "
+                                 f"(library/train_util.py:5296)")
+    if optimizer == "prodigy":
         base = float(options.get("learning_rate", 2e-6))  # sd-scripts' default learning rate
         unet = _floats(options.get("unet_lr"))[0] if options.get("unet_lr") not in (None, True) else base
-        for flag, value in (("--learning_rate", base), ("--unet_lr", unet)):
-            if not low <= value <= high:
-                found.append(f"--optimizer_type prodigy with {flag} {value:g} (not near 1.0)")
-                break
-        if not unet_only and any(value != unet for value in (te_lrs or [base])):
+        nargs = _network_args(options)
+        plus = [key for key in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio")
+                + (() if unet_only else ("loraplus_text_encoder_lr_ratio",))
+                if key in nargs and _differs_from_one(nargs[key])]
+        if plus:
+            found.append(f"--optimizer_type prodigy with LoRA+ {plus[0]}={nargs[plus[0]]} "
+                         f"(prodigyopt/prodigy.py:151)")
+        if model_type == "sdxl":
+            blocks = [key for key in ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
+                      if key in nargs and _block_lrs_differ(nargs[key])]
+            if blocks:
+                found.append(f"--optimizer_type prodigy with block lr {blocks[0]}={nargs[blocks[0]]} "
+                             f"(prodigyopt/prodigy.py:151)")
+        elif nargs.get("network_reg_lrs"):
+            found.append("--optimizer_type prodigy with network_reg_lrs (prodigyopt/prodigy.py:151)")
+        if not unet_only and unet != 0 and any(value != unet for value in (te_lrs or [base])):
             found.append(f"--optimizer_type prodigy with different --unet_lr {unet:g} and "
-                         f"--text_encoder_lr {te_lrs or base} (Prodigy raises at step 1)")
+                         f"--text_encoder_lr {te_lrs or base} (prodigyopt/prodigy.py:151)")
     return found
 
 

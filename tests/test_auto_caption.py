@@ -134,3 +134,106 @@ def test_missing_local_model_folder_exits_2_without_a_download(tmp_path, hf_env)
     module = load_script(SCRIPT)
     assert module.looks_like_path("C:\\models\\blip2") and module.looks_like_path("./blip2")
     assert not module.looks_like_path("Salesforce/blip2-opt-2.7b")
+
+
+def one_image(tmp_path: Path) -> Path:
+    images = tmp_path / "imgs"
+    images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (120, 90, 70)).save(images / "x.png")
+    return images
+
+
+def test_folder_without_config_is_refused_before_loading(tmp_path, hf_env):
+    images = one_image(tmp_path)
+    (tmp_path / "not_a_model").mkdir()
+    result = run_script(SCRIPT, *caption_args(images, tmp_path / "not_a_model"), env=hf_env)
+    assert result.returncode == 2 and "has no config.json" in result.stderr
+
+
+def test_images_are_checked_before_the_model_is_loaded(tmp_path, hf_env):
+    """All unreadable: listed, counted, exit 1, and the (missing) model is never even looked at."""
+    images = tmp_path / "imgs"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(b"not a jpeg")
+    (images / "b.png").write_bytes(b"")
+    result = run_script(SCRIPT, *caption_args(images, tmp_path / "missing_model"), env=hf_env)
+    assert result.returncode == 1, result.stderr
+    assert "2 image(s) to caption: 0 readable, 2 not" in result.stderr
+    assert "the model was not loaded" in result.stderr and "no such model folder" not in result.stderr
+    assert "FAILED" in result.stderr and "a.jpg" in result.stderr and "b.png" in result.stderr
+
+
+def test_unreadable_images_are_counted_before_loading_and_the_rest_captioned(tmp_path, tiny_model, hf_env):
+    images = one_image(tmp_path)
+    (images / "broken.webp").write_bytes(b"RIFF....WEBPVP8 broken")
+    result = run_script(SCRIPT, *caption_args(images, tiny_model), env=hf_env)
+    assert result.returncode == 1, result.stderr
+    stderr = result.stderr
+    assert stderr.index("2 image(s) to caption: 1 readable, 1 not") < stderr.index("loading ")
+    assert (images / "x.txt").is_file() and not (images / "broken.txt").exists()
+
+
+def test_hub_id_with_the_network_down_says_network(tmp_path):
+    """A real connection failure: the Hub endpoint is a closed port on this machine."""
+    images = one_image(tmp_path)
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
+    result = run_script(SCRIPT, "--images", str(images), "--model", "Salesforce/blip2-opt-2.7b",
+                        "--device", "cpu", env=env, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "the network fails" in result.stderr and "127.0.0.1:9 is unreachable" in result.stderr
+    assert "--model /path/to/folder" in result.stderr
+    assert not (images / "x.txt").exists()
+
+
+def test_hub_id_in_offline_mode_says_offline(tmp_path, hf_env):
+    images = one_image(tmp_path)
+    result = run_script(SCRIPT, "--images", str(images), "--model", "Salesforce/blip2-opt-2.7b",
+                        "--device", "cpu", env=hf_env)
+    assert result.returncode == 2
+    assert "not in the Hugging Face cache and HF_HUB_OFFLINE is set" in result.stderr
+
+
+def test_hub_id_the_hub_does_not_have_says_so(tmp_path):
+    """A Hub stand-in on the loopback interface answering 404 for every model."""
+    import http.server
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        images = one_image(tmp_path)
+        env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0",
+               "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}"}
+        result = run_script(SCRIPT, "--images", str(images), "--model", "nobody/no-such-blip2",
+                            "--device", "cpu", env=env, timeout=300)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 2
+    assert "has no such model, or it is private (HTTP 404)" in result.stderr
+
+
+def test_hub_id_in_the_cache_needs_no_network(tmp_path, tiny_model, monkeypatch):
+    """hub_problem returns None for a model the cache holds, even with the endpoint unreachable."""
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hub" / "models--owner--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123", encoding="utf-8")
+    snapshot = repo / "snapshots" / "abc123"
+    shutil.copytree(tiny_model, snapshot)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert auto_caption.hub_problem("owner/tiny", tmp_path / "hub") is None
+    assert "the network fails" in auto_caption.hub_problem("owner/other", tmp_path / "hub")

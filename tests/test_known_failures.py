@@ -217,6 +217,34 @@ def test_syntax_error_in_tools_fails(project):
 
 
 # ----------------------------------------------------------------------------------------------
+def _launcher_cases():
+    import test_retrain_lora_v3 as launcher_tests
+
+    cases = [(model_type, flags, True) for model_type, flags, _, _ in launcher_tests.UPSTREAM_CONFLICTS]
+    cases += [(model_type, flags, True) for flags, model_type, _ in launcher_tests.LAUNCHER_CONFLICTS
+              if not any("--extra-arg --dataset_config" in name for name in _)]
+    cases += [(model_type, flags, False) for model_type, flags in launcher_tests.UPSTREAM_ACCEPTS]
+    cases += [(model_type, flags, False) for flags, model_type, _ in
+              launcher_tests.test_valid_overrides_print_a_command.pytestmark[0].args[1]]
+    return cases
+
+
+@pytest.mark.parametrize("model_type,flags,conflict", _launcher_cases(), ids=str)
+def test_training_flag_rules_agree_with_the_launcher(model_type, flags, conflict):
+    """training_flag_test's own rules refuse exactly what tools/retrain_lora_v3.py refuses."""
+    retrain = load_script("tools/retrain_lora_v3.py")
+    argv = ["--model-type", model_type, "--base-model", "b.safetensors", "--images", "imgs", "--trigger",
+            "ohwx", "--output", "out"]
+    if model_type == "flux":
+        argv += ["--clip-l", "c", "--t5xxl", "t", "--ae", "a"]
+    settings = retrain.resolve_settings(retrain.build_parser().parse_args(argv + flags))
+    assert bool(retrain.find_conflicts(settings)) is conflict
+    _, options = known_failures.kohya_options([str(token) for token in retrain.build_command(settings)])
+    merged = {**known_failures.flatten_dataset_config(retrain.dataset_config(settings)), **options}
+    pairs = known_failures.conflicting_pairs(merged, model_type)
+    assert bool(pairs) is conflict, pairs
+
+
 # dependency_chain_test details, in process
 
 
@@ -320,3 +348,22 @@ def test_resolver_layer_fails_when_the_wheel_disagrees(project, tmp_path):
     verdict, reason = lines["dependency_chain_test"]
     assert verdict == "FAIL" and "pip's resolver rejects the pins" in reason
     assert "torch==2.8.0" in reason
+
+
+def test_dependency_chain_catches_a_training_pin_without_a_new_lock(project):
+    top = project / "requirements-training.txt"
+    top.write_text(top.read_text(encoding="utf-8").replace("safetensors==0.4.5", "safetensors==0.4.4"),
+                   encoding="utf-8")
+    problems = known_failures.lock_problems(project)[0]
+    assert len(problems) == 2, problems  # both Python versions' locks
+    assert all("has safetensors 0.4.5 but requirements-training.txt pins 0.4.4" in p for p in problems)
+
+
+def test_dependency_chain_catches_an_unhashed_or_cpu_onnxruntime_lock(project):
+    lock = project / "requirements-pod-py311.lock"
+    lock.write_text(lock.read_text(encoding="utf-8") + "onnxruntime==1.23.2\n", encoding="utf-8")
+    problems = known_failures.lock_problems(project)[0]
+    assert any("no --hash for onnxruntime" in problem for problem in problems)
+    assert any("installs the CPU onnxruntime" in problem for problem in problems)
+    result, lines = run_checks(project, "--only", "dependency_chain_test")
+    assert result.returncode == 1 and lines["dependency_chain_test"][0] == "FAIL"

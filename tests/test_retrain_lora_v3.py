@@ -215,7 +215,35 @@ def test_config_file_toml_and_json_with_command_line_winning(pod, tmp_path):
 # In-process: the checks
 
 
-@pytest.mark.parametrize("extra,model_type,must_name", [
+# Every combination sd-scripts (or Prodigy) refuses: (model type, launcher flags, names the refusal
+# message must hold, the upstream place that raises). The same table drives the tests that run
+# sd-scripts itself below, and tests/test_known_failures.py.
+UPSTREAM_CONFLICTS = [
+    ("sdxl", ["--cpu_offload_checkpointing"], ["--cpu_offload_checkpointing", "--model-type sdxl"],
+     "library/sdxl_original_unet.py:1041"),
+    ("sdxl", ["--extra-arg=--lr_warmup_steps 100"], ["--lr_scheduler constant", "--lr_warmup_steps"],
+     "library/train_util.py:5296"),
+    ("flux", ["--extra-arg=--lr_warmup_steps 0.1"], ["--lr_scheduler constant", "--lr_warmup_steps"],
+     "library/train_util.py:5296"),
+    ("sdxl", ["--lr-scheduler", "cosine_annealing"], ["--lr_scheduler cosine_annealing"],
+     "library/train_util.py:5326"),
+    ("sdxl", ["--extra-arg=--network_args loraplus_lr_ratio=16"], ["--optimizer_type prodigy", "loraplus_lr_ratio"],
+     "prodigyopt/prodigy.py:152"),
+    ("flux", ["--extra-arg=--network_args loraplus_unet_lr_ratio=4"],
+     ["--optimizer_type prodigy", "loraplus_unet_lr_ratio"], "prodigyopt/prodigy.py:152"),
+    ("sdxl", ["--extra-arg=--network_args down_lr_weight=1,0.5,0.5,0.5,1,1,1,1,1"],
+     ["--optimizer_type prodigy", "down_lr_weight"], "prodigyopt/prodigy.py:152"),
+    ("sdxl", ["--extra-arg=--bucket_reso_steps 48"], ["--bucket_reso_steps 48", "32"], "library/train_util.py:1094"),
+    ("flux", ["--extra-arg=--bucket_reso_steps 96"], ["--bucket_reso_steps 96", "64"], "library/train_util.py:1094"),
+    ("sdxl", ["--extra-arg=--fused_backward_pass"], ["--fused_backward_pass", "Adafactor"],
+     "library/train_util.py:4850"),
+    ("sdxl", ["--extra-arg=--adaptive_noise_scale 0.1"], ["--adaptive_noise_scale", "--noise_offset"],
+     "library/train_util.py:4444"),
+    ("sdxl", ["--extra-arg=--v2"], ["--v2", "--model-type sdxl"], "library/sdxl_train_util.py:349"),
+]
+# Refused by the launcher only (its own rule, not an upstream error), or refused upstream by checks
+# the tests above do not re-run here (covered by test_conflicts_exit_2_naming_both_flags).
+LAUNCHER_CONFLICTS = [
     (["--no-network_train_unet_only"], "sdxl", ["--cache_text_encoder_outputs", "--network_train_unet_only"]),
     (["--shuffle_caption"], "sdxl", ["--cache_text_encoder_outputs", "--shuffle_caption"]),
     (["--caption_dropout_rate", "0.1"], "sdxl", ["--cache_text_encoder_outputs", "--caption_dropout_rate"]),
@@ -231,15 +259,17 @@ def test_config_file_toml_and_json_with_command_line_winning(pod, tmp_path):
     (["--blocks_to_swap", "36"], "flux", ["--blocks_to_swap", "--model-type flux"]),
     (["--blocks_to_swap", "8", "--cpu_offload_checkpointing"], "flux",
      ["--blocks_to_swap", "--cpu_offload_checkpointing"]),
-    (["--learning_rate", "1e-4"], "sdxl", ["--optimizer_type prodigy", "--learning_rate"]),
-    (["--unet_lr", "0.0001"], "sdxl", ["--optimizer_type prodigy", "--unet_lr"]),
     (["--no-network_train_unet_only", "--no-cache_text_encoder_outputs",
       "--no-cache_text_encoder_outputs_to_disk", "--text_encoder_lr", "0.5"], "sdxl",
-     ["--optimizer_type prodigy", "--unet_lr", "--text_encoder_lr"]),
-    (["--no-cache_text_encoder_outputs", "--no-cache_text_encoder_outputs_to_disk",
-      "--text_encoder_lr", "1"], "sdxl", ["--network_train_unet_only", "--text_encoder_lr"]),
-    (["--extra-arg", "--text_encoder_lr 1e-5"], "sdxl", ["--extra-arg", "--text_encoder_lr"]),
-])
+     ["--optimizer_type prodigy", "--unet_lr", "--text_encoder_lr", "prodigyopt/prodigy.py:151"]),
+    (["--extra-arg", "--text_encoder_lr 1e-5"], "sdxl", ["--cache_text_encoder_outputs", "--text_encoder_lr"]),
+    (["--cache_text_encoder_outputs", "--text_encoder_lr", "1e-5"], "flux",
+     ["--cache_text_encoder_outputs", "--text_encoder_lr", "silently ignored"]),
+    (["--extra-arg", "--dataset_config other.toml"], "sdxl", ["--extra-arg --dataset_config"]),
+] + [(flags, model_type, names) for model_type, flags, names, _ in UPSTREAM_CONFLICTS]
+
+
+@pytest.mark.parametrize("extra,model_type,must_name", LAUNCHER_CONFLICTS)
 def test_conflicts_exit_2_naming_both_flags(tmp_path, capsys, extra, model_type, must_name):
     with pytest.raises(SystemExit) as exit_info:
         retrain.main(["--print-cmd", *base_args(tmp_path, model_type), *extra])
@@ -249,16 +279,47 @@ def test_conflicts_exit_2_naming_both_flags(tmp_path, capsys, extra, model_type,
         assert name in error, (name, error)
 
 
-@pytest.mark.parametrize("extra,model_type", [
-    (["--blocks_to_swap", "35"], "flux"),
+@pytest.mark.parametrize("model_type,extra,must_name,upstream", UPSTREAM_CONFLICTS,
+                         ids=lambda value: value if isinstance(value, str) else None)
+def test_each_upstream_conflict_message_quotes_the_upstream_place(model_type, extra, must_name, upstream):
+    settings = retrain.resolve_settings(retrain.build_parser().parse_args(
+        [*base_args(Path("/nonexistent"), model_type), *extra]))
+    problems = retrain.find_conflicts(settings)
+    assert len(problems) == 1, problems
+    assert upstream.rsplit(":", 1)[0] in problems[0], problems[0]
+
+
+@pytest.mark.parametrize("extra,model_type,warning", [
+    (["--blocks_to_swap", "35"], "flux", None),
     (["--no-cache_text_encoder_outputs", "--no-cache_text_encoder_outputs_to_disk", "--shuffle_caption",
-      "--no-cache_latents", "--no-cache_latents_to_disk", "--color_aug"], "sdxl"),
-    (["--learning_rate", "0.8", "--full_bf16"], "sdxl"),
-    (["--optimizer_type", "AdamW8bit", "--learning_rate", "1e-4"], "sdxl"),
+      "--no-cache_latents", "--no-cache_latents_to_disk", "--color_aug"], "sdxl", None),
+    (["--learning_rate", "0.8", "--full_bf16"], "sdxl", None),
+    (["--optimizer_type", "AdamW8bit", "--learning_rate", "1e-4"], "sdxl", None),
+    # Not upstream conflicts: accepted by sd-scripts, so a warning at most.
+    (["--no-cache_text_encoder_outputs", "--no-cache_text_encoder_outputs_to_disk",
+      "--text_encoder_lr", "1e-5"], "sdxl", "silently ignored with --network_train_unet_only"),
+    (["--text_encoder_lr", "0"], "sdxl", None),  # lr 0: sd-scripts drops the group, Prodigy accepts 0
+    (["--no-network_train_unet_only", "--no-cache_text_encoder_outputs",
+      "--no-cache_text_encoder_outputs_to_disk", "--text_encoder_lr", "0"], "sdxl", None),
+    (["--learning_rate", "1e-4"], "sdxl", "sd-scripts itself only warns at lr <= 0.1"),
+    (["--unet_lr", "3"], "flux", "keep it near 1.0"),
+    (["--full_bf16", "--full_fp16", "--mixed_precision", "fp16", "--save_precision", "fp16"], "sdxl",
+     "full_fp16 wins"),
+    (["--extra-arg=--lr_warmup_steps 100", "--lr-scheduler", "constant_with_warmup"], "sdxl", None),
+    (["--extra-arg=--bucket_reso_steps 32"], "sdxl", None),
+    (["--extra-arg=--network_args loraplus_lr_ratio=16", "--optimizer_type", "AdamW", "--learning_rate",
+      "1e-4"], "sdxl", None),
+    (["--extra-arg=--network_args loraplus_text_encoder_lr_ratio=4"], "sdxl", None),  # no TE trained
+    (["--extra-arg=--network_args down_lr_weight=1,0,1"], "sdxl", None),  # 0 drops, 1 is the lr
+    (["--extra-arg=--network_args down_lr_weight=1,0.5"], "flux", "networks.lora_flux ignores them"),
+    (["--extra-arg=--noise_offset 0.05 --adaptive_noise_scale 0.01"], "sdxl", None),
 ])
-def test_valid_overrides_print_a_command(tmp_path, capsys, extra, model_type):
+def test_valid_overrides_print_a_command(tmp_path, capsys, extra, model_type, warning):
     assert retrain.main(["--print-cmd", *base_args(tmp_path, model_type), *extra]) == 0
-    assert "_train_network.py" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "_train_network.py" in captured.out
+    if warning:
+        assert warning in captured.err, captured.err
 
 
 @pytest.mark.parametrize("model_type", ["sdxl", "flux"])
@@ -320,3 +381,175 @@ def test_accelerate_launcher_needs_accelerate(pod):
     result = run_script(SCRIPT, *pod_args(pod))
     assert result.returncode == 2
     assert "accelerate" in result.stderr and "--launcher python" in result.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# kohya sd-scripts itself (../shared/sd-scripts): its parser, its pre-model checks, its optimizer
+# and scheduler code, and Prodigy on the parameter groups its LoRA networks build.
+
+# Accepted by the launcher (at most a warning) and by sd-scripts alike.
+UPSTREAM_ACCEPTS = [
+    ("sdxl", []),
+    ("flux", []),
+    ("sdxl", ["--no-cache_text_encoder_outputs", "--no-cache_text_encoder_outputs_to_disk",
+              "--text_encoder_lr", "1e-5"]),
+    ("sdxl", ["--text_encoder_lr", "0"]),
+    ("sdxl", ["--learning_rate", "1e-4"]),
+    ("sdxl", ["--full_bf16", "--full_fp16", "--mixed_precision", "fp16", "--save_precision", "fp16"]),
+    ("sdxl", ["--extra-arg=--lr_warmup_steps 100", "--lr-scheduler", "constant_with_warmup"]),
+    ("flux", ["--extra-arg=--bucket_reso_steps 128"]),
+]
+PRODIGY_CASES = [  # (model type, network module, launcher flags, Prodigy refuses?)
+    ("sdxl", "networks.lora", [], False),
+    ("flux", "networks.lora_flux", [], False),
+    ("sdxl", "networks.lora", ["--extra-arg=--network_args down_lr_weight=1,0,1"], False),
+] + [(model_type, "networks.lora_flux" if model_type == "flux" else "networks.lora", flags, True)
+     for model_type, flags, _, upstream in UPSTREAM_CONFLICTS if upstream.startswith("prodigyopt")]
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    """sd-scripts snapshot, a folder of real images, and the probe environment (or skip)."""
+    from sd_scripts_env import probe_env, sd_scripts_dir
+
+    root = tmp_path_factory.mktemp("upstream")
+    images = root / "images"
+    images.mkdir()
+    for index in range(3):
+        Image.new("RGB", (96 + 32 * index, 128), (40 * index, 90, 120)).save(images / f"img_{index}.png")
+    for name in ("base.safetensors", "clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        (root / name).write_bytes(b"placeholder: no model is loaded by these checks")
+    return {"sd_scripts": sd_scripts_dir(), "images": images, "root": root,
+            "env": probe_env(root / "placeholder")}
+
+
+def upstream_args(upstream: dict, model_type: str) -> list[str]:
+    args = ["--model-type", model_type, "--base-model", str(upstream["root"] / "base.safetensors"),
+            "--images", str(upstream["images"]), "--trigger", "ohwx", "--output",
+            str(upstream["root"] / "out"), "--sd-scripts", str(upstream["sd_scripts"]),
+            "--python", sys.executable]
+    if model_type == "flux":
+        args += ["--clip-l", str(upstream["root"] / "clip_l.safetensors"),
+                 "--t5xxl", str(upstream["root"] / "t5xxl.safetensors"),
+                 "--ae", str(upstream["root"] / "ae.safetensors")]
+    return args
+
+
+@pytest.fixture(scope="module")
+def upstream_results(upstream):
+    """One probe subprocess for every non-Prodigy case: {(model_type, flags): result}."""
+    cases = [(model_type, tuple(flags)) for model_type, flags, _, where in UPSTREAM_CONFLICTS
+             if not where.startswith("prodigyopt")] + [(m, tuple(f)) for m, f in UPSTREAM_ACCEPTS]
+    items = []
+    for model_type, flags in cases:
+        settings = retrain.resolve_settings(retrain.build_parser().parse_args(
+            [*upstream_args(upstream, model_type), *flags]))
+        items.append((settings, retrain.build_command(settings)))
+    results = retrain.upstream_checks(items, env=upstream["env"])
+    return dict(zip(cases, results))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type,flags", UPSTREAM_ACCEPTS, ids=str)
+def test_sd_scripts_accepts_the_defaults_and_the_non_conflicts(upstream_results, model_type, flags):
+    result = upstream_results[(model_type, tuple(flags))]
+    assert result["ok"], result
+    assert result["passed"][-1] == "get_scheduler_fix" and result["images"] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type,flags,must_name,where",
+                         [case for case in UPSTREAM_CONFLICTS if not case[3].startswith("prodigyopt")],
+                         ids=str)
+def test_sd_scripts_refuses_each_conflict_where_the_launcher_says(upstream_results, model_type, flags,
+                                                                   must_name, where):
+    result = upstream_results[(model_type, tuple(flags))]
+    assert result["ok"] is False and result["environment"] is False, result
+    assert where in result["where"], result
+    settings = retrain.resolve_settings(retrain.build_parser().parse_args(
+        [*base_args(Path("/nonexistent"), model_type), *flags]))
+    assert where.split(":")[0] in " ".join(retrain.find_conflicts(settings))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type,module,flags,refused", PRODIGY_CASES, ids=str)
+def test_prodigy_refuses_the_parameter_groups_sd_scripts_builds(upstream, tmp_path, model_type, module,
+                                                                flags, refused):
+    """LoRA+ and block lr weights are only refused at Prodigy's first step: build sd-scripts' own
+    network on a tiny stand-in model, take one real step (tests/prodigy_groups_probe.py)."""
+    settings = retrain.resolve_settings(retrain.build_parser().parse_args(
+        [*upstream_args(upstream, model_type), *flags]))
+    command = retrain.build_command(settings)
+    index = next(i for i, token in enumerate(command) if token.endswith("_network.py"))
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"script": f"{model_type}_train_network", "module": module,
+                                   "argv": command[index + 1:]}), encoding="utf-8")
+    import subprocess
+
+    completed = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "prodigy_groups_probe.py"), str(upstream["sd_scripts"]),
+         str(request)], capture_output=True, text=True, encoding="utf-8", timeout=600, env=upstream["env"])
+    line = next(line for line in completed.stdout.splitlines() if line.startswith("@@prodigy_groups@@"))
+    result = json.loads(line[len("@@prodigy_groups@@"):])
+    if refused:
+        assert result["ok"] is False and len(set(result["groups"])) > 1, result
+        assert result["where"] == "prodigyopt/prodigy.py:152 (step)", result
+        assert "different lr values in different parameter groups" in result["error"]
+        assert retrain.find_conflicts(settings), "the launcher must refuse it too"
+    else:
+        assert result["ok"], result
+        assert retrain.find_conflicts(settings) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["sdxl", "flux"])
+def test_cli_runs_the_command_through_sd_scripts_before_launch(upstream, model_type):
+    result = run_script(SCRIPT, "--print-cmd", *upstream_args(upstream, model_type), env=upstream["env"])
+    assert result.returncode == 0, result.stderr
+    assert "sd-scripts accepts the command" in result.stderr and "3 training images" in result.stderr
+    assert f"{model_type}_train_network.py" in result.stdout
+
+
+@pytest.mark.slow
+def test_extra_arg_typo_is_caught_by_sd_scripts_parser(upstream):
+    result = run_script(SCRIPT, "--dry-run", *upstream_args(upstream, "sdxl"),
+                        "--extra-arg=--noise_ofset 0.05", env=upstream["env"])
+    assert result.returncode == 2
+    assert "unrecognized arguments: --noise_ofset 0.05" in result.stderr
+    assert "sdxl_train_network.py setup_parser().parse_args()" in result.stderr
+    assert not (upstream["root"] / "out").exists(), "a refused command writes nothing"
+
+
+@pytest.mark.slow
+def test_a_python_without_sd_scripts_packages_is_an_environment_error(upstream, tmp_path):
+    """--python pointing at a bare venv: the check cannot run; --dry-run refuses, --print-cmd warns."""
+    import subprocess
+    import venv
+
+    venv.EnvBuilder(with_pip=False).create(tmp_path / "venv")
+    bare = retrain.find_training_python(tmp_path)
+    assert bare is not None
+    subprocess.run([str(bare), "-c", "pass"], check=True, timeout=60)
+    args = [*upstream_args(upstream, "sdxl")[:-2], "--python", str(bare)]
+    result = run_script(SCRIPT, "--dry-run", *args, env=upstream["env"])
+    assert result.returncode == 2
+    assert "cannot run sd-scripts' checks" in result.stderr and "No module named" in result.stderr
+    assert "--training-python" in result.stderr
+    result = run_script(SCRIPT, "--print-cmd", *args, env=upstream["env"])
+    assert result.returncode == 0 and "warning: cannot run sd-scripts' checks" in result.stderr
+
+
+def test_training_python_is_found_in_the_sd_scripts_venv(tmp_path):
+    assert retrain.find_training_python(tmp_path) is None
+    python = tmp_path / "venv" / ("Scripts" if sys.platform == "win32" else "bin")
+    python.mkdir(parents=True)
+    name = "python.exe" if sys.platform == "win32" else "python"
+    (python / name).write_text("", encoding="utf-8")
+    assert retrain.find_training_python(tmp_path) == python / name
+    settings = retrain.resolve_settings(retrain.build_parser().parse_args(
+        ["--base-model", "b", "--images", "i", "--trigger", "t", "--output", "o", "--sd-scripts", str(tmp_path)]))
+    assert settings["python"] == str(python / name)
+    settings = retrain.resolve_settings(retrain.build_parser().parse_args(
+        ["--base-model", "b", "--images", "i", "--trigger", "t", "--output", "o", "--sd-scripts", str(tmp_path),
+         "--python", sys.executable]))
+    assert settings["python"] == sys.executable

@@ -336,6 +336,8 @@ def test_help_shows_the_pod_command():
 @pytest.mark.parametrize("args, message", [
     (["--print-manifest"], "--print-manifest needs --project-root"),
     (["--import-timeout", "0"], "--import-timeout must be positive"),
+    (["--training-python", "p", "--skip-training"], "--training-python conflicts with --skip-training"),
+    (["--locks", "no-such-folder"], "--locks no-such-folder is not a folder"),
     (["--project-root", "does-not-exist"], "not a folder"),
 ])
 def test_usage_errors_exit_2(args, message, tmp_path):
@@ -366,11 +368,14 @@ def test_alone_in_an_empty_folder_with_a_bare_python(vpd, tmp_path):
     assert "VRAM estimate for the RTX 4090" in proc.stdout
     assert "Verdict, one after the other" in proc.stdout
     fix_lines = [line for line in proc.stdout.splitlines() if " -m pip install " in line]
-    assert len(fix_lines) == 1
+    assert len(fix_lines) == 2, "one fix line per environment"
     for dist, pin in vpd.REQUIREMENTS_POD.items():
         assert f" {dist}=={pin}" in fix_lines[0]
     report = json.loads((folder / "out" / "report.json").read_text(encoding="utf-8"))
     assert report["ok"] is False and report["fix_command"] == fix_lines[0]
+    assert report["training"]["fix_command"] == fix_lines[1]
+    assert fix_lines[1].startswith(f"git clone https://github.com/kohya-ss/sd-scripts {vpd.DEFAULT_SD_SCRIPTS}")
+    assert "--require-hashes -r requirements-training-py3" in fix_lines[1]
     assert {p["import"] for p in report["packages"] if p["status"] == "MISSING"} >= {"torch", "numpy"}
     assert sorted(p.name for p in folder.iterdir()) == ["out", "validate_pod_deps.py"]
 
@@ -446,9 +451,10 @@ def test_exit_0_when_everything_matches(tmp_path):
     numpy = pytest.importorskip("numpy")
     from importlib import metadata
     project = mini_project(tmp_path / "project", ["numpy"], {"numpy": metadata.version("numpy")})
-    proc = run_script(SCRIPT, "--project-root", project, "--allow-no-gpu", cwd=tmp_path, timeout=300)
+    proc = run_script(SCRIPT, "--project-root", project, "--allow-no-gpu", "--skip-training",
+                      cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Nothing needs fixing." in proc.stdout
+    assert "Nothing needs fixing." in proc.stdout and "Training environment" not in proc.stdout
     assert numpy.__version__ in proc.stdout
 
 
@@ -498,3 +504,131 @@ def test_real_venv_with_onnxruntime_and_onnxruntime_gpu(tmp_path):
     assert "[FAIL] onnxruntime and onnxruntime-gpu both installed" in proc.stdout
     report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
     assert "-m pip uninstall -y onnxruntime onnxruntime-gpu && " in report["fix_command"]
+
+
+
+# ---------------------------------------------------------------- the training environment
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+@pytest.mark.skipif(not SYSTEM_PYTHON.is_file(), reason="no system /usr/bin/python3 on this machine")
+def test_alone_in_an_empty_folder_with_the_system_python3(tmp_path):
+    """The acceptance line: copied alone, bare system python3, no venv: exit 1, no traceback, a fix
+    line per environment."""
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    shutil.copy2(REPO_ROOT / SCRIPT, folder / "validate_pod_deps.py")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONIOENCODING": "utf-8"}
+    proc = subprocess.run([str(SYSTEM_PYTHON), "validate_pod_deps.py"], cwd=folder, capture_output=True,
+                          text=True, encoding="utf-8", timeout=300, env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    eval_fix = lines[lines.index("Fix, eval/caption environment (one line, for this Python):") + 1]
+    training_fix = lines[lines.index("Fix, training environment (one line):") + 1]
+    assert eval_fix.startswith(f"{SYSTEM_PYTHON} -m pip install ")
+    assert "git clone" in training_fix and "-m venv" in training_fix and "--no-deps -e" in training_fix
+    assert sorted(p.name for p in folder.iterdir()) == ["validate_pod_deps.py"]
+
+
+def test_embedded_training_pins_match_requirements_training_and_its_locks(vpd):
+    from test_pod_locks import lock_entries, top_level
+
+    top = top_level(REPO_ROOT / "requirements-training.txt")
+    assert {vpd.normalize_name(name) for name in vpd.REQUIREMENTS_TRAINING} == set(top)
+    assert set(vpd.TRAINING_IMPORTS.values()) == set(vpd.REQUIREMENTS_TRAINING)
+    for version, lock in (("3.10.13", "requirements-training-py310.lock"),
+                          ("3.11.7", "requirements-training-py311.lock")):
+        entries = lock_entries(REPO_ROOT / lock)
+        for dist, pin in vpd.training_pins(version).items():
+            assert entries[vpd.normalize_name(dist)]["version"] == pin, (lock, dist)
+            if top[vpd.normalize_name(dist)] is not None:
+                assert top[vpd.normalize_name(dist)] == pin
+    assert vpd.SD_SCRIPTS_COMMIT == load_script("tools/retrain_lora_v3.py").SD_SCRIPTS_COMMIT
+
+
+def fake_checkout(root: Path, head: str | None = None, packed_branch: str | None = None) -> Path:
+    """A folder with the two files that make it an sd-scripts checkout, and optionally a .git."""
+    (root / "library").mkdir(parents=True)
+    (root / "sdxl_train_network.py").write_text("", encoding="utf-8")
+    (root / "library" / "train_util.py").write_text("", encoding="utf-8")
+    if head or packed_branch:
+        git = root / ".git"
+        git.mkdir()
+        if packed_branch:
+            (git / "HEAD").write_text("ref: refs/heads/main\n", encoding="utf-8")
+            (git / "packed-refs").write_text(f"# pack-refs with: peeled\n{packed_branch} refs/heads/main\n",
+                                             encoding="utf-8")
+        else:
+            (git / "HEAD").write_text(head + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize("layout,commit,problem", [
+    ({"head": "48d368fa557731ad0488c07304dfeba8c07910eb"}, "48d368fa557731ad0488c07304dfeba8c07910eb", False),
+    ({"packed_branch": "48d368fa557731ad0488c07304dfeba8c07910eb"}, "48d368fa557731ad0488c07304dfeba8c07910eb",
+     False),
+    ({"head": "a" * 40}, "a" * 40, True),
+    ({}, None, False),
+])
+def test_sd_scripts_commit_is_read_from_git_and_compared(vpd, tmp_path, layout, commit, problem):
+    checkout = fake_checkout(tmp_path / "sd-scripts", **layout)
+    assert vpd.git_head(checkout)[0] == commit
+    result = vpd.check_training(checkout, None, lock_folders=[REPO_ROOT])
+    commit_problems = [p for p in result["problems"] if p["what"].startswith("sd-scripts is at")]
+    assert bool(commit_problems) is problem
+    if problem:
+        assert f"git -C {checkout} checkout {vpd.SD_SCRIPTS_COMMIT}" in result["fix_command"]
+    if commit is None:
+        assert any("commit unknown" in warning for warning in result["warnings"])
+    # no venv in the fake checkout: the fix line creates one from the repository's lock
+    assert f"-m venv {checkout / 'venv'}" in result["fix_command"]
+    assert str(REPO_ROOT / "requirements-training-py") in result["fix_command"]
+
+
+def test_training_venv_is_found_under_sd_scripts_and_its_packages_checked(vpd, tmp_path):
+    """A real venv at SD_SCRIPTS/venv (no packages, two planted dist-infos): found automatically,
+    every package checked in THAT interpreter, one fix line that installs the lock."""
+    checkout = fake_checkout(tmp_path / "sd-scripts", head=vpd.SD_SCRIPTS_COMMIT)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(checkout / "venv")], check=True,
+                   timeout=120, capture_output=True)
+    python = vpd.find_training_python(checkout)
+    assert python is not None
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    plant_dist_info(Path(site), "toml", "0.10.2", "toml")
+    (Path(site) / "toml").mkdir()
+    (Path(site) / "toml" / "__init__.py").write_text("", encoding="utf-8")
+    plant_dist_info(Path(site), "accelerate", "1.11.0", "accelerate")
+    proc = run_script(SCRIPT, "--sd-scripts", checkout, "--locks", REPO_ROOT, "--allow-no-gpu",
+                      "--import-timeout", "60", "--json", tmp_path / "r.json", cwd=tmp_path, timeout=600,
+                      env=clean_env())
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    training = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["training"]
+    assert training["python"] == str(python) and training["commit"] == vpd.SD_SCRIPTS_COMMIT
+    rows = {row["import"]: row for row in training["packages"]}
+    assert rows["toml"]["status"] == "ok" and rows["toml"]["installed"] == "0.10.2"
+    assert rows["accelerate"]["status"] == "WRONG VERSION" and rows["accelerate"]["installed"] == "1.11.0"
+    assert rows["torch"]["status"] == "MISSING"
+    version = training["python_version"]
+    lock = REPO_ROOT / vpd.lock_name("training", version)
+    assert training["fix_command"] == (f"{python} -m pip install --no-deps --require-hashes -r {lock}")
+    assert any("`library` package" in warning for warning in training["warnings"])
+    assert "Fix, training environment (one line):" in proc.stdout
+
+
+@pytest.mark.slow
+def test_training_check_against_the_real_snapshot_and_the_dev_venv(vpd, tmp_path):
+    """The shared sd-scripts snapshot (no .git) with this dev venv as --training-python: the
+    imports really run in that interpreter; the dev pins differ from the training pins."""
+    from sd_scripts_env import sd_scripts_dir
+
+    result = vpd.check_training(sd_scripts_dir(), sys.executable, import_timeout=300,
+                                lock_folders=[REPO_ROOT], allow_no_gpu=True)
+    rows = {row["import"]: row for row in result["packages"]}
+    assert rows["einops"]["status"] == "ok" and rows["voluptuous"]["importable"]
+    assert rows["accelerate"]["status"] == "WRONG VERSION"  # dev 1.11.0, sd-scripts pins 1.6.0
+    assert rows["torchvision"]["status"] == "MISSING"
+    assert any("commit unknown" in warning for warning in result["warnings"])
+    assert result["fix_command"].endswith("-r " + str(REPO_ROOT / vpd.lock_name("training", result["python_version"])))

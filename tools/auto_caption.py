@@ -3,8 +3,12 @@
 Each caption goes to a text file with the image's name and the caption extension (photo.jpg ->
 photo.txt), which is what kohya sd-scripts reads as the caption (`caption_extension = ".txt"`).
 An optional trigger word is put in front ("ohwx, a man in a suit"). Images that already have a
-caption file are skipped unless --overwrite. Images that cannot be read are listed on stderr and
-the run goes on; the exit code is then 1.
+caption file are skipped unless --overwrite. Every image to caption is decoded once BEFORE the
+model loads (BLIP-2 takes minutes and GBs): the count of readable ones is printed, unreadable ones
+are listed on stderr and the run goes on with the rest (exit code 1); with none readable, the model
+is not loaded at all. A model that cannot be loaded is explained before the slow load where
+possible: a missing local folder, a folder without config.json, a hub id that is not cached while
+the network fails (the Hub unreachable) or HF_HUB_OFFLINE is set, or an id the Hub does not have.
 
 Usage (on the pod; downloads Salesforce/blip2-opt-2.7b, about 15 GB, on first use):
     python3 tools/auto_caption.py --images /workspace/training_images --trigger ohwx
@@ -33,6 +37,8 @@ import io
 import os
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -214,17 +220,57 @@ def looks_like_path(name: str) -> bool:
             or (len(name) > 1 and name[1] == ":") or name.count("/") > 1)
 
 
+def hub_problem(model_name: str, cache_dir: Path | None, timeout: float = 10) -> str | None:
+    """Why a hub id cannot be loaded, found before the slow load: None when it is in the local
+    Hugging Face cache or the Hub answers for it; else one line that says network, offline mode,
+    or no such model."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(model_name, "config.json",
+                                        cache_dir=str(cache_dir) if cache_dir else None)
+    except Exception:  # noqa: BLE001 - an odd id is for the loader to reject
+        cached = None
+    if isinstance(cached, str):
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return (f"--model {model_name} is not in the Hugging Face cache and HF_HUB_OFFLINE is set, so "
+                f"it cannot be downloaded; unset HF_HUB_OFFLINE, or pass a local model folder")
+    url = f"{constants.ENDPOINT.rstrip('/')}/api/models/{model_name}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout):
+            return None
+    except urllib.error.HTTPError as error:
+        if error.code in (401, 403, 404):
+            return (f"--model {model_name}: the Hugging Face Hub ({constants.ENDPOINT}) has no such "
+                    f"model, or it is private (HTTP {error.code}); check the id, or log in with "
+                    f"`huggingface-cli login` for a gated model")
+        return None  # the Hub answers; let the loader report what it finds
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        return (f"--model {model_name}: cannot download it, the network fails ({constants.ENDPOINT} is "
+                f"unreachable: {reason}); it is not in the local cache either. Download it where "
+                f"there is network and pass --model /path/to/folder, or fix the network")
+
+
 def load_model(model_name: str, device: str, load_in_8bit: bool, cache_dir: Path | None):
     """Blip2Processor + Blip2ForConditionalGeneration on `device`: fp16 on CUDA, fp32 on CPU."""
-    import torch
-    from transformers import Blip2ForConditionalGeneration, Blip2Processor
-
     local = Path(model_name).expanduser()
     if local.exists() and not local.is_dir():
         raise InputError(f"--model {model_name} is a file; give a model folder or a hub id")
     if not local.exists() and looks_like_path(model_name):
         # A hub id is "owner/name"; a missing folder must not turn into a download attempt.
-        raise InputError(f"--model {model_name}: no such model folder")
+        raise InputError(f"--model {model_name}: no such model folder (a local path, not a hub id)")
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise InputError(f"cannot load BLIP-2 model {model_name!r}: the folder has no config.json, so "
+                         f"it is not a model saved with save_pretrained")
+    if not local.is_dir():
+        problem = hub_problem(model_name, cache_dir)
+        if problem:
+            raise InputError(problem)
+    import torch
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
     source = str(local) if local.is_dir() else model_name
     common = {"cache_dir": str(cache_dir) if cache_dir else None}
     if local.is_dir():
@@ -301,6 +347,19 @@ def run(args) -> int:
               f"(--overwrite re-captions them)", file=sys.stderr)
     failed: list[tuple[Path, str]] = []
     written = 0
+    readable = []
+    for path in todo:  # every image is decoded once before BLIP-2 (minutes, GBs) is loaded
+        try:
+            load_image(path)
+            readable.append(path)
+        except ImageLoadError as error:
+            failed.append((path, str(error)))
+    if todo:
+        print(f"{len(todo)} image(s) to caption: {len(readable)} readable, {len(failed)} not "
+              f"(listed at the end)", file=sys.stderr)
+    todo = readable
+    if failed and not todo:
+        print("no readable image to caption, so the model was not loaded", file=sys.stderr)
     if todo:
         device = resolve_device(args.device)
         print(f"loading {args.model} on {device}"

@@ -2,8 +2,16 @@
 
 Builds the sd-scripts command (sdxl_train_network.py, or flux_train_network.py with
 --model-type flux), writes the dataset TOML and training_params.json into the output folder, and
-runs it through `accelerate launch`. Every flag combination that sd-scripts (or Prodigy) rejects
-only after minutes of model loading is refused here first, with both flags named (exit 2).
+runs it through `accelerate launch`. Two layers of checks before anything is launched:
+- its own rules: every combination sd-scripts (or Prodigy) refuses, many only after minutes of
+  model loading, is refused here (exit 2), naming the flags and the upstream file:line that
+  raises (UPSTREAM below); what sd-scripts accepts but silently ignores is a warning;
+- the upstream check, whenever --sd-scripts is a real checkout: the final command line goes
+  through sd-scripts' own setup_parser()/parse_args(), verify_training_args, the dataset config
+  validation, the trainer's assert_extra_args, get_optimizer and get_scheduler_fix, in the
+  training interpreter (--python, default the sd-scripts venv), as a subprocess: seconds, no model
+  loaded. A typo in --extra-arg, or anything else sd-scripts refuses, exits 2 with its message
+  and file:line. --skip-upstream-check turns it off.
 
 The v3 recipe (the defaults): Prodigy (--optimizer_type prodigy, --learning_rate 1.0,
 decouple=True weight_decay=0.01 use_bias_correction=True safeguard_warmup=True d_coef=1.0),
@@ -20,6 +28,8 @@ Usage (on the pod):
         --ae /workspace/models/ae.safetensors --images /workspace/training_images --trigger ohwx \\
         --output /workspace/lora_v3_flux --sd-scripts /workspace/sd-scripts
     python3 tools/retrain_lora_v3.py --config lora_v3.toml          # same keys as the flags
+    python3 tools/retrain_lora_v3.py --print-cmd ... --sd-scripts /workspace/sd-scripts \\
+        --extra-arg="--noise_ofset 0.05"      # exit 2: sd-scripts' parser: unrecognized arguments
 Tiny CPU run (no GPU, torch or sd-scripts needed; prints the exact command, launches nothing,
 missing paths become warnings):
     python3 tools/retrain_lora_v3.py --print-cmd --base-model base.safetensors --images imgs \\
@@ -29,7 +39,10 @@ missing paths become warnings):
 
 Flags that decide a check also take kohya's spelling (--text_encoder_lr, --network_train_unet_only,
 --cache_text_encoder_outputs, ...); booleans have --no-... forms. Any other sd-scripts flag goes
-through --extra-arg "--noise_offset 0.05" (repeatable) and is checked too.
+through --extra-arg="--noise_offset 0.05" (repeatable; write it with `=`, since the value starts
+with a dash) and is checked too: by the rules above, and by sd-scripts' own parser.
+The sd-scripts venv (README.md, "On the pod"): found as SD_SCRIPTS/venv or SD_SCRIPTS/.venv, else
+pass --python PATH; the project was checked against sd-scripts commit SD_SCRIPTS_COMMIT below.
 --dry-run validates strictly, writes the dataset TOML and training_params.json, prints the command
 and does not launch. --launcher python runs the sd-scripts file with this Python, without accelerate.
 Config file (--config): TOML (Python 3.11+, or `pip install tomli` on 3.10) or JSON, a flat table
@@ -258,7 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="accelerate = `python -m accelerate.commands.launch`; python = run the sd-scripts "
              "file directly (default: accelerate)")
     add("--python", dest="python", default=None,
-        help="Python interpreter that runs the training (default: this one)")
+        help="Python interpreter of the sd-scripts venv, which runs the training and the upstream "
+             "check (default: SD_SCRIPTS/venv/bin/python or SD_SCRIPTS/.venv/bin/python where it "
+             "exists, else this one)")
+    add("--skip-upstream-check", action="store_true",
+        help="do not run the command through sd-scripts' own parser and pre-model checks in the "
+             "training Python (default: run them whenever --sd-scripts is a real checkout)")
+    add("--upstream-timeout", type=float, default=600.0, metavar="SECONDS",
+        help="limit for the upstream check subprocess (default: 600; it takes seconds)")
     add("--print-cmd", action="store_true",
         help="print the exact command as one shell-quoted line and exit 0; launches nothing, "
              "writes nothing, works without GPU/torch/sd-scripts (missing paths are warnings)")
@@ -315,7 +335,8 @@ def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, conf
         dest = {"pretrained_model_name_or_path": "base_model", "output_dir": "output",
                 "max_train_steps": "steps", "save_every_n_steps": "save_every",
                 "image_dir": "images", "extra_arg": "extra_args"}.get(dest, dest)
-        if dest not in dests or dest in ("config", "help", "print_cmd", "dry_run"):
+        if dest not in dests or dest in ("config", "help", "print_cmd", "dry_run",
+                                         "skip_upstream_check", "upstream_timeout"):
             raise SettingsError(f"--config {config_path}: unknown key {key!r}")
         if getattr(args, dest) is not None:
             continue  # the command line wins
@@ -337,7 +358,8 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     settings.update(V3_RECIPE[model_type])
     settings["model_type"] = model_type
     for key, value in vars(args).items():
-        if key in ("config", "print_cmd", "dry_run", "model_type"):
+        if key in ("config", "print_cmd", "dry_run", "model_type", "skip_upstream_check",
+                   "upstream_timeout"):
             continue
         if value is not None:
             settings[key] = value
@@ -345,8 +367,9 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     settings["extra_args"] = settings["extra_args"] or []
     settings.setdefault("launcher", "accelerate")
     settings["launcher"] = settings.get("launcher") or "accelerate"
-    settings["python"] = settings.get("python") or sys.executable
     settings["sd_scripts"] = Path(settings.get("sd_scripts") or "/workspace/sd-scripts")
+    settings["python"] = str(settings.get("python") or find_training_python(settings["sd_scripts"])
+                             or sys.executable)
     trigger = settings.get("trigger") or ""
     if not settings.get("output_name"):
         settings["output_name"] = f"{trigger or 'lora'}_v3_{model_type}"
@@ -418,63 +441,152 @@ def _lrs(value) -> list[float]:
     return [float(value)]
 
 
+# Where sd-scripts (commit SD_SCRIPTS_COMMIT) or a library it calls raises each refused
+# combination: file:line and the function, quoted in the messages. "after loading" = after the
+# base model (minutes), "before loading" = during the checks at the start of train().
+SD_SCRIPTS_COMMIT = "48d368fa557731ad0488c07304dfeba8c07910eb"
+UPSTREAM = {
+    "te_cache_unet_only": "sdxl_train_network.py:39-41 (assert_extra_args, before loading)",
+    "te_cache_captions": "sdxl_train_network.py:35-37 / flux_train_network.py:66-68 (assert_extra_args, "
+                         "before loading)",
+    "latent_cache_aug": "train_network.py:582-584 (NetworkTrainer.train, before loading)",
+    "full_fp16": "train_network.py:814-817 (after loading)",
+    "full_bf16": "train_network.py:820-823 (after loading)",
+    "fp8_base": "train_network.py:831-833 (after loading)",
+    "swap_max": "library/flux_models.py:977-980 (Flux.enable_block_swap, after loading)",
+    "swap_offload": "flux_train_network.py:77-79 (assert_extra_args, before loading)",
+    "offload_sdxl": "train_network.py:716-718 calls unet.enable_gradient_checkpointing(cpu_offload=True); "
+                    "SDXL's U-Net, library/sdxl_original_unet.py:1041, takes no cpu_offload: TypeError "
+                    "after loading",
+    "constant_warmup": "library/train_util.py:5294-5296 + 5329-5330 (get_scheduler_fix, after loading)",
+    "unknown_scheduler": "library/train_util.py:5326 (get_scheduler_fix: SchedulerType(name) raises "
+                         "ValueError, after loading)",
+    "prodigy_groups": "prodigyopt/prodigy.py:151-152 (Prodigy.step raises RuntimeError 'Setting "
+                      "different lr values in different parameter groups is only supported for values "
+                      "of 0' at the first step, after loading and caching)",
+    "bucket_steps_sdxl": "library/train_util.py:1094-1097 via sdxl_train_network.py:43 "
+                         "(verify_bucket_reso_steps(32), before loading)",
+    "bucket_steps_flux": "library/train_util.py:1094-1097 via train_network.py:175 "
+                         "(NetworkTrainer.assert_extra_args, verify_bucket_reso_steps(64), which "
+                         "flux_train_network.py:46 calls first; before loading)",
+    "fused_backward": "library/train_util.py:4848-4851 (get_optimizer, after loading)",
+    "adaptive_noise": "library/train_util.py:4443-4444 (verify_training_args, before loading)",
+    "v2_sdxl": "library/sdxl_train_util.py:349 (verify_sdxl_training_args, before loading)",
+}
+# lr_scheduler names get_scheduler_fix accepts: transformers' SchedulerType (4.54.1, the version
+# sd-scripts pins), diffusers' piecewise_constant, and "adafactor:LR" (with Adafactor only).
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                 "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr",
+                 "cosine_warmup_with_min_lr", "warmup_stable_decay", "piecewise_constant")
+LORAPLUS_KEYS = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
+BLOCK_LR_KEYS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
+
+
+def network_args(options: dict) -> dict:
+    """--network_args key=value pairs (from --extra-arg) as {key: value string}."""
+    value = options.get("network_args")
+    if value in (None, True, False):
+        return {}
+    items = value if isinstance(value, (list, tuple)) else [value]
+    pairs = {}
+    for item in items:
+        key, sep, text = str(item).partition("=")
+        if sep:
+            pairs[key.strip()] = text.strip()
+    return pairs
+
+
+def _block_weights_differ(text: str) -> bool:
+    """True when a down/mid/up_lr_weight value gives some blocks another non-zero lr than others."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        weights = {float(part) if part else 0.0 for part in parts}
+    except ValueError:
+        return True  # a preset such as "sine" or "cosine": weights vary by block
+    weights.discard(0.0)
+    return bool(weights - {1.0})  # sd-scripts fills unnamed blocks with 1.0
+
+
+def _warmup_steps(options: dict) -> float:
+    """--lr_warmup_steps as sd-scripts reads it (int_or_float, library/train_util.py:3664-3676):
+    below 1 (or N%) a ratio of the training steps, else a step count."""
+    value = options.get("lr_warmup_steps")
+    if value in (None, True, False):
+        return 0
+    text = str(value).strip()
+    try:
+        number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        return 0
+    return int(number * int(options.get("steps") or 0)) if number < 1 else number
+
+
 def find_conflicts(settings: dict) -> list[str]:
-    """Flag combinations sd-scripts or Prodigy reject at run time; each message names both flags."""
+    """Flag combinations sd-scripts (or Prodigy) refuses; each message names the flags and the
+    upstream file and line that raises (UPSTREAM). What sd-scripts only ignores is in find_warnings."""
     options = effective_options(settings)
     model_type = options.get("model_type", "sdxl")
     problems: list[str] = []
     te_cached = (_on(options, "cache_text_encoder_outputs")
                  or _on(options, "cache_text_encoder_outputs_to_disk"))
-    te_lrs = _lrs(options.get("text_encoder_lr"))
+    te_lrs = [value for value in _lrs(options.get("text_encoder_lr")) if value != 0]
     unet_only = _on(options, "network_train_unet_only")
 
     if te_cached and te_lrs:
+        # Not an upstream error: this project's own rule (a run once believed it trained the TE).
         problems.append(
             "--cache_text_encoder_outputs conflicts with --text_encoder_lr: with cached text-encoder "
-            "outputs the text encoders are not trained (sd-scripts asserts 'network for Text Encoder "
-            "cannot be trained with caching Text Encoder outputs'); drop --text_encoder_lr"
+            "outputs sd-scripts trains no text encoder, and the text-encoder learning rate is "
+            "silently ignored (sd-scripts does not refuse it); drop --text_encoder_lr, or drop the "
+            "caching and --network_train_unet_only to really train the text encoder"
         )
     if model_type == "sdxl" and te_cached and not unet_only:
         problems.append(
             "--cache_text_encoder_outputs needs --network_train_unet_only on SDXL: sd-scripts asserts "
-            "'network for Text Encoder cannot be trained with caching Text Encoder outputs'"
-        )
-    if unet_only and te_lrs and not te_cached:
-        problems.append(
-            "--network_train_unet_only conflicts with --text_encoder_lr: no text encoder is trained, "
-            "so the text-encoder learning rate would be silently ignored; drop one of them"
+            "'network for Text Encoder cannot be trained with caching Text Encoder outputs' at "
+            + UPSTREAM["te_cache_unet_only"]
         )
     if te_cached:
         for name in ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate",
-                     "caption_dropout_every_n_epochs", "token_warmup_step"):
+                     "token_warmup_step"):
             if _on(options, name):
                 problems.append(
                     f"--cache_text_encoder_outputs conflicts with --{name}: cached text-encoder "
                     f"outputs are computed once per caption, so captions cannot change per step "
                     f"(sd-scripts asserts 'when caching Text Encoder output, either "
                     f"caption_dropout_rate, shuffle_caption, token_warmup_step or "
-                    f"caption_tag_dropout_rate cannot be used')"
+                    f"caption_tag_dropout_rate cannot be used' at {UPSTREAM['te_cache_captions']})"
                 )
+        if _on(options, "caption_dropout_every_n_epochs"):
+            problems.append(
+                "--cache_text_encoder_outputs conflicts with --caption_dropout_every_n_epochs: "
+                "cached text-encoder outputs cannot drop the caption per epoch (sd-scripts' "
+                "is_text_encoder_output_cacheable is false, same assert at "
+                f"{UPSTREAM['te_cache_captions']})"
+            )
     if _on(options, "cache_latents") or _on(options, "cache_latents_to_disk"):
         for name in ("color_aug", "random_crop"):
             if _on(options, name):
                 problems.append(
                     f"--cache_latents conflicts with --{name}: cached latents are encoded once, so "
                     f"per-step augmentation is impossible (sd-scripts asserts 'when caching "
-                    f"latents, either color_aug or random_crop cannot be used')"
+                    f"latents, either color_aug or random_crop cannot be used' at "
+                    f"{UPSTREAM['latent_cache_aug']})"
                 )
     mixed = str(options.get("mixed_precision") or "no")
-    if _on(options, "full_bf16") and _on(options, "full_fp16"):
-        problems.append("--full_bf16 conflicts with --full_fp16: choose one")
-    if _on(options, "full_bf16") and mixed != "bf16":
+    if _on(options, "full_fp16"):  # upstream checks full_fp16 first and full_bf16 only without it
+        if mixed != "fp16":
+            problems.append(f"--full_fp16 needs --mixed_precision fp16, got --mixed_precision {mixed} "
+                            f"(sd-scripts asserts 'full_fp16 requires mixed precision='fp16'' at "
+                            f"{UPSTREAM['full_fp16']})")
+    elif _on(options, "full_bf16") and mixed != "bf16":
         problems.append(f"--full_bf16 needs --mixed_precision bf16, got --mixed_precision {mixed} "
-                        f"(sd-scripts asserts 'full_bf16 requires mixed precision=bf16')")
-    if _on(options, "full_fp16") and mixed != "fp16":
-        problems.append(f"--full_fp16 needs --mixed_precision fp16, got --mixed_precision {mixed} "
-                        f"(sd-scripts asserts 'full_fp16 requires mixed precision=fp16')")
+                        f"(sd-scripts asserts 'full_bf16 requires mixed precision='bf16'' at "
+                        f"{UPSTREAM['full_bf16']})")
     if (_on(options, "fp8_base") or _on(options, "fp8_base_unet")) and mixed == "no":
         problems.append("--fp8_base needs --mixed_precision fp16 or bf16, got --mixed_precision no "
-                        "(sd-scripts asserts 'fp8_base requires mixed precision')")
+                        f"(sd-scripts asserts 'fp8_base requires mixed precision' at "
+                        f"{UPSTREAM['fp8_base']})")
     swap = options.get("blocks_to_swap")
     if swap not in (None, False, 0):
         if model_type != "flux":
@@ -484,39 +596,320 @@ def find_conflicts(settings: dict) -> list[str]:
                 problems.append(
                     f"--blocks_to_swap {swap} is above {FLUX_MAX_BLOCKS_TO_SWAP} for --model-type flux: "
                     f"Flux has 19 double and 38 single blocks and sd-scripts asserts 'Cannot swap "
-                    f"more than 17 double blocks and 36 single blocks'"
+                    f"more than 17 double blocks and 36 single blocks' at {UPSTREAM['swap_max']}"
                 )
             if _on(options, "cpu_offload_checkpointing"):
                 problems.append("--blocks_to_swap conflicts with --cpu_offload_checkpointing "
                                 "(sd-scripts asserts 'blocks_to_swap is not supported with "
-                                "cpu_offload_checkpointing')")
+                                f"cpu_offload_checkpointing' at {UPSTREAM['swap_offload']})")
+    if model_type == "sdxl" and _on(options, "cpu_offload_checkpointing"):
+        problems.append(
+            "--cpu_offload_checkpointing is a Flux option, not for --model-type sdxl: with "
+            f"--gradient_checkpointing {UPSTREAM['offload_sdxl']} (without it the flag does nothing)"
+        )
+    if model_type == "sdxl" and _on(options, "v2"):
+        problems.append("--v2 is for SD 2.x checkpoints, not --model-type sdxl (sd-scripts asserts 'v2 "
+                        f"cannot be enabled in SDXL training' at {UPSTREAM['v2_sdxl']})")
+    if options.get("adaptive_noise_scale") not in (None, False) and options.get("noise_offset") in (
+            None, False):
+        problems.append("--adaptive_noise_scale needs --noise_offset (sd-scripts raises "
+                        "'adaptive_noise_scale requires noise_offset' at "
+                        f"{UPSTREAM['adaptive_noise']})")
+    bucket_steps = options.get("bucket_reso_steps")
+    if bucket_steps not in (None, True, False):
+        try:
+            steps_value = int(float(bucket_steps))
+        except ValueError:
+            steps_value = None
+        step = 32 if model_type == "sdxl" else 64
+        if steps_value is not None and steps_value % step:
+            problems.append(f"--bucket_reso_steps {bucket_steps} must be divisible by {step} for "
+                            f"--model-type {model_type} (sd-scripts asserts 'bucket_reso_steps is "
+                            f"{bucket_steps}. it must be divisible by {step}' at "
+                            f"{UPSTREAM['bucket_steps_' + model_type]})")
     optimizer = str(options.get("optimizer_type") or "").lower()
+    if _on(options, "fused_backward_pass") and optimizer != "adafactor":
+        problems.append(f"--fused_backward_pass needs --optimizer_type Adafactor, got "
+                        f"{options.get('optimizer_type')} (sd-scripts asserts 'fused_backward_pass "
+                        f"currently only works with optimizer_type Adafactor' at "
+                        f"{UPSTREAM['fused_backward']})")
+    scheduler = str(options.get("lr_scheduler") or "constant")
+    if not options.get("lr_scheduler_type"):  # a custom scheduler class bypasses the name
+        if scheduler.startswith("adafactor"):
+            if optimizer != "adafactor":
+                problems.append(f"--lr_scheduler {scheduler} needs --optimizer_type Adafactor "
+                                "(library/train_util.py:5314-5316, after loading)")
+        elif scheduler not in LR_SCHEDULERS:
+            problems.append(f"--lr_scheduler {scheduler} is not a scheduler sd-scripts knows "
+                            f"({', '.join(LR_SCHEDULERS)}, adafactor:LR): {UPSTREAM['unknown_scheduler']}")
+        elif scheduler == "constant" and _warmup_steps(options):
+            problems.append(f"--lr_scheduler constant conflicts with --lr_warmup_steps "
+                            f"{options.get('lr_warmup_steps')}: sd-scripts raises 'constant does not "
+                            f"require `num_warmup_steps`. Set None or 0.' at "
+                            f"{UPSTREAM['constant_warmup']}; use --lr_scheduler constant_with_warmup")
     if optimizer == "prodigy":
-        low, high = PRODIGY_LR_RANGE
         base_lr = float(options.get("learning_rate") or 0.0)
         unet_lr = _lrs(options.get("unet_lr"))[0] if options.get("unet_lr") is not None else base_lr
-        checked = {"--learning_rate": base_lr}
-        if options.get("unet_lr") is not None:
-            checked["--unet_lr"] = unet_lr
-        for flag, value in checked.items():
-            if not low <= value <= high:
+        nargs = network_args(options)
+        ratios = [key for key in LORAPLUS_KEYS if key in nargs
+                  and (key != "loraplus_text_encoder_lr_ratio" or not unet_only)]
+        for key in ratios:
+            try:
+                differs = float(nargs[key]) != 1.0
+            except ValueError:
+                differs = True
+            if differs:
                 problems.append(
-                    f"--optimizer_type prodigy needs {flag} near 1.0 (between {low:g} and {high:g}), "
-                    f"got {value:g}: Prodigy estimates the step size itself; tune --d_coef instead"
+                    f"--optimizer_type prodigy conflicts with LoRA+ (--network_args {key}="
+                    f"{nargs[key]}): LoRA+ gives lora_up weights their own parameter group at "
+                    f"lr x {nargs[key]}, and {UPSTREAM['prodigy_groups']}; drop the LoRA+ ratio "
+                    f"or use another optimizer"
                 )
+                break
+        if model_type == "flux" and nargs.get("network_reg_lrs"):
+            problems.append(
+                f"--optimizer_type prodigy conflicts with --network_args network_reg_lrs="
+                f"{nargs['network_reg_lrs']}: each regex learning rate makes a parameter group "
+                f"with its own lr (networks/lora_flux.py), and {UPSTREAM['prodigy_groups']}")
+        for key in BLOCK_LR_KEYS if model_type == "sdxl" else ():
+            if key in nargs and _block_weights_differ(nargs[key]):
+                problems.append(
+                    f"--optimizer_type prodigy conflicts with block learning-rate weights "
+                    f"(--network_args {key}={nargs[key]}): each block weight makes a parameter group "
+                    f"with its own lr, and {UPSTREAM['prodigy_groups']}; use weights of 0 or 1 only"
+                )
+                break
         if not unet_only:  # the text encoders are trained too: one more parameter group each
             for te_lr in te_lrs or [base_lr]:
-                if te_lr != unet_lr:
+                if te_lr != unet_lr and unet_lr != 0:
                     problems.append(
                         f"--optimizer_type prodigy conflicts with different per-group learning rates "
-                        f"(--unet_lr {unet_lr:g}, --text_encoder_lr {te_lr:g}): Prodigy raises "
-                        f"'Setting different lr values in different parameter groups is only "
-                        f"supported for values of 0' at step 1"
+                        f"(--unet_lr {unet_lr:g}, --text_encoder_lr {te_lr:g}): "
+                        f"{UPSTREAM['prodigy_groups']}; give both the same lr (or 0)"
                     )
                     break
     elif options.get("d_coef") not in (None, V3_RECIPE["common"]["d_coef"]) and optimizer:
         problems.append(f"--d_coef is a Prodigy argument; --optimizer_type is {optimizer}")
     return problems
+
+
+def find_warnings(settings: dict) -> list[str]:
+    """Settings sd-scripts accepts but ignores or only warns about: a warning, never a refusal."""
+    options = effective_options(settings)
+    warnings = []
+    te_cached = (_on(options, "cache_text_encoder_outputs")
+                 or _on(options, "cache_text_encoder_outputs_to_disk"))
+    te_lrs = [value for value in _lrs(options.get("text_encoder_lr")) if value != 0]
+    if _on(options, "network_train_unet_only") and te_lrs and not te_cached:
+        warnings.append("--text_encoder_lr is silently ignored with --network_train_unet_only: "
+                        "sd-scripts trains no text encoder (train_network.py:221-222)")
+    if str(options.get("optimizer_type") or "").lower() == "prodigy":
+        low, high = PRODIGY_LR_RANGE
+        checked = {"--learning_rate": float(options.get("learning_rate") or 0.0)}
+        if options.get("unet_lr") is not None:
+            checked["--unet_lr"] = _lrs(options.get("unet_lr"))[0]
+        for flag, value in checked.items():
+            if not low <= value <= high and value != 0:
+                warnings.append(
+                    f"--optimizer_type prodigy with {flag} {value:g}: Prodigy estimates the step "
+                    f"size and lr only scales it, so keep it near 1.0 and tune --d_coef (sd-scripts "
+                    f"itself only warns at lr <= 0.1, library/train_util.py:4990-4994)")
+    if options.get("model_type") == "flux" and any(key in network_args(options) for key in BLOCK_LR_KEYS):
+        warnings.append("--network_args down/mid/up_lr_weight are networks.lora (SDXL) arguments; "
+                        "networks.lora_flux ignores them")
+    if _on(options, "full_bf16") and _on(options, "full_fp16"):
+        warnings.append("--full_bf16 with --full_fp16: sd-scripts does not refuse the pair; "
+                        "full_fp16 wins (train_network.py:814-823)")
+    return warnings
+
+
+# ---------------------------------------------------------------------------------------------
+# The upstream check: the final command through sd-scripts' own code, in the training interpreter
+
+PROBE_MARK = "@@retrain_lora_v3_upstream@@"
+# Runs in the training Python, in the sd-scripts checkout. Mirrors the start of sd-scripts'
+# NetworkTrainer.train() (train_network.py:491-590) up to, not including, accelerator and model
+# loading, then builds the optimizer and scheduler on a one-element parameter (train_network.py:767
+# and 811) and, on SDXL, makes the U-Net call that --cpu_offload_checkpointing leads to
+# (train_network.py:716-718). Every check is sd-scripts' own function; nothing here re-implements one.
+UPSTREAM_PROBE = r"""
+import contextlib, importlib, io, json, os, sys, traceback
+request = json.loads(open(sys.argv[1], encoding="utf-8").read())
+root = os.path.abspath(request["sd_scripts"])
+
+def where(error):
+    # the innermost sd-scripts frame, and the innermost frame of all when that is a library's
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename != "<string>"]
+    def name(frame):
+        path = os.path.abspath(frame.filename)
+        if path.startswith(root + os.sep):
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+        else:
+            parts = path.replace(os.sep, "/").split("/site-packages/")
+            rel = parts[-1] if len(parts) > 1 else os.path.basename(path)
+        return "%s:%d (%s)" % (rel, frame.lineno, frame.name)
+    ours = [f for f in frames if os.path.abspath(f.filename).startswith(root + os.sep)]
+    names = [name(f) for f in (ours[-1:] + frames[-1:])]
+    return " -> ".join(dict.fromkeys(names)) or None
+
+def first_line(error):
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return type(error).__name__ + (": " + lines[0] if lines else "")
+
+def check(item, result):
+    import torch
+    import train_network
+    from library import train_util, config_util, strategy_base
+    module = importlib.import_module(item["script"])
+    result["stage"] = "parse_args"
+    parser = module.setup_parser()
+    parser.prog = item["script"] + ".py"
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            args = parser.parse_args(item["argv"])
+    except SystemExit as exit_:
+        message = [l for l in captured.getvalue().splitlines() if l.strip()]
+        result["where"] = "%s.py setup_parser().parse_args()" % item["script"]
+        raise ValueError(message[-1] if message else "argparse exit %s" % exit_.code)
+    result["passed"].append("parse_args")
+    result["stage"] = "verify_training_args"
+    train_util.verify_command_line_training_args(args)
+    args = train_util.read_config_from_file(args, parser)
+    train_util.verify_training_args(args)
+    train_util.prepare_dataset_args(args, True)
+    result["passed"].append("verify_training_args")
+    trainer_class = next(value for value in vars(module).values() if isinstance(value, type)
+                         and issubclass(value, train_network.NetworkTrainer)
+                         and value is not train_network.NetworkTrainer)
+    trainer = trainer_class()
+    result["stage"] = "dataset config"
+    strategy_base.LatentsCachingStrategy._strategy = None  # set once per process upstream; one per check here
+    strategy_base.LatentsCachingStrategy.set_strategy(trainer.get_latents_caching_strategy(args))
+    generator = config_util.BlueprintGenerator(config_util.ConfigSanitizer(True, True, args.masked_loss, True))
+    if args.dataset_config is not None:
+        user_config = config_util.load_user_config(args.dataset_config)
+    else:
+        user_config = {"datasets": [{"subsets": config_util.generate_dreambooth_subsets_config_by_subdirs(
+            args.train_data_dir, args.reg_data_dir)}]}
+    blueprint = generator.generate(user_config, args)
+    train_group, val_group = config_util.generate_dataset_group_by_blueprint(blueprint.dataset_group)
+    result["images"] = sum(len(getattr(d, "image_data", {})) for d in train_group.datasets)
+    result["passed"].append("dataset config")
+    result["stage"] = "train() checks before loading"
+    if args.cache_latents:
+        assert train_group.is_latent_cacheable(), "when caching latents, either color_aug or random_crop cannot be used"
+    trainer.assert_extra_args(args, train_group, val_group)
+    result["passed"].append("assert_extra_args")
+    if item["model_type"] == "sdxl" and args.gradient_checkpointing and args.cpu_offload_checkpointing:
+        result["stage"] = "U-Net gradient checkpointing"
+        from library import sdxl_original_unet
+        unet_class = sdxl_original_unet.SdxlUNet2DConditionModel
+        result["where"] = ("train_network.py:718 (unet.enable_gradient_checkpointing(cpu_offload=True)) "
+                           "-> library/sdxl_original_unet.py:1041")
+        unet_class.enable_gradient_checkpointing(object.__new__(unet_class), cpu_offload=True)
+        del result["where"]
+    result["stage"] = "get_optimizer"
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    lr = args.unet_lr if args.unet_lr is not None else args.learning_rate
+    _, _, optimizer = train_util.get_optimizer(args, [{"params": [parameter], "lr": lr}])
+    result["passed"].append("get_optimizer")
+    result["stage"] = "get_scheduler_fix"
+    train_util.get_scheduler_fix(args, optimizer, 1)
+    result["passed"].append("get_scheduler_fix")
+    result["ok"] = True
+    result["stage"] = None
+
+results = []
+try:
+    sys.path.insert(0, root)
+    os.chdir(root)
+    for item in request["checks"]:
+        importlib.import_module(item["script"])
+    environment_error = None
+except BaseException as error:
+    environment_error = {"ok": False, "environment": True, "stage": "import",
+                         "error": first_line(error), "where": where(error), "passed": []}
+for item in request["checks"]:
+    if environment_error:
+        results.append(dict(environment_error))
+        continue
+    result = {"ok": False, "stage": "import", "passed": ["import"], "environment": False}
+    try:
+        check(item, result)
+    except BaseException as error:
+        result["error"] = first_line(error)
+        result.setdefault("where", where(error))
+    results.append(result)
+print(PROBE_MARK + json.dumps(results), flush=True)
+"""
+
+
+def find_training_python(sd_scripts: Path) -> Path | None:
+    """The sd-scripts venv's interpreter where README.md puts it (DIR/venv or DIR/.venv), else None."""
+    for venv in ("venv", ".venv"):
+        for relative in (("bin", "python"), ("Scripts", "python.exe")):
+            candidate = Path(sd_scripts, venv, *relative)
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def upstream_checks(items: list[tuple[dict, list[str]]], timeout: float = 600,
+                    env: dict | None = None) -> list[dict]:
+    """Run each (settings, command)'s sd-scripts arguments through sd-scripts' own parser and
+    pre-model checks in the training interpreter: one subprocess (no model loaded) per call, all
+    items sharing the first item's --python and --sd-scripts. Returns one result per item:
+    {"ok": bool, "stage", "error", "where", "passed", "environment": bool (could not run)}.
+    env: the subprocess environment (default: this process's)."""
+    settings = items[0][0]
+    with tempfile.TemporaryDirectory(prefix="retrain_lora_v3_check_") as temp:
+        checks = []
+        for index, (item_settings, command) in enumerate(items):
+            script_index = next(i for i, token in enumerate(command) if token.endswith("_network.py"))
+            argv = list(command[script_index + 1:])
+            dataset = Path(temp) / f"dataset_{index}.toml"
+            dataset.write_text(dataset_toml_text(dataset_config(item_settings)), encoding="utf-8")
+            argv[argv.index("--dataset_config") + 1] = str(dataset)
+            checks.append({"argv": argv, "script": Path(SCRIPT_FOR[item_settings["model_type"]]).stem,
+                           "model_type": item_settings["model_type"]})
+        request = Path(temp) / "request.json"
+        request.write_text(json.dumps({"sd_scripts": str(Path(settings["sd_scripts"]).resolve()),
+                                       "checks": checks}), encoding="utf-8")
+        env = dict(os.environ if env is None else env, PYTHONDONTWRITEBYTECODE="1",
+                   PYTHONIOENCODING="utf-8")
+        code = UPSTREAM_PROBE.replace("PROBE_MARK", repr(PROBE_MARK))
+        failure = None
+        try:
+            completed = subprocess.run([str(settings["python"]), "-c", code, str(request)],
+                                       capture_output=True, text=True, encoding="utf-8",
+                                       errors="replace", timeout=timeout, env=env, cwd=temp)
+        except subprocess.TimeoutExpired:
+            failure = f"the check did not finish in {timeout:g} s (--upstream-timeout)"
+        except OSError as error:
+            failure = f"cannot start {settings['python']}: {error}"
+    if failure is None:
+        for line in reversed(completed.stdout.splitlines()):
+            if line.startswith(PROBE_MARK):
+                return json.loads(line[len(PROBE_MARK):])
+        tail = [line for line in completed.stderr.splitlines() if line.strip()][-1:]
+        failure = f"exit code {completed.returncode}" + (f": {tail[0][:300]}" if tail else "")
+    return [{"ok": False, "environment": True, "stage": "import", "error": failure, "passed": []}
+            for _ in items]
+
+
+def upstream_check(settings: dict, command: list[str], timeout: float = 600) -> dict:
+    """upstream_checks for one command."""
+    return upstream_checks([(settings, command)], timeout)[0]
+
+
+def describe_upstream(result: dict, settings: dict) -> str:
+    where = f" at {result['where']}" if result.get("where") else ""
+    if result.get("environment"):
+        return (f"cannot run sd-scripts' checks with --python {settings['python']}: "
+                f"{result.get('error')}{where}; is it the sd-scripts venv? check it with "
+                f"`python3 validate_pod_deps.py --training-python {settings['python']}`")
+    return (f"sd-scripts refuses this command ({result.get('stage')}{where}): {result.get('error')}")
 
 
 def check_values(settings: dict) -> list[str]:
@@ -810,7 +1203,31 @@ def main(argv=None) -> int:
     elif missing:
         parser.error(missing[0] if len(missing) == 1 else
                      f"{len(missing)} missing inputs:\n  " + "\n  ".join(missing))
+    for message in find_warnings(settings):
+        print(f"warning: {message}", file=sys.stderr)
+    if args.upstream_timeout <= 0:
+        parser.error("--upstream-timeout must be positive")
     command = build_command(settings)
+    sd_scripts = Path(settings["sd_scripts"])
+    checkout = (sd_scripts / "library" / "train_util.py").is_file() and (
+        sd_scripts / SCRIPT_FOR[settings["model_type"]]).is_file()
+    if args.skip_upstream_check:
+        pass
+    elif checkout:
+        print(f"checking the command with sd-scripts' own parser and pre-model checks "
+              f"({settings['python']}, no model loaded) ...", file=sys.stderr, flush=True)
+        result = upstream_check(settings, command, args.upstream_timeout)
+        if result.get("ok"):
+            print(f"sd-scripts accepts the command: {', '.join(result.get('passed', []))} passed "
+                  f"({result.get('images', 0)} training images found)", file=sys.stderr)
+        elif result.get("environment") and args.print_cmd:
+            print(f"warning: {describe_upstream(result, settings)}", file=sys.stderr)
+        else:
+            parser.error(describe_upstream(result, settings))
+    elif not missing:
+        print(f"warning: --sd-scripts {sd_scripts} has no library/train_util.py, so the command was "
+              f"not run through sd-scripts' own checks (--extra-arg flags are unchecked)",
+              file=sys.stderr)
     if args.print_cmd:
         print(shell_line(command))
         return 0

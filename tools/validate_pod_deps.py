@@ -1,8 +1,21 @@
-"""Check in seconds whether this pod can run our jobs: packages, known traps, GPU and a VRAM budget.
+"""Check in seconds whether this pod can run our jobs: both environments, known traps, GPU, VRAM.
 
-Upload this one file to the pod and run it with the Python that will run the jobs:
+The pod has two Python environments (README.md, "On the pod"): the eval/caption environment
+(requirements-pod.txt: evals/, auto_caption, sweep generation), which runs this script, and the
+training environment, kohya sd-scripts' own venv (requirements-training.txt; its pins conflict
+with the eval ones). Upload this one file to the pod and run it with the eval environment's Python:
     python3 /workspace/validate_pod_deps.py
     python3 /workspace/validate_pod_deps.py --json /workspace/pod_deps.json
+    python3 /workspace/validate_pod_deps.py --sd-scripts /workspace/sd-scripts \
+        --training-python /workspace/sd-scripts/venv/bin/python --locks /workspace/pistachio
+
+The training environment: the sd-scripts checkout at --sd-scripts (default /workspace/sd-scripts),
+its commit (read from .git, no git needed) against the one the project was checked against
+(SD_SCRIPTS_COMMIT), and its venv, found as DIR/venv or DIR/.venv (or --training-python): every
+pin of requirements-training.txt (the unpinned ones at their lock versions) installed, at its
+version and really importing in THAT interpreter, xformers against its torch, torch with CUDA.
+Each environment gets its own problems and its own ONE fix line; the training one installs the
+lock (requirements-training-py3XX.lock, looked up in --locks, this script's folder or its parent).
 
 Every third-party package that tools/*.py and evals/*.py import, and every pin of
 requirements-pod.txt, is carried inside this file (MANIFEST). For each one it reports whether it is
@@ -10,16 +23,17 @@ installed, its version against the pin, and whether it really imports (each impo
 subprocess with a timeout, so a crashing import cannot take the check down). Then the known traps:
 onnxruntime and onnxruntime-gpu installed together, the providers an onnxruntime session really
 gets, xformers built for another torch or CUDA, torch without CUDA on a GPU machine. It prints the
-GPU (name, total and free VRAM, CUDA version), a VRAM estimate for the 24 GB card, and ends with
-ONE shell line that fixes everything pip can fix (or says that nothing needs fixing).
+GPU (name, total and free VRAM, CUDA version), a VRAM estimate for the 24 GB card, and, for each
+environment, ONE shell line that fixes everything it can fix (or says that nothing needs fixing).
 
 Check the live project tree instead of the embedded manifest (scans tools/*.py and evals/*.py and
 reads DIR/requirements-pod.txt); print the manifest literal to paste into this file after a change:
     python3 tools/validate_pod_deps.py --project-root .
     python3 tools/validate_pod_deps.py --project-root . --print-manifest
 
-Tiny CPU run on a development machine (no GPU expected there):
-    python3 tools/validate_pod_deps.py --allow-no-gpu --import-timeout 60
+Tiny CPU run on a development machine (no GPU expected there; --skip-training checks the eval
+environment only):
+    python3 tools/validate_pod_deps.py --allow-no-gpu --import-timeout 60 --skip-training
 
 Exit 0 when everything is in order, 1 when something needs fixing (the problems and the fix line
 are on stdout), 2 on a usage or input error. Needs Python 3.10+ and nothing but the standard
@@ -77,6 +91,9 @@ REQUIREMENTS_POD = {
     "packaging": "25.0",
     "filelock": "3.20.0",
     "tqdm": "4.67.1",
+    "diffusers": "0.39.0",
+    "peft": "0.21.2",
+    "huggingface-hub": "0.36.2",
 }
 
 # import name -> (distribution, pinned version or None). Every third-party import of
@@ -86,13 +103,16 @@ MANIFEST = {
     "accelerate": ("accelerate", "1.11.0"),
     "bitsandbytes": ("bitsandbytes", "0.48.2"),
     "cv2": ("opencv-python", "4.12.0.88"),
+    "diffusers": ("diffusers", "0.39.0"),
     "dlib": ("dlib-bin", None),
     "filelock": ("filelock", "3.20.0"),
+    "huggingface_hub": ("huggingface-hub", "0.36.2"),
     "insightface": ("insightface", "2.1"),
     "numpy": ("numpy", "2.2.6"),
     "onnx": ("onnx", "1.19.1"),
     "onnxruntime": ("onnxruntime-gpu", "1.23.2"),
     "packaging": ("packaging", "25.0"),
+    "peft": ("peft", "0.21.2"),
     "PIL": ("Pillow", "11.3.0"),
     "prodigyopt": ("prodigyopt", "1.1.2"),
     "skimage": ("scikit-image", "0.25.2"),
@@ -136,6 +156,54 @@ CONFLICT_NOTES = {
                    "CPUExecutionProvider only",
     "cv2": "they overwrite each other's cv2/ folder",
 }
+# --------------------------------------------------------------------------------------------
+# The training environment: kohya sd-scripts in a venv of its own (requirements-training.txt).
+# Its pins: requirements-training.txt's, and for the lines sd-scripts leaves unpinned (bitsandbytes,
+# tensorboard, numpy) the versions the locks requirements-training-py310/311.lock chose.
+# tests/test_validate_pod_deps.py checks these against requirements-training.txt and the locks.
+# --------------------------------------------------------------------------------------------
+SD_SCRIPTS_COMMIT = "48d368fa557731ad0488c07304dfeba8c07910eb"  # tools/retrain_lora_v3.py's
+SD_SCRIPTS_URL = "https://github.com/kohya-ss/sd-scripts"
+DEFAULT_SD_SCRIPTS = "/workspace/sd-scripts"
+REQUIREMENTS_TRAINING = {
+    "torch": "2.6.0",
+    "torchvision": "0.21.0",
+    "xformers": "0.0.29.post3",
+    "accelerate": "1.6.0",
+    "transformers": "4.54.1",
+    "diffusers": "0.32.1",
+    "ftfy": "6.3.1",
+    "opencv-python": "4.10.0.84",
+    "einops": "0.7.0",
+    "bitsandbytes": "0.50.2",
+    "lion-pytorch": "0.2.3",
+    "schedulefree": "1.4",
+    "pytorch-optimizer": "3.9.0",
+    "prodigy-plus-schedule-free": "1.9.2",
+    "prodigyopt": "1.1.2",
+    "tensorboard": "2.21.0",
+    "safetensors": "0.4.5",
+    "toml": "0.10.2",
+    "voluptuous": "0.15.2",
+    "huggingface-hub": "0.34.3",
+    "imagesize": "1.4.1",
+    "numpy": "2.4.6",
+    "rich": "14.1.0",
+    "sentencepiece": "0.2.1",
+}
+REQUIREMENTS_TRAINING_PY310 = {"numpy": "2.2.6"}  # where the cp310 lock differs
+TRAINING_IMPORTS = {
+    "torch": "torch", "torchvision": "torchvision", "xformers": "xformers", "accelerate": "accelerate",
+    "transformers": "transformers", "diffusers": "diffusers", "ftfy": "ftfy", "cv2": "opencv-python",
+    "einops": "einops", "bitsandbytes": "bitsandbytes", "lion_pytorch": "lion-pytorch",
+    "schedulefree": "schedulefree", "pytorch_optimizer": "pytorch-optimizer",
+    "prodigyplus": "prodigy-plus-schedule-free", "prodigyopt": "prodigyopt",
+    "tensorboard": "tensorboard", "safetensors": "safetensors", "toml": "toml",
+    "voluptuous": "voluptuous", "huggingface_hub": "huggingface-hub", "imagesize": "imagesize",
+    "numpy": "numpy", "rich": "rich", "sentencepiece": "sentencepiece",
+}
+TRAINING_VENVS = ("venv", ".venv")  # where README.md puts the sd-scripts venv, inside the checkout
+
 PROJECT_DIRS = ("tools", "evals")
 PROJECT_PACKAGES = {"tools", "evals", "tests", "conftest"}
 
@@ -1140,6 +1208,254 @@ def check(manifest: dict, *, scanned_files: dict | None = None, allow_no_gpu: bo
     }
 
 
+# --------------------------------------------------------------------------------------------
+# The training environment (the sd-scripts venv) and the sd-scripts checkout
+# --------------------------------------------------------------------------------------------
+TRAINING_PROBE = r"""
+import json, sys
+from importlib import metadata
+r = {"version": "%d.%d.%d" % tuple(sys.version_info[:3]), "executable": sys.executable,
+     "installed": {}, "requires": {}}
+for dist in json.loads(sys.argv[1]):
+    try:
+        r["installed"][dist] = metadata.version(dist)
+    except Exception:
+        r["installed"][dist] = None
+for dist in ("xformers", "torchvision"):
+    try:
+        r["requires"][dist] = list(metadata.requires(dist) or [])
+    except Exception:
+        r["requires"][dist] = []
+try:
+    r["library"] = metadata.version("library")
+except Exception:
+    r["library"] = None
+print(MARK + json.dumps(r))
+"""
+
+
+# Copied from tools/retrain_lora_v3.py:find_training_python
+def find_training_python(sd_scripts: Path) -> Path | None:
+    """The sd-scripts venv's interpreter where README.md puts it (DIR/venv or DIR/.venv), else None."""
+    for venv in ("venv", ".venv"):
+        for relative in (("bin", "python"), ("Scripts", "python.exe")):
+            candidate = Path(sd_scripts, venv, *relative)
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def git_head(folder: Path) -> tuple[str | None, str]:
+    """(commit of HEAD, how it was found) read from FOLDER/.git without the git program."""
+    git = Path(folder) / ".git"
+    try:
+        if git.is_file():  # a worktree or submodule: "gitdir: PATH"
+            text = git.read_text(encoding="utf-8").strip()
+            if text.startswith("gitdir:"):
+                git = (Path(folder) / text.split(":", 1)[1].strip()).resolve()
+        if not git.is_dir():
+            return None, "no .git (a snapshot, not a clone: its commit cannot be read)"
+        head = (git / "HEAD").read_text(encoding="utf-8").strip()
+        if re.fullmatch(r"[0-9a-f]{40}", head):
+            return head, "detached HEAD"
+        common = git
+        if (git / "commondir").is_file():  # a worktree keeps its branches in the main .git
+            common = (git / (git / "commondir").read_text(encoding="utf-8").strip()).resolve()
+        if head.startswith("ref:"):
+            ref = head[4:].strip()
+            for base in (git, common):
+                path = base / ref
+                if path.is_file():
+                    return path.read_text(encoding="utf-8").strip(), ref
+            packed = common / "packed-refs"
+            if packed.is_file():
+                for line in packed.read_text(encoding="utf-8").splitlines():
+                    parts = line.split()
+                    if len(parts) == 2 and parts[1] == ref:
+                        return parts[0], ref + " (packed)"
+            return None, f"HEAD names {ref}, which has no commit yet"
+    except OSError as exc:
+        return None, f"cannot read .git: {exc}"
+    return None, "unreadable .git/HEAD"
+
+
+def training_pins(python_version: str | None) -> dict[str, str]:
+    pins = dict(REQUIREMENTS_TRAINING)
+    if python_version and python_version.startswith("3.10."):
+        pins.update(REQUIREMENTS_TRAINING_PY310)
+    return pins
+
+
+def lock_name(environment: str, python_version: str | None) -> str:
+    major_minor = "".join((python_version or "3.11").split(".")[:2])
+    return f"requirements-{environment}-py{major_minor}.lock"
+
+
+def find_lock(name: str, folders: list[Path]) -> Path | None:
+    for folder in folders:
+        if (Path(folder) / name).is_file():
+            return (Path(folder) / name).resolve()
+    return None
+
+
+def _quote(args: list[str]) -> str:
+    return subprocess.list2cmdline(args) if os.name == "nt" else " ".join(map(shlex.quote, args))
+
+
+def check_training(sd_scripts: Path, python: str | None, *, import_timeout: float = 120,
+                   lock_folders: list[Path] | None = None, gpu: bool = False,
+                   allow_no_gpu: bool = False, progress=None) -> dict:
+    """The sd-scripts checkout (commit) and its venv (pins, imports, xformers/torch, CUDA): the
+    report dict of the training environment, with its own fix line."""
+    say = progress or (lambda message: None)
+    report = Report()
+    sd_scripts = Path(sd_scripts)
+    lock_folders = lock_folders or []
+    steps: list[str] = []
+    notes: list[str] = []
+    result = {"sd_scripts": str(sd_scripts), "expected_commit": SD_SCRIPTS_COMMIT, "commit": None,
+              "python": None, "python_version": None, "packages": [], "traps": []}
+    is_checkout = (sd_scripts / "sdxl_train_network.py").is_file() and (
+        sd_scripts / "library" / "train_util.py").is_file()
+    if not sd_scripts.is_dir():
+        report.problem(f"no sd-scripts checkout at {sd_scripts}",
+                       f"clone kohya-ss/sd-scripts there at {SD_SCRIPTS_COMMIT[:12]} (or pass --sd-scripts)")
+        steps += [_quote(["git", "clone", SD_SCRIPTS_URL, str(sd_scripts)]),
+                  _quote(["git", "-C", str(sd_scripts), "checkout", SD_SCRIPTS_COMMIT])]
+    elif not is_checkout:
+        report.problem(f"{sd_scripts} is not a kohya sd-scripts checkout",
+                       "it has no sdxl_train_network.py or library/train_util.py", pip_fixable=False)
+    else:
+        commit, how = git_head(sd_scripts)
+        result["commit"], result["commit_source"] = commit, how
+        if commit is None:
+            report.warnings.append(f"sd-scripts commit unknown: {how}; the project was checked against "
+                                   f"{SD_SCRIPTS_COMMIT}")
+        elif commit != SD_SCRIPTS_COMMIT:
+            report.problem(f"sd-scripts is at {commit[:12]}",
+                           f"the project's launcher was checked against {SD_SCRIPTS_COMMIT[:12]} "
+                           f"(tools/retrain_lora_v3.py SD_SCRIPTS_COMMIT)")
+            steps += [_quote(["git", "-C", str(sd_scripts), "fetch", "origin"]),
+                      _quote(["git", "-C", str(sd_scripts), "checkout", SD_SCRIPTS_COMMIT])]
+    found = Path(python) if python else find_training_python(sd_scripts)
+    if found is None or not found.is_file():
+        where = f"--training-python {python}" if python else \
+            f"neither {sd_scripts / 'venv'} nor {sd_scripts / '.venv'} holds a Python"
+        report.problem("no training environment", f"{where} (sd-scripts needs a venv of its own: "
+                       "its pins conflict with requirements-pod.txt)")
+        version = "%d.%d.%d" % sys.version_info[:3]
+        venv_python = sd_scripts / "venv" / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+        lock = find_lock(lock_name("training", version), lock_folders)
+        steps.append(_quote([sys.executable, "-m", "venv", str(sd_scripts / "venv")]))
+        steps.append(_quote([str(venv_python), "-m", "pip", "install", "--no-deps", "--require-hashes",
+                             "-r", str(lock or lock_name("training", version))]))
+        steps.append(_quote([str(venv_python), "-m", "pip", "install", "--no-deps", "-e", str(sd_scripts)]))
+        if lock is None:
+            notes.append(f"{lock_name('training', version)} is in the project's repository root: "
+                         "run the line there, or upload the lock beside this script")
+        import importlib.util
+        if importlib.util.find_spec("ensurepip") is None:
+            notes.append(f"{sys.executable} has no ensurepip, so `-m venv` fails: on Debian/Ubuntu "
+                         "apt-get install python3-venv first")
+        return _training_result(result, report, steps, notes)
+    result["python"] = str(found)
+    say(f"training environment: {found}")
+    probe = run_probe(TRAINING_PROBE, [json.dumps(sorted(set(REQUIREMENTS_TRAINING)))],
+                      import_timeout, str(found))
+    data = probe["data"]
+    if data is None:
+        report.problem(f"cannot run the training Python {found}", probe["error"] or "no answer",
+                       pip_fixable=False)
+        return _training_result(result, report, steps, notes)
+    version = data["version"]
+    result["python_version"] = version
+    if not version.startswith(("3.10.", "3.11.")):
+        report.problem(f"the training Python is {version}", "the locks are for CPython 3.10 and 3.11: "
+                       "make the venv with one of them", pip_fixable=False)
+    pins = training_pins(version)
+    tasks = {f"import:{name}": (IMPORT_PROBE, [name]) for name in TRAINING_IMPORTS}
+    tasks["torch"] = (TORCH_PROBE, [])
+    if data["installed"].get("xformers"):
+        tasks["xformers"] = (XFORMERS_PROBE, [])
+    results = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 2))) as pool:
+        futures = {pool.submit(run_probe, code, args, import_timeout, str(found)): key
+                   for key, (code, args) in tasks.items()}
+        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            results[futures[future]] = future.result()
+            say(f"[training {done}/{len(futures)}] {futures[future]} ({results[futures[future]]['seconds']:.1f} s)")
+    reinstall = []
+    for import_name, dist in TRAINING_IMPORTS.items():
+        pin = pins.get(dist)
+        installed = data["installed"].get(dist)
+        probe = results[f"import:{import_name}"]
+        imported = bool(probe["data"] and probe["data"].get("ok"))
+        error = None if imported else ((probe["data"] or {}).get("error") or probe["error"])
+        status = "ok"
+        if installed is None:
+            status = "MISSING"
+            report.problem(f"{dist} is not installed (training)", f"pinned {dist}=={pin}")
+        elif pin_matches(installed, pin) is False:
+            status = "WRONG VERSION"
+            report.problem(f"{dist} {installed} is installed (training)", f"pinned {dist}=={pin}")
+        elif not imported:
+            status = "IMPORT ERROR"
+            report.problem(f"import {import_name} fails (training)", error or "unknown error")
+        if status != "ok":
+            reinstall.append(f"{dist}=={pin}")
+        result["packages"].append({"import": import_name, "distribution": dist, "pin": pin,
+                                   "installed": installed, "importable": imported,
+                                   "import_error": error, "status": status})
+    torch_version = data["installed"].get("torch")
+    xformers_torch = next((parsed[1] for parsed in map(_requirement_on, data["requires"].get("xformers", []))
+                           if parsed and normalize_name(parsed[0]) == "torch"), None)
+    if data["installed"].get("xformers") and torch_version and xformers_torch:
+        ok = version_satisfies(torch_version, xformers_torch) is not False
+        xf = results.get("xformers") or {"data": None, "error": "not run"}
+        ops = bool(xf["data"] and xf["data"].get("ops"))
+        detail = (f"xformers {data['installed']['xformers']} requires torch{xformers_torch}, torch "
+                  f"{torch_version} installed" + ("" if ops else f"; import xformers.ops fails: "
+                                                   f"{(xf['data'] or {}).get('ops_error') or xf['error']}"))
+        result["traps"].append({"trap": "xformers matches torch", "status": "ok" if ok and ops else "FAIL",
+                                "detail": detail})
+        if not (ok and ops):
+            report.problem("xformers does not match torch (training)", detail)
+            reinstall += [f"xformers=={pins['xformers']}", f"torch=={pins['torch']}"]
+    torch_data = (results.get("torch") or {}).get("data") or {}
+    if torch_data:
+        cpu_build = torch_data.get("cuda_build") is None
+        bad = (gpu and not torch_data.get("available")) or (cpu_build and not allow_no_gpu)
+        detail = (f"torch {torch_data.get('version')}, CUDA build {torch_data.get('cuda_build')}, cuda "
+                  f"available: {torch_data.get('available')}")
+        result["traps"].append({"trap": "torch has CUDA", "status": "FAIL" if bad else "ok", "detail": detail})
+        if bad:
+            report.problem("training torch cannot use the GPU", detail, pip_fixable=cpu_build)
+            reinstall += [f"torch=={pins['torch']}", f"torchvision=={pins['torchvision']}"]
+    if data.get("library") is None:
+        report.warnings.append(f"sd-scripts' own `-e .` (the `library` package) is not installed in "
+                               f"{found}; its scripts still import it from the checkout; README.md "
+                               f"installs it with `pip install --no-deps -e {sd_scripts}`")
+    if reinstall:
+        lock = find_lock(lock_name("training", version), lock_folders)
+        if lock is not None:
+            steps.append(_quote([str(found), "-m", "pip", "install", "--no-deps", "--require-hashes",
+                                 "-r", str(lock)]))
+        else:
+            steps.append(_quote([str(found), "-m", "pip", "install", "--no-deps",
+                                 *dict.fromkeys(reinstall)]))
+            notes.append(f"{lock_name('training', version)} (in the project's repository root) pins "
+                         "every transitive package too: `pip install --no-deps --require-hashes -r` it "
+                         "for an exact environment")
+    return _training_result(result, report, steps, notes)
+
+
+def _training_result(result: dict, report: Report, steps: list[str], notes: list[str]) -> dict:
+    result.update({"problems": report.problems, "warnings": report.warnings,
+                   "fix_command": " && ".join(steps) if steps else None, "fix_notes": notes,
+                   "ok": not report.problems})
+    return result
+
+
 def _has_pip(python: str | None) -> bool:
     if python and Path(python).resolve() != Path(sys.executable).resolve():
         return True  # cannot tell cheaply for another interpreter
@@ -1228,7 +1544,7 @@ def render(result: dict, source: str) -> str:
     for p in result["problems"]:
         tag = "" if p["pip_fixable"] else " [not fixable by pip]"
         out.append(f"  - {p['what']}: {p['detail']}{tag}")
-    out += ["", "Fix (one line):"]
+    out += ["", "Fix, eval/caption environment (one line, for this Python):"]
     if result["fix_command"]:
         out.append(result["fix_command"])
         out += [f"  note: {n}" for n in result["fix_notes"]]
@@ -1238,7 +1554,45 @@ def render(result: dict, source: str) -> str:
         out.append("  no pip command fixes these; see the problems above.")
     else:
         out.append("  Nothing needs fixing.")
+    if result.get("training") is not None:
+        out += render_training(result["training"])
     return "\n".join(out) + "\n"
+
+
+def render_training(training: dict) -> list[str]:
+    commit = training.get("commit")
+    out = ["", f"Training environment (kohya sd-scripts at {training['sd_scripts']})",
+           f"  checkout commit: {commit or 'unknown'}"
+           + (f" ({training.get('commit_source')})" if training.get("commit_source") else "")
+           + f"; the project was checked against {training['expected_commit']}",
+           f"  Python: {training.get('python') or 'none found'}"
+           + (f" ({training['python_version']})" if training.get("python_version") else "")]
+    if training["packages"]:
+        rows = [[p["import"], p["distribution"], p["pin"] or "-", p["installed"] or "-",
+                 "yes" if p["importable"] else "no", p["status"]] for p in training["packages"]]
+        out += _table(rows, ["import", "distribution", "pin", "installed", "imports", "status"])
+        for p in training["packages"]:
+            if p["import_error"] and p["installed"]:
+                out.append(f"  {p['import']}: {p['import_error']}")
+    for trap in training["traps"]:
+        out.append(f"  [{trap['status']}] {trap['trap']}: {trap['detail']}")
+    if training["warnings"]:
+        out += ["  Warnings"] + [f"  - {w}" for w in training["warnings"]]
+    out.append(f"  Problems ({len(training['problems'])})")
+    if not training["problems"]:
+        out.append("  none")
+    for p in training["problems"]:
+        tag = "" if p["pip_fixable"] else " [not fixable by pip]"
+        out.append(f"  - {p['what']}: {p['detail']}{tag}")
+    out += ["", "Fix, training environment (one line):"]
+    if training["fix_command"]:
+        out.append(training["fix_command"])
+        out += [f"  note: {n}" for n in training["fix_notes"]]
+    elif training["problems"]:
+        out.append("  no command fixes these; see the problems above.")
+    else:
+        out.append("  Nothing needs fixing.")
+    return out
 
 
 # Copied from evals/scorecard.py:write_atomic
@@ -1278,6 +1632,17 @@ def build_parser() -> argparse.ArgumentParser:
                              "development machines (default: off, a pod must have a GPU)")
     parser.add_argument("--import-timeout", type=float, default=120.0, metavar="SECONDS",
                         help="limit for each import subprocess (default: 120)")
+    parser.add_argument("--sd-scripts", type=Path, default=Path(DEFAULT_SD_SCRIPTS), metavar="DIR",
+                        help="the kohya sd-scripts checkout: its commit is compared with the one the "
+                             "project was checked against, and its venv (DIR/venv or DIR/.venv) is "
+                             f"the training environment (default: {DEFAULT_SD_SCRIPTS})")
+    parser.add_argument("--training-python", default=None, metavar="PATH",
+                        help="the training environment's Python (default: found under --sd-scripts)")
+    parser.add_argument("--locks", type=Path, default=None, metavar="DIR",
+                        help="folder holding requirements-training-py3*.lock, named in the fix line "
+                             "(default: this script's folder, then its parent)")
+    parser.add_argument("--skip-training", action="store_true",
+                        help="check only the eval/caption environment (default: both)")
     return parser
 
 
@@ -1288,6 +1653,10 @@ def _main(argv) -> int:
         parser.error("--print-manifest needs --project-root (the tree to scan)")
     if args.import_timeout <= 0:
         parser.error("--import-timeout must be positive")
+    if args.training_python is not None and args.skip_training:
+        parser.error("--training-python conflicts with --skip-training")
+    if args.locks is not None and not args.locks.is_dir():
+        parser.error(f"--locks {args.locks} is not a folder")
     if sys.version_info < (3, 10):
         print(f"error: Python {sys.version.split()[0]} is too old: this check needs 3.10+",
               file=sys.stderr)
@@ -1325,6 +1694,19 @@ def _main(argv) -> int:
                    import_timeout=args.import_timeout,
                    progress=lambda message: print(f"  {message}", file=sys.stderr))
     result["manifest_source"] = source
+    result["training"] = None
+    if not args.skip_training:
+        here = Path(__file__).resolve().parent
+        folders = [args.locks] if args.locks is not None else [here, here.parent]
+        if args.project_root is not None:
+            folders.insert(0, args.project_root.resolve())
+        print(f"validate_pod_deps: checking the training environment ({args.sd_scripts}) ...",
+              file=sys.stderr)
+        result["training"] = check_training(
+            args.sd_scripts, args.training_python, import_timeout=args.import_timeout,
+            lock_folders=folders, gpu=bool(result["gpu"]["gpus"]), allow_no_gpu=args.allow_no_gpu,
+            progress=lambda message: print(f"  {message}", file=sys.stderr))
+        result["ok"] = result["ok"] and result["training"]["ok"]
     sys.stdout.write(render(result, source))
     if args.json is not None:
         try:
