@@ -22,7 +22,7 @@ class FakeModel:
         self.script = list(script)
         self.final_text = final_text
         self.results: dict[str, dict] = {}
-        self.prompts: list[str] = []
+        self.prompts: list[str] = []  # the user's text blocks before the first tool result
         self.tool_lists: list[list[str]] = []
         self.lock = threading.Lock()
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -53,7 +53,7 @@ class FakeModel:
                 for block in content:
                     if not isinstance(block, dict):
                         continue
-                    if block.get("type") == "text" and not self.prompts:
+                    if block.get("type") == "text" and not self.results and not done:
                         self.prompts.append(block.get("text", ""))
                     if block.get("type") == "tool_result":
                         text = block.get("content")

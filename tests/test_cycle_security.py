@@ -5,16 +5,12 @@ are neither committed nor modified.
 """
 from __future__ import annotations
 
-import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import load_script
-from cycle_fixtures import (FakeSecrets, add_user_work, base_env, briefing_agent, clone,  # noqa: F401
+from cycle_fixtures import (FakeSecrets, add_user_work, briefing_agent, clone,  # noqa: F401
                             commits, committed_paths, cycle_env, git, last_line, run_cycle,
                             stand_in_agent, today)
 

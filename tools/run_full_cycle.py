@@ -247,12 +247,23 @@ def process_start_time(pid: int) -> str | None:
     return f"ps:{text}" if completed.returncode == 0 and text else None
 
 
-def _windows_start_time(pid: int) -> str | None:
+def _kernel32():
+    """kernel32 with the signatures this script uses (HANDLE is pointer-sized)."""
     import ctypes
     from ctypes import wintypes
     kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
     kernel32.OpenProcess.restype = wintypes.HANDLE
     kernel32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
+    kernel32.CloseHandle.argtypes = (wintypes.HANDLE,)
+    kernel32.GetExitCodeProcess.argtypes = (wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD))
+    kernel32.GetProcessTimes.argtypes = (wintypes.HANDLE,) + (ctypes.POINTER(wintypes.FILETIME),) * 4
+    return kernel32
+
+
+def _windows_start_time(pid: int) -> str | None:
+    import ctypes
+    from ctypes import wintypes
+    kernel32 = _kernel32()
     handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
     if not handle:
         return None
@@ -272,9 +283,7 @@ def pid_alive(pid: int, start: str | None = None) -> bool:
     if os.name == "nt":
         import ctypes
         from ctypes import wintypes
-        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
-        kernel32.OpenProcess.restype = wintypes.HANDLE
-        kernel32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
+        kernel32 = _kernel32()
         handle = kernel32.OpenProcess(0x1000, False, pid)
         if not handle:
             return False
@@ -292,6 +301,9 @@ def pid_alive(pid: int, start: str | None = None) -> bool:
             alive = False
         except PermissionError:
             alive = True
+        if alive and sys.platform.startswith("linux"):
+            fields = _linux_stat(pid)
+            alive = fields is not None and fields[0] != "Z"  # a zombie has finished
     if alive and start is not None:
         now = process_start_time(pid)
         if now is not None and now != start:
@@ -300,7 +312,7 @@ def pid_alive(pid: int, start: str | None = None) -> bool:
 
 
 def group_alive(pgid: int) -> bool:
-    """Whether any process of POSIX process group `pgid` still runs."""
+    """Whether any process of POSIX process group `pgid` still runs (zombies do not count)."""
     if os.name == "nt" or not isinstance(pgid, int) or pgid <= 1:
         return False
     try:
@@ -309,7 +321,18 @@ def group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
+    if sys.platform.startswith("linux"):
+        return any(info[3] == pgid and info[2] != "Z" for info in _linux_processes().values())
     return True
+
+
+def _linux_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2:].split()
 
 
 def become_subreaper() -> bool:
@@ -324,8 +347,8 @@ def become_subreaper() -> bool:
         return False
 
 
-def _linux_processes() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, start token) of every process visible in /proc."""
+def _linux_processes() -> dict[int, tuple[int, str, str, int]]:
+    """pid -> (parent pid, start token, state, process group) of every process in /proc."""
     table = {}
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
@@ -335,13 +358,10 @@ def _linux_processes() -> dict[int, tuple[int, str]]:
     for name in entries:
         if not name.isdigit():
             continue
-        try:
-            stat = Path(f"/proc/{name}/stat").read_text(encoding="ascii", errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 19:
-            table[int(name)] = (int(fields[1]), f"linux:{boot}:{fields[19]}")
+        fields = _linux_stat(int(name))
+        if fields is not None and len(fields) > 19:
+            table[int(name)] = (int(fields[1]), f"linux:{boot}:{fields[19]}", fields[0],
+                                int(fields[2]))
     return table
 
 
@@ -358,13 +378,17 @@ def kill_orphans(born_after: int) -> list[int]:
     for _ in range(50):
         table = _linux_processes()
         children: dict[int, list[int]] = collections.defaultdict(list)
-        for pid, (parent, _start) in table.items():
+        for pid, (parent, *_rest) in table.items():
             children[parent].append(pid)
+        for pid in children.get(me, ()):  # reap the finished ones reparented to us
+            if table[pid][2] == "Z":
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, os.WNOHANG)
         found, stack = [], list(children.get(me, ()))
         while stack:
             pid = stack.pop()
             ticks = int(table[pid][1].rsplit(":", 1)[1])
-            if ticks >= born_after:
+            if ticks >= born_after and table[pid][2] != "Z":
                 found.append(pid)
             stack.extend(children.get(pid, ()))
         if not found:
@@ -409,6 +433,7 @@ class WindowsJob:
         self.kernel32 = k32
         self.ntdll = ctypes.WinDLL("ntdll")
         self.ntdll.NtResumeProcess.argtypes = (wintypes.HANDLE,)
+        self.ntdll.NtResumeProcess.restype = ctypes.c_long
         self.handle = k32.CreateJobObjectW(None, None)
         if not self.handle:
             raise OSError(ctypes.get_last_error(), "CreateJobObjectW failed")
@@ -420,17 +445,23 @@ class WindowsJob:
             raise OSError(error, "SetInformationJobObject failed")
 
     def adopt_and_resume(self, pid: int) -> None:
-        """Put the suspended process `pid` in the job and let it run; resume it even on failure."""
+        """Put the suspended process `pid` in the job and let it run.
+
+        Raises JobError; its `resumed` says whether the process runs (outside the job) or is
+        still suspended (the caller must then kill it).
+        """
         access = 0x0100 | 0x0001 | 0x0800  # SET_QUOTA | TERMINATE | SUSPEND_RESUME
         process = self.kernel32.OpenProcess(access, False, pid)
         if not process:
-            raise OSError(self.ctypes.get_last_error(), f"OpenProcess({pid}) failed")
+            raise JobError(self.ctypes.get_last_error(), f"OpenProcess({pid}) failed", resumed=False)
         try:
             assigned = self.kernel32.AssignProcessToJobObject(self.handle, process)
             error = self.ctypes.get_last_error()
-            self.ntdll.NtResumeProcess(process)
+            status = self.ntdll.NtResumeProcess(process)
+            if status != 0:
+                raise JobError(status, "NtResumeProcess failed", resumed=False)
             if not assigned:
-                raise OSError(error, "AssignProcessToJobObject failed")
+                raise JobError(error, "AssignProcessToJobObject failed", resumed=True)
         finally:
             self.kernel32.CloseHandle(process)
 
@@ -442,6 +473,12 @@ class WindowsJob:
         if self.handle:
             self.kernel32.CloseHandle(self.handle)
             self.handle = None
+
+
+class JobError(OSError):
+    def __init__(self, code: int, text: str, resumed: bool):
+        super().__init__(code, text)
+        self.resumed = resumed
 
 
 def job_limit_structure():
@@ -521,9 +558,13 @@ def start_step_process(command: list[str], cwd: Path, env: dict) -> StepProcess:
         if job is not None:
             try:
                 job.adopt_and_resume(process.pid)
-            except OSError:
+            except JobError as error:
                 job.close()
-                job = None  # it runs (resumed) without a job: taskkill /T is the fallback
+                job = None  # when it runs (resumed) without a job, taskkill /T is the fallback
+                if not error.resumed:  # never leave a suspended process behind
+                    process.kill()
+                    process.wait()
+                    raise
         return StepProcess(process, job)
     linux = sys.platform.startswith("linux")
     ticks = _linux_now_ticks() if linux else 0
@@ -614,7 +655,7 @@ class CycleLock:
 
     def acquire(self) -> None:
         for _ in range(20):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
             try:
                 self._os_lock(fd)
             except OSError:
