@@ -109,10 +109,12 @@ def test_forbidden_edits_fail_step_5_name_each_path_and_revert_nothing(clone, cy
      "ref created: refs/tags/agent-tag"),
     ("(root / '.git' / 'hooks' / 'pre-commit').write_text('#!/bin/sh\\ngit add -A\\n')",
      "git settings changed: hooks/pre-commit"),
-    ("subprocess.run(['git', 'config', 'core.hooksPath', '/tmp'], cwd=root, check=True)",
+    ("subprocess.run(['git', 'config', 'core.hooksPath', str(root / '.git' / 'elsewhere')], "
+     "cwd=root, check=True)",
      "git settings changed: git config (all levels)"),
     ("(root / '.git' / 'info' / 'exclude').write_text('*.env\\n')",
      "git settings changed: info/exclude"),
+    ("(root / 'tools' / 'json.pyc').write_bytes(b'planted bytecode')", "created: tools/json.pyc"),
     ("(root / 'prod.env').write_text('DB_PASSWORD=hunter22hunter22\\n'); "
      "(root / '.envrc').write_text('export A=1\\n')", "created: prod.env"),
 ])

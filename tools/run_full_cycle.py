@@ -71,6 +71,7 @@ import contextlib
 import datetime as dt
 import fnmatch
 import hashlib
+import io
 import json
 import os
 import re
@@ -175,6 +176,10 @@ SCAN_SUFFIXES = frozenset({".md", ".txt", ".json", ".jsonl", ".yaml", ".yml", ".
 # allowlist secret`) and the indirect-reference rule (`x = f(...)`) would let any line hide a key.
 SCAN_FILTERS_OFF = ("detect_secrets.filters.allowlist.is_line_allowlisted",
                     "detect_secrets.filters.heuristic.is_indirect_reference")
+
+# main() points every step's Python at a fresh private folder for its bytecode cache, so a .pyc
+# planted in a __pycache__ folder of the tree by the agent is never run by a later step.
+PYCACHE_PREFIX: dict[str, str] = {}
 
 NOT_LOGGED_IN = re.compile(r"not logged in|please run /login|invalid api key|"
                            r"authentication_error|oauth token (?:has )?expired", re.IGNORECASE)
@@ -590,7 +595,8 @@ def run_step(log: CycleLog, step: str, command: list[str], cwd: Path, timeout: f
     """
     log.line(f"==> step {step}: {shlex.join(command)}")
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    child_env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8", **(env or {}))
+    child_env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8",
+                     **PYCACHE_PREFIX, **(env or {}))
     started = time.monotonic()
     try:
         running = start_step_process(command, cwd, child_env)
@@ -846,6 +852,15 @@ def hash_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def stat_fingerprint(path: Path) -> str:
+    """Size, times and inode of a file (ctime changes with any write on POSIX)."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return "missing"
+    return f"{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}:{info.st_ino}:{info.st_mode}"
+
+
 def _nul_list(text: str) -> list[str]:
     return [item for item in text.split("\0") if item]
 
@@ -905,6 +920,15 @@ def snapshot(root: Path) -> RepoState:
         if path in TRANSIENT_FILES or path.startswith(LOG_DIR + "/"):
             continue
         state.files[path] = hash_file(root / path)
+    # Loose ignored files too (a planted tools/json.pyc would run in a later step); whole ignored
+    # folders (.venv/, build/, __pycache__/) are left out. These get a stat fingerprint: they
+    # may be large, and they are never committed.
+    ignored = git(root, "ls-files", "-z", "--others", "--ignored", "--exclude-standard",
+                  "--directory").stdout
+    for path in _nul_list(ignored):
+        if path.endswith("/") or path in TRANSIENT_FILES or path.startswith(LOG_DIR + "/"):
+            continue
+        state.files[path] = "ignored:" + stat_fingerprint(root / path)
     git_dir, common = git_paths(root)
     config = git(root, "config", "--list", "--show-origin", "-z", check=False).stdout
     state.git_meta["git config (all levels)"] = hashlib.sha256(config.encode()).hexdigest()
@@ -978,7 +1002,7 @@ def compare_states(before: RepoState, after: RepoState, allowed: set[str] | None
             if old not in (None, "missing"):
                 problems.append(f"deleted: {show(path)}")
             continue
-        if may_write(path) and not new.startswith(("link:", "dir", "unreadable")):
+        if may_write(path) and not new.startswith(("link:", "dir", "unreadable", "ignored:")):
             written.append(path)
             continue
         problems.append(f"{'created' if old is None else 'changed'}: {show(path)}")
@@ -1107,6 +1131,8 @@ class SecretScanner:
         from detect_secrets.core import scan  # noqa: F401  (fails early when not installed)
         from detect_secrets.settings import default_settings, get_settings
         self._default_settings, self._get_settings = default_settings, get_settings
+        # Import every plugin now, before the agent runs, not from a tree it could have changed.
+        self.scan([("warm-up.txt", lambda: io.BytesIO(b"nothing here\n"))])
 
     def scan(self, items) -> list[str]:
         """`items`: (path, opener) pairs; opener() returns a binary stream. Returns problems."""
@@ -1498,6 +1524,8 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(ValueError, OSError):  # not the main thread: leave them
                 handlers[name] = signal.signal(getattr(signal, name), _raise_interrupted)
     become_subreaper()
+    pycache = tempfile.mkdtemp(prefix="pistachio-cycle-pycache-")
+    PYCACHE_PREFIX["PYTHONPYCACHEPREFIX"] = pycache
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     log = CycleLog(root / LOG_DIR / f"cycle-{stamp}.log")
     try:
@@ -1513,6 +1541,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         log.close()
         lock.release()
+        PYCACHE_PREFIX.clear()
+        shutil.rmtree(pycache, ignore_errors=True)
         for name, handler in handlers.items():
             with contextlib.suppress(ValueError, OSError, TypeError):
                 signal.signal(getattr(signal, name), handler)
