@@ -262,6 +262,8 @@ def test_powershell_wrapper_passes_arguments_and_exit_code():
     text = (REPO_ROOT / "run-full-cycle.ps1").read_text(encoding="utf-8")
     assert "Get-Command py" in text and "Get-Command python" in text
     assert text.index("Get-Command py ") < text.index("Get-Command python")
+    assert text.index(".venv\\Scripts\\python.exe") < text.index("Get-Command py "), \
+        "the venv (with detect-secrets) comes first"
     assert "@passThrough" in text and "$args" in text
     assert "exit $LASTEXITCODE" in text
     pwsh = shutil.which("pwsh")
