@@ -132,6 +132,20 @@ def test_git_state_changes_by_the_agent_fail_step_5(clone, cycle_env, tmp_path, 
     work.assert_intact()
 
 
+def test_an_agent_that_fails_after_going_outside_is_reported_for_both(clone, cycle_env, tmp_path):
+    work = add_user_work(clone)
+    completed = run_attack(clone, tmp_path, cycle_env, """
+        (root / "README.md").write_text("replaced\\n")
+        raise SystemExit(3)
+    """)
+    assert completed.returncode == 1
+    assert "changed: README.md" in completed.stdout
+    assert "and the agent itself exited with code 3" in completed.stdout
+    assert "exit code: 3" in completed.stdout
+    assert len(commits(clone)) == 1
+    work.assert_intact()
+
+
 def test_secrets_in_the_briefing_are_refused_by_file_and_line(clone, cycle_env, tmp_path):
     work = add_user_work(clone)
     fake = FakeSecrets(seed=21)

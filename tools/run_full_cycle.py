@@ -1250,7 +1250,10 @@ def commit_paths(log: CycleLog, root: Path, paths: list[str], message: str,
                              "git commit failed (a hook?); nothing was staged in your index")
     new_head = git(root, "rev-parse", "HEAD").stdout.strip()
     # The real index still has the old entries of these paths: point them at the new commit.
-    git(root, "--literal-pathspecs", "reset", "-q", new_head, "--", *paths, check=False)
+    reset = git(root, "--literal-pathspecs", "reset", "-q", new_head, "--", *paths, check=False)
+    if reset.returncode != 0:
+        log.line(f"warning: committed, but your index could not be updated for the cycle's files "
+                 f"({reset.stderr.strip()}); run: git reset -q -- <those files>")
     return new_head
 
 
@@ -1662,7 +1665,12 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
                               f"{next(t for t in failure.tail if NOT_LOGGED_IN.search(t)).strip()}); "
                               "run `claude` once and log in (or set ANTHROPIC_API_KEY), then run "
                               "the cycle again")
-        check_envelope(root, cycle_start, {briefing_rel, "PROGRESS.md"}, failure.step, lock, log)
+        try:
+            check_envelope(root, cycle_start, {briefing_rel, "PROGRESS.md"}, failure.step, lock, log)
+        except StepFailed as outside:
+            outside.reason += f"; and the agent itself {failure.reason}"
+            outside.code, outside.command = failure.code, failure.command
+            raise outside from None
         raise
     finally:
         lock.set_agent(None)
