@@ -102,8 +102,13 @@ def test_the_default_agent_runs_headless_within_its_permissions(cycle, clone, cl
                   "description": "h"}),
         ("Bash", {"command": f"{py} tools/promote_findings.py --project-root . --briefing {briefing}",
                   "description": "i"}),
+        ("Bash", {"command": f"{py} tools/promote_findings.py --project-root . --check --strict "
+                             f"{briefing}", "description": "j"}),
+        ("Bash", {"command": f"{py} tools/lifeos_preflight.py --project-root . && touch pwned",
+                  "description": "k"}),
+        ("Bash", {"command": f"{py} evals/known_failures.py --project-root .", "description": "l"}),
     ]
-    allowed = {0, 1, 2, 3, 10, 11}
+    allowed = {0, 1, 2, 3, 10, 11, 13, 15}
     env = dict(cli_env, ANTHROPIC_API_KEY="test-key-not-a-real-one")
     with FakeModel(script) as model:
         env["ANTHROPIC_BASE_URL"] = model.url
