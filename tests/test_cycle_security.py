@@ -290,6 +290,10 @@ def test_history_is_committed_only_as_a_pure_append(tmp_path):
     git(root, "commit", "-q", "-m", "history")
     history.write_text('{"run_id": "a"}\n{"run_id": "b"}\n')
     assert cycle.is_pure_append(root, "evals/eval_history.jsonl")
+    git(root, "config", "core.autocrlf", "true")  # a Windows checkout: CRLF on disk, LF in git
+    history.write_bytes(b'{"run_id": "a"}\r\n{"run_id": "b"}\r\n')
+    assert cycle.is_pure_append(root, "evals/eval_history.jsonl")
+    git(root, "config", "core.autocrlf", "false")
     history.write_text('{"run_id": "b"}\n')
     assert not cycle.is_pure_append(root, "evals/eval_history.jsonl")
     log = cycle.CycleLog(None)

@@ -1179,30 +1179,32 @@ def secret_problems_in_files(root: Path, paths: list[str]) -> list[str]:
 
 # ---------------------------------------------------------------- commit
 
+def head_blob(root: Path, path: str) -> str | None:
+    listed = git(root, "ls-tree", "-z", "HEAD", "--", path, check=False).stdout.strip("\0")
+    return listed.split("\t", 1)[0].split()[2] if listed else None
+
+
+def blob_is_prefix(root: Path, old: str | None, new: str) -> bool:
+    """Whether blob `new` is blob `old` with bytes added at the end only (None: empty)."""
+    if old is None:
+        return True
+    with _blob_stream(root, old) as before, _blob_stream(root, new) as after:
+        while True:
+            chunk = before.read(1 << 20)
+            if not chunk:
+                return True
+            if after.read(len(chunk)) != chunk:
+                return False
+
+
 def is_pure_append(root: Path, path: str) -> bool:
-    """Whether the working file is HEAD's version of `path` with bytes added at the end only."""
-    listed = git(root, "ls-tree", "-z", "HEAD", "--", path, check=False).stdout
-    if not listed.strip("\0"):
-        return True  # new file: everything is appended
-    blob = listed.split("\t", 1)[0].split()[2]
-    old = subprocess.Popen(["git", "cat-file", "blob", blob], cwd=root, stdout=subprocess.PIPE)
-    try:
-        with (root / path).open("rb") as new:
-            while True:
-                chunk = old.stdout.read(1 << 20)
-                if not chunk:
-                    return True
-                if new.read(len(chunk)) != chunk:
-                    return False
-    except OSError:
-        return False
-    finally:
-        old.stdout.close()
-        old.wait()
+    """Whether the working file, as git would store it, is HEAD's version plus appended bytes."""
+    new = git(root, "hash-object", "-w", "--path", path, "--", path, check=False).stdout.strip()
+    return bool(new) and blob_is_prefix(root, head_blob(root, path), new)
 
 
 def commit_paths(log: CycleLog, root: Path, paths: list[str], message: str,
-                 scanner: SecretScanner) -> str:
+                 scanner: SecretScanner, append_only: tuple[str, ...] = ()) -> str:
     """Commit exactly `paths` (literal) from the working tree; return the new commit id.
 
     Works in a temporary index built from HEAD, so whatever the user has staged stays staged and
@@ -1236,6 +1238,10 @@ def commit_paths(log: CycleLog, root: Path, paths: list[str], message: str,
             meta, _, path = entry.partition("\t")
             if path in staged:
                 entries[path] = meta.split()[1]
+        for path in append_only:
+            if path in entries and not blob_is_prefix(root, head_blob(root, path), entries[path]):
+                raise StepFailed(step, display, None, [], f"{path} changed other than by "
+                                 "appending lines; it is append-only, so nothing was committed")
         problems = scanner.scan([(path, lambda blob=entries[path]: _blob_stream(root, blob))
                                  for path in sorted(entries)])
         if problems:
@@ -1742,15 +1748,12 @@ def commit_cycle(log: CycleLog, root: Path, written: list[str], briefing: Path, 
     if never:
         raise StepFailed("8 commit", [], None, [], f"refusing to commit {', '.join(never)} "
                          "(the CRITICAL rules are edited by humans only)")
-    if HISTORY in written and not is_pure_append(root, HISTORY):
-        raise StepFailed("8 commit", [], None, [], f"{HISTORY} changed other than by appending "
-                         "lines; it is append-only, so nothing was committed")
     if not written:
         log.line("==> step 8 commit: nothing to commit")
         return None
     message = (f"LifeOS cycle {dt.date.today().isoformat()}: briefing {briefing.name} promoted; {scored}\n\n"
                "Files written by tools/run_full_cycle.py:\n" + "\n".join(f"- {path}" for path in written))
-    commit = commit_paths(log, root, written, message, scanner)
+    commit = commit_paths(log, root, written, message, scanner, append_only=(HISTORY,))
     extra = verify_commit(root, commit, written)
     if extra:
         raise StepFailed("8 commit", [], None, extra, f"commit {commit[:12]} also changed "
