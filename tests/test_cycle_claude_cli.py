@@ -53,9 +53,11 @@ def test_unknown_options_fail_before_login(cli_env, tmp_path):
     assert "logged in" not in (completed.stdout + completed.stderr).lower()
 
 
-def test_every_flag_of_the_default_command_is_accepted(cycle, cli_env, tmp_path):
+@pytest.mark.parametrize("version", [CLAUDE_CODE_VERSION], ids=lambda v: f"claude-code-{v}")
+def test_every_flag_of_the_default_command_is_accepted(cycle, cli_env, tmp_path, version):
     """Unknown options fail before login (above), so reaching the login check means every flag
     and value of the default command parsed."""
+    assert run_claude(["--version"], cli_env, tmp_path).stdout.startswith(version)
     command = cycle.default_agent_command(today(), cycle.Budgets(100, 5.0))
     completed = run_claude(command[1:], cli_env, tmp_path)
     output = (completed.stdout + completed.stderr).strip()
