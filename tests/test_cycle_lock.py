@@ -114,16 +114,30 @@ def test_pid_reuse_is_seen_through_the_start_time(cycle, tmp_path):
 
 
 def test_four_simultaneous_real_starts_on_a_stale_lock_run_exactly_one(clone, cycle_env, tmp_path):
+    """Four real cycles at once; the one that gets the lock holds it (its agent waits) until the
+    other three have given up."""
     (clone / ".cycle.lock").write_text(stale_record())
-    agent = stand_in_agent(tmp_path, "print('never runs')\n")
+    release = tmp_path / "release"
+    agent = stand_in_agent(tmp_path, briefing_agent(f"""
+        import time
+        for _ in range(6000):
+            if pathlib.Path({str(release)!r}).exists():
+                break
+            time.sleep(0.05)
+    """))
     command = [sys.executable, str(REPO_ROOT / "tools/run_full_cycle.py"), "--project-root",
-               str(clone), "--dry-run", "--agent-cmd", agent]
+               str(clone), "--agent-cmd", agent]
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, env=cycle_env) for _ in range(4)]
+    try:
+        assert wait_for(lambda: sum(process.poll() == 3 for process in processes) == 3, 300)
+    finally:
+        release.write_text("")
     results = [(process.wait(timeout=600), *process.communicate()) for process in processes]
     codes = sorted(code for code, _, _ in results)
-    assert codes == [0, 3, 3, 3], [(code, err[-300:]) for code, _, err in results]
-    assert sum("dry run complete" in out for _, out, _ in results) == 1
+    assert codes == [0, 3, 3, 3], [(code, out[-300:], err[-300:]) for code, out, err in results]
+    assert sum("cycle complete" in out for _, out, _ in results) == 1
+    assert len(commits(clone)) == 2, "exactly one cycle committed"
 
 
 RACER = r'''
@@ -260,7 +274,7 @@ def test_a_child_the_agent_left_behind_is_killed_before_it_can_write(clone, cycl
             "if os.fork(): sys.exit(0)\\n"          # double fork: the grandchild is an orphan
             "os.setsid()\\n"
             "open({str(pid_file)!r}, 'w').write(str(os.getpid()))\\n"
-            "time.sleep(4)\\n"
+            "time.sleep(6)\\n"
             "open({str(late)!r}, 'w').write('written after the agent exited')\\n")
         subprocess.run([sys.executable, "-c", daemon], start_new_session=True)
         import time
@@ -274,7 +288,7 @@ def test_a_child_the_agent_left_behind_is_killed_before_it_can_write(clone, cycl
     daemon = int(pid_file.read_text())
     assert "process(es) the step left running" in completed.stdout
     assert not alive(daemon)
-    time.sleep(5)
+    time.sleep(7)
     assert not late.exists(), "the left-behind child wrote into the repo"
     assert len(commits(clone)) == 2
     work.assert_intact()
