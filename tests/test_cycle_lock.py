@@ -73,14 +73,17 @@ def test_one_holder_in_process_and_release_frees_it(cycle, tmp_path):
                                      '{"pid": -4}', "not json at all", '{"pid": 5, "agent": 7}'])
 def test_garbage_lock_is_a_clear_message_with_the_command_to_clear_it(clone, cycle_env, tmp_path,
                                                                       content):
+    work = add_user_work(clone)
     (clone / ".cycle.lock").write_text(content)
-    agent = stand_in_agent(tmp_path, "print('never runs')\n")
-    completed = run_cycle(clone, "--dry-run", "--agent-cmd", agent, env=cycle_env)
+    agent = stand_in_agent(tmp_path, briefing_agent())
+    completed = run_cycle(clone, "--agent-cmd", agent, env=cycle_env)
     assert completed.returncode == 3
     assert "holds unreadable content" in completed.stderr
     assert f"clear it with: rm {clone / '.cycle.lock'}" in completed.stderr
     assert "Traceback" not in completed.stderr + completed.stdout
     assert (clone / ".cycle.lock").read_text() == content, "left for the human to look at"
+    assert len(commits(clone)) == 1
+    work.assert_intact()
 
 
 def test_stale_lock_of_a_dead_cycle_is_taken_over(clone, cycle_env, tmp_path):
@@ -116,6 +119,7 @@ def test_pid_reuse_is_seen_through_the_start_time(cycle, tmp_path):
 def test_four_simultaneous_real_starts_on_a_stale_lock_run_exactly_one(clone, cycle_env, tmp_path):
     """Four real cycles at once; the one that gets the lock holds it (its agent waits) until the
     other three have given up."""
+    work = add_user_work(clone)
     (clone / ".cycle.lock").write_text(stale_record())
     release = tmp_path / "release"
     agent = stand_in_agent(tmp_path, briefing_agent(f"""
@@ -138,6 +142,7 @@ def test_four_simultaneous_real_starts_on_a_stale_lock_run_exactly_one(clone, cy
     assert codes == [0, 3, 3, 3], [(code, out[-300:], err[-300:]) for code, out, err in results]
     assert sum("cycle complete" in out for _, out, _ in results) == 1
     assert len(commits(clone)) == 2, "exactly one cycle committed"
+    work.assert_intact()
 
 
 RACER = r'''
@@ -218,6 +223,7 @@ def test_lock_file_changed_by_the_agent_fails_step_5(clone, cycle_env, tmp_path)
 
 @linux_only
 def test_kill_9_of_a_cycle_keeps_the_lock_while_its_agent_group_lives(clone, cycle_env, tmp_path):
+    work = add_user_work(clone)
     marks = tmp_path / "marks"
     marks.mkdir()
     agent = stand_in_agent(tmp_path, f"""
@@ -260,6 +266,7 @@ def test_kill_9_of_a_cycle_keeps_the_lock_while_its_agent_group_lives(clone, cyc
             except ProcessLookupError:
                 pass
     assert len(commits(clone)) == 1
+    work.assert_intact()
 
 
 @linux_only

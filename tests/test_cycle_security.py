@@ -74,6 +74,30 @@ def add_user_work_in(root: Path):
     return add_user_work(root)
 
 
+@pytest.mark.slow
+def test_a_key_at_the_end_of_a_6_mb_file_refuses_the_commit(tmp_path):
+    """Step 8's scan streams each staged blob whatever its size (the old scan skipped > 5 MB)."""
+    cycle = load_script("tools/run_full_cycle.py")
+    root = tmp_path / "repo"
+    git(tmp_path, "init", "-q", "-b", "main", str(root))
+    work = add_user_work_in(root)
+    big = root / "evals" / "runs" / "big.json"
+    big.parent.mkdir(parents=True)
+    line = '{"image": "step100_str0.80_cfg4.0_seed1.jpg", "identity": 0.71, "realism": 0.55}\n'
+    key = FakeSecrets(seed=8).github_fine_grained()
+    big.write_text(line * (6 * 1024 * 1024 // len(line)) + f'{{"note": "{key}"}}\n')
+    assert big.stat().st_size > 6 * 1024 * 1024
+    before = commits(root)
+    with pytest.raises(cycle.StepFailed) as failure:
+        cycle.commit_paths(cycle.CycleLog(None), root, ["evals/runs/big.json"], "cycle",
+                           cycle.SecretScanner())
+    lines = big.read_text().count("\n")
+    assert f"evals/runs/big.json:{lines}: looks like a GitHub fine-grained token" in failure.value.reason
+    assert key[:12] not in failure.value.reason
+    assert commits(root) == before
+    work.assert_intact()
+
+
 def test_forbidden_edits_fail_step_5_name_each_path_and_revert_nothing(clone, cycle_env, tmp_path):
     work = add_user_work(clone)
     before = commits(clone)

@@ -36,6 +36,7 @@ def test_help_and_usage_errors(tmp_path):
 
 
 def test_dry_run_fails_at_step_1_naming_the_cli_where_it_is_missing(clone, tmp_path):
+    work = add_user_work(clone)
     env = base_env(tmp_path, path_without_claude())
     completed = run_cycle(clone, "--dry-run", env=env)
     assert completed.returncode == 1, completed.stdout
@@ -44,7 +45,8 @@ def test_dry_run_fails_at_step_1_naming_the_cli_where_it_is_missing(clone, tmp_p
     assert "the agent's program 'claude' is not on PATH (install the Claude Code CLI" in completed.stdout
     assert "==> step 2 freshness" not in completed.stdout
     assert "dry run complete" not in completed.stdout
-    assert git(clone, "status", "--porcelain") == ""
+    assert len(commits(clone)) == 1
+    work.assert_intact()
 
 
 def test_dry_run_passes_where_the_cli_is_installed_and_changes_nothing(clone, tmp_path,
