@@ -1680,29 +1680,34 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
         raise
     finally:
         lock.set_agent(None)
-    written = check_envelope(root, cycle_start, {briefing_rel, "PROGRESS.md"}, "5 agent", lock, log)
+    written, state = check_envelope(root, cycle_start, {briefing_rel, "PROGRESS.md"}, "5 agent",
+                                    lock, log)
     if briefing_rel not in written:
         raise StepFailed("5 agent", agent_command, 0, [],
                          f"the agent exited 0 but wrote no {briefing_rel}")
     check = [py, str(tools / "promote_findings.py"), "--project-root", str(root), "--check", str(briefing)]
-    run_step(log, "5 agent (briefing check)", check, root, timeout)
-    status, stop_reason = read_briefing_status(briefing)
+    steps = [PostStep("5 agent (briefing check)", check, ())] + post_agent_steps(args, root, briefing)
+    status = stop_reason = ""
 
-    # Steps 6 and 7 (and any added later): each may write only its own files.
+    # The briefing check, then steps 6 and 7 (and any added later): each may write only its own
+    # files, compared with the state the previous step left.
     scored = "no sweep given"
-    for step in post_agent_steps(args, root, briefing):
+    for step in steps:
         if step.skip_reason:
             log.line(f"==> step {step.name}: skipped ({step.skip_reason})")
             if step.name.startswith("7"):
                 scored = f"sweep skipped ({step.skip_reason})"
             continue
-        before = snapshot(root)
         run_step(log, step.name, step.command, root, timeout)
-        problems, changed = compare_states(before, snapshot(root), allowed_patterns=step.writes)
+        after = snapshot(root)
+        problems, changed = compare_states(state, after, allowed_patterns=step.writes)
         if problems:
             raise StepFailed(step.name, step.command, 0, problems,
                              f"it changed files outside its own: {'; '.join(problems)}")
+        state = after
         written += [path for path in changed if path not in written]
+        if step.name.startswith("5"):
+            status, stop_reason = read_briefing_status(briefing)
         if step.name.startswith("7"):
             scored = f"scored sweep {args.sweep_dir.name} as {args.lora_version}"
 
@@ -1726,8 +1731,9 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
 
 
 def check_envelope(root: Path, before: RepoState, allowed: set[str], step: str,
-                   lock: CycleLock, log: CycleLog) -> list[str]:
-    """After the agent: what it wrote within `allowed`; StepFailed naming everything else."""
+                   lock: CycleLock, log: CycleLog) -> tuple[list[str], RepoState]:
+    """After the agent: what it wrote within `allowed` and the state it left; StepFailed naming
+    everything else."""
     after = snapshot(root)
     problems, written = compare_states(before, after, allowed=allowed)
     pushes = find_pushes(before, after)
@@ -1739,7 +1745,7 @@ def check_envelope(root: Path, before: RepoState, allowed: set[str], step: str,
                                                     "as they are for you to inspect)"],
                          f"the agent went outside what it may do ({len(problems)} problem(s)): "
                          + "; ".join(problems))
-    return written
+    return written, after
 
 
 def commit_cycle(log: CycleLog, root: Path, written: list[str], briefing: Path, scored: str,
