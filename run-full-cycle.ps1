@@ -3,8 +3,10 @@
     Runs the LifeOS cycle (tools/run_full_cycle.py) from Windows.
 
 .DESCRIPTION
-    Finds Python 3 (the "py -3" launcher first, then "python" on PATH), passes every argument
-    through unchanged to tools/run_full_cycle.py, and exits with the script's exit code.
+    Finds Python 3 (the project's .venv\Scripts\python.exe when it exists: it has detect-secrets,
+    which the cycle's commit scan needs, and the eval packages; else the "py -3" launcher, then
+    "python" on PATH), passes every argument through unchanged to tools/run_full_cycle.py, and
+    exits with the script's exit code.
     The project root defaults to this script's folder when --project-root is not given.
 
 .EXAMPLE
@@ -17,7 +19,10 @@ $script = Join-Path $here 'tools\run_full_cycle.py'
 
 $python = $null
 $prefix = @()
-if (Get-Command py -ErrorAction SilentlyContinue) {
+$venvPython = Join-Path $here '.venv\Scripts\python.exe'
+if (Test-Path -LiteralPath $venvPython) {
+    $python = $venvPython
+} elseif (Get-Command py -ErrorAction SilentlyContinue) {
     $python = 'py'
     $prefix = @('-3')
 } elseif (Get-Command python -ErrorAction SilentlyContinue) {

@@ -1,13 +1,16 @@
 """Run the whole LifeOS cycle in order, stopping at the first failing step.
 
 Steps:
-  1 preflight        tools/lifeos_preflight.py
+  1 preflight        tools/lifeos_preflight.py (git, the agent's CLI on PATH), then the cycle's own
+                     checks: the lock is free, the contract's budgets can be read, detect-secrets is
+                     installed, and no file the cycle writes has uncommitted changes
   2 freshness        tools/lifeos_freshness_check.py
   3 context budget   tools/lifeos_context_budget.py
   4 known failures   evals/known_failures.py
   5 agent            the research agent (default: Claude Code CLI, headless, with
-                     agents/pistachio-agent-v3.md as its contract); afterwards a new briefing must
-                     exist and pass `promote_findings.py --check`
+                     agents/pistachio-agent-v3.md as its contract), in its own process group;
+                     afterwards the repository is compared with a snapshot taken before it, and
+                     today's briefing must exist and pass `promote_findings.py --check`
   6 promote          tools/promote_findings.py on that briefing
   7 scorecard        evals/scorecard.py, when --sweep-dir has images newer than the last history
                      entry (by file time: a sweep copied with its times kept, e.g. rsync -a, reads
@@ -21,21 +24,54 @@ Usage:
         --reference-dir /workspace/training_images --lora-version v3
     python3 tools/run_full_cycle.py --project-root . --agent-cmd "python3 my_agent.py" --no-commit
 
---dry-run runs steps 1-4 for real (they only read) and prints the exact commands of steps 5-8
-without running them. Every step's output is streamed and kept in a cycle log
-(.cycle-logs/cycle-<time>.log under the project root, ignored by git). On failure the step, its
-command, its exit code and the last lines of its output are printed; later steps do not run and
-nothing is committed. A lock file (.cycle.lock) stops two cycles at once; a lock left by a dead
-process is detected and replaced.
+--dry-run runs steps 1-4 for real (the same checks as a real run; they only read) and prints the
+exact commands of steps 5-8 without running them. Every step's output is streamed and kept in a
+cycle log (.cycle-logs/cycle-<time>.log under the project root, ignored by git). On failure the
+step, its command, its exit code and the last lines of its output are printed; later steps do not
+run and nothing is committed.
 
-Exit 0 the cycle completed, 1 a step failed, 2 usage error, 3 another cycle is running.
+The safety envelope, enforced here rather than left to the agent:
+  - The agent may create or change only today's briefing (PISTACHIO_BRIEFING) and PROGRESS.md.
+    Before it runs, HEAD, the index, every ref, the git configuration and hooks, and every
+    tracked and untracked (not ignored) file with its hash are recorded; afterwards anything
+    else changed, created, deleted or staged, a new commit or a moved ref fails step 5, names
+    each path and commits nothing. Nothing is reverted: the files are left for a human.
+  - The agent runs in its own process group (Windows: a job object, or taskkill /T by PID as a
+    fallback); the whole group is killed when the agent exits, times out, or the cycle is
+    interrupted. On Linux the cycle is also a child subreaper, so a child that left the group
+    (setsid) is found and killed too.
+  - Pushes: new "update by push" entries in the reflogs of remote-tracking refs, and the refs of
+    remotes that are local folders, are compared before and after; a push is a failure.
+  - Step 8 stages only the files the cycle wrote, by literal path, in a temporary index (a user's
+    own staged work is never swept in), checks that the staged set is exactly that list, scans
+    every staged blob for secrets (detect-secrets plus file-name rules and a few key formats it
+    does not know, streamed, any size), and commits. context/session-learnings.md is never
+    committed; evals/eval_history.jsonl only when the change is a pure append.
+  - The lock (.cycle.lock) is an OS-level lock on the file (released by the OS when the cycle
+    dies), holding the cycle's and its agent's pid and process start time. A cycle that died
+    while its agent's process group lives on keeps the lock until that group is gone.
+  - A briefing with Status stopped or failed is promoted and committed, and the cycle then exits
+    4 with the agent's stop reason on its last line.
+
+The default agent command is Claude Code headless: `claude -p PROMPT --permission-mode dontAsk
+--tools Bash,Read,Edit,Write --allowedTools <AGENT_RULES> --disallowedTools <AGENT_DENIED_RULES>
+--max-turns N --max-budget-usd X --setting-sources project --strict-mcp-config`, with N and X read
+from the contract's Budgets table (rows `| Tool calls | 100 |` and `| Money | USD 5.00 ...|`) and
+the interpreter for the agent's scripts passed as PISTACHIO_PYTHON and spelled out in the prompt.
+
+Exit 0 the cycle completed, 1 a step failed (or the cycle was interrupted), 2 usage error,
+3 another cycle holds the lock (or the lock file is unreadable), 4 the cycle completed but the
+agent's briefing says Status stopped or failed.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import datetime as dt
+import fnmatch
 import hashlib
+import io
 import json
 import os
 import re
@@ -45,31 +81,124 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PureWindowsPath
 
 DEFAULT_STEP_TIMEOUT = 3600
 TAIL_LINES = 25
 LOCK_NAME = ".cycle.lock"
-FRESH_LOCK_SECONDS = 30
 LOG_DIR = ".cycle-logs"
+CONTRACT = "agents/pistachio-agent-v3.md"
+BRIEFING_DIR = "autonomous-research"
+SESSION_LEARNINGS = "context/session-learnings.md"
+HISTORY = "evals/eval_history.jsonl"
 # Copied from evals/face_similarity_eval.py:IMAGE_EXTENSIONS
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 BRIEFING_NAME = re.compile(r"^briefing-(\d{4}-\d{2}-\d{2})\.md$")
-# Names that must never be committed by an unattended cycle.
-SECRET_NAME = re.compile(
-    r"(^|/)(\.env(\..*)?|.*\.(pem|key|p12|pfx|keystore)|id_(rsa|dsa|ecdsa|ed25519)(\.pub)?|"
-    r"\.netrc|\.npmrc|\.pypirc|credentials(\..*)?|.*secret.*|.*token.*)$", re.IGNORECASE)
-SECRET_CONTENT = re.compile(
-    r"-----BEGIN [A-Z ]*PRIVATE KEY-----|\bAKIA[0-9A-Z]{16}\b|\bgh[pousr]_[A-Za-z0-9]{30,}|"
-    r"\bsk-(ant-)?[A-Za-z0-9_-]{20,}|\bhf_[A-Za-z0-9]{30,}|\bxox[baprs]-[A-Za-z0-9-]{10,}")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_AGENT_STOPPED = 0, 1, 2, 3, 4
+
+# ---------------------------------------------------------------- what the default agent may do
+# One statement of the agent's permissions; agents/pistachio-agent-v3.md lists the same commands.
+# Each script runs as `<PISTACHIO_PYTHON> <entry> ...`; each entry is a command prefix.
+AGENT_SCRIPT_COMMANDS = (
+    "tools/lifeos_preflight.py",
+    "tools/lifeos_freshness_check.py",
+    "tools/lifeos_context_budget.py",
+    "evals/known_failures.py",
+    "tools/promote_findings.py --project-root . --check",
+    "evals/scorecard.py --demo",
+)
+AGENT_GIT_COMMANDS = ("git status", "git log", "git diff", "git show")
+# Files the agent may write, relative to the project root ({date} is today).
+AGENT_WRITABLE = ("autonomous-research/briefing-{date}.md", "PROGRESS.md")
+# Narrower still: `git diff/log/show --output=FILE` would write a file; a push is never allowed.
+AGENT_DENIED_RULES = ("Bash(git *--output*)", "Bash(git push:*)")
+AGENT_TOOLS = "Bash,Read,Edit,Write"
+
+# ---------------------------------------------------------------- what the other steps may write
+PROMOTE_WRITES = ("autonomous-research/pending-tasks.md", "autonomous-research/memory.md",
+                  "autonomous-research/critical-candidates.md",
+                  "autonomous-research/promoted-briefings.txt")
+SCORECARD_WRITES = (HISTORY, "evals/latest_report.md", "evals/runs/*.json")
+NEVER_COMMITTED = (SESSION_LEARNINGS,)
+# Lock files of the cycle and its steps: they come and go while the cycle runs, never committed.
+TRANSIENT_FILES = (LOCK_NAME, "autonomous-research/.promote.lock", "evals/eval_history.jsonl.lock")
+
+# ---------------------------------------------------------------- secrets
+# File names that are never committed (matched against each path's last part, case-insensitive).
+SECRET_FILE_NAME = re.compile(
+    r"^(?:\.env(?:\..*)?|.*\.env|\.envrc|.*\.(?:pem|key|p12|pfx|jks|keystore|ppk|kdbx)|"
+    r"id_(?:rsa|dsa|ecdsa|ed25519)(?:_sk)?(?:\.pub)?|\.netrc|_netrc|\.npmrc|\.pypirc|"
+    r"\.git-credentials|\.htpasswd|credentials(?:\..*)?|.*credentials\.(?:json|ya?ml|csv|ini)|"
+    r"client_secret.*\.json|service[-_]?account.*\.json|.*secret.*|token\.(?:json|pickle))$",
+    re.IGNORECASE)
+SECRET_FOLDERS = frozenset({".ssh", ".aws", ".gnupg", ".docker", ".kube", ".azure"})
+# Key formats detect-secrets 1.5.0 does not know (or knows too narrowly). Each is a literal prefix
+# and bounded character classes: linear time on any input.
+EXTRA_SECRET_PATTERNS = (
+    ("AWS secret access key", re.compile(
+        r"(?i)aws.{0,20}?(?:secret|private).{0,20}?[=:]\s{0,5}[\"']?[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+])")),
+    ("GitHub fine-grained token", re.compile(r"\bgithub_pat_[A-Za-z0-9_]{22,}")),
+    ("GitHub token", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}")),
+    ("Google API key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}")),
+    ("Google OAuth client secret", re.compile(r"\bGOCSPX-[0-9A-Za-z_-]{20,}")),
+    ("Anthropic API key", re.compile(r"\bsk-ant-[A-Za-z0-9_-]{20,}")),
+    ("OpenAI API key", re.compile(r"\bsk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,}")),
+    ("Hugging Face token", re.compile(r"\bhf_[A-Za-z0-9]{30,}")),
+    ("npm token", re.compile(r"\bnpm_[A-Za-z0-9]{36}\b")),
+    ("Stripe key", re.compile(r"\b(?:sk|rk)_live_[0-9A-Za-z]{20,}")),
+    ("Stripe webhook secret", re.compile(r"\bwhsec_[A-Za-z0-9]{24,}")),
+    ("Slack app token", re.compile(r"\bxapp-\d-[A-Za-z0-9-]{10,}")),
+    ("private key", re.compile(r"-----BEGIN (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY( BLOCK)?-----")),
+)
+# `NAME=value` (shell, .env, a Markdown bullet, PowerShell `$env:NAME = value`) where a word of
+# NAME says it holds a secret: HF_TOKEN, DB_PASSWORD, OPENAI_API_KEY (not TOKENIZER_PATH).
+ENV_ASSIGNMENT = re.compile(
+    r"^\s{0,20}(?:[-*+>]\s{1,3})?`?(?:export\s{1,5}|\$env:)?([A-Za-z][A-Za-z0-9_]{0,63})\s{0,5}="
+    r"\s{0,5}[\"']?([^\s\"'#`]{8,})")
+SECRET_NAME_WORDS = frozenset({"SECRET", "SECRETS", "TOKEN", "PASSWORD", "PASSWD", "APIKEY",
+                               "CREDENTIAL", "CREDENTIALS"})
+SECRET_KEY_QUALIFIERS = frozenset({"API", "ACCESS", "PRIVATE", "SECRET", "AUTH", "SIGNING",
+                                   "ENCRYPTION", "CLIENT", "MASTER"})
+PLACEHOLDER_WORDS = ("your", "example", "placeholder", "changeme", "dummy", "redacted", "xxxx",
+                     "...", "<", "${", "$(")
+SCAN_BLOCK_BYTES = 1 << 20      # detect-secrets sees the text in blocks of about 1 MiB
+SCAN_LINE_CHARS = 1 << 16       # longer lines are cut into overlapping windows
+SCAN_OVERLAP = 512
+# Suffixes detect-secrets scans with file-type rules; other files are scanned as plain text.
+SCAN_SUFFIXES = frozenset({".md", ".txt", ".json", ".jsonl", ".yaml", ".yml", ".ini", ".cfg",
+                           ".toml", ".env", ".py", ".sh", ".ps1", ".csv", ".html", ".xml", ".js"})
+# Heuristic filters of detect-secrets left out on purpose: the allowlist comment (`pragma:
+# allowlist secret`) and the indirect-reference rule (`x = f(...)`) would let any line hide a key.
+SCAN_FILTERS_OFF = ("detect_secrets.filters.allowlist.is_line_allowlisted",
+                    "detect_secrets.filters.heuristic.is_indirect_reference")
+
+# main() points every step's Python at a fresh private folder for its bytecode cache, so a .pyc
+# planted in a __pycache__ folder of the tree by the agent is never run by a later step.
+PYCACHE_PREFIX: dict[str, str] = {}
+
+NOT_LOGGED_IN = re.compile(r"not logged in|please run /login|invalid api key|"
+                           r"authentication_error|oauth token (?:has )?expired", re.IGNORECASE)
 
 
 class StepFailed(Exception):
-    def __init__(self, step: str, command: list[str], code: int | None, tail: list[str], reason: str):
+    def __init__(self, step: str, command: list[str], code: int | None, tail: list[str], reason: str,
+                 committed: str | None = None):
         super().__init__(reason)
         self.step, self.command, self.code, self.tail, self.reason = step, command, code, tail, reason
+        self.committed = committed  # the commit made before the failure was found, if any
+
+
+class CycleInterrupted(BaseException):
+    """Raised in the main thread by SIGTERM/SIGHUP (SIGINT raises KeyboardInterrupt)."""
+
+
+class LockBusy(Exception):
+    pass
 
 
 class CycleLog:
@@ -93,103 +222,389 @@ class CycleLog:
             self.handle.close()
 
 
-# ---------------------------------------------------------------- lock
+def show(path: str) -> str:
+    """A path as it can be printed on one line (odd names are quoted, never interpreted)."""
+    return path if path.isprintable() and path.strip() == path and path else json.dumps(path)
 
-def pid_alive(pid: int) -> bool:
+
+# ---------------------------------------------------------------- processes
+
+def process_start_time(pid: int) -> str | None:
+    """A token that changes when `pid` is reused: the process's start time, or None."""
     if pid <= 0:
+        return None
+    if sys.platform.startswith("linux"):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+            boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+        except OSError:
+            return None
+        fields = stat[stat.rfind(")") + 2:].split()
+        return f"linux:{boot}:{fields[19]}" if len(fields) > 19 else None
+    if os.name == "nt":
+        return _windows_start_time(pid)
+    try:
+        completed = subprocess.run(["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True,
+                                   text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = completed.stdout.strip()
+    return f"ps:{text}" if completed.returncode == 0 and text else None
+
+
+def _kernel32():
+    """kernel32 with the signatures this script uses (HANDLE is pointer-sized)."""
+    import ctypes
+    from ctypes import wintypes
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.restype = wintypes.HANDLE
+    kernel32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
+    kernel32.CloseHandle.argtypes = (wintypes.HANDLE,)
+    kernel32.GetExitCodeProcess.argtypes = (wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD))
+    kernel32.GetProcessTimes.argtypes = (wintypes.HANDLE,) + (ctypes.POINTER(wintypes.FILETIME),) * 4
+    return kernel32
+
+
+def _windows_start_time(pid: int) -> str | None:
+    import ctypes
+    from ctypes import wintypes
+    kernel32 = _kernel32()
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return None
+    try:
+        times = [wintypes.FILETIME() for _ in range(4)]
+        if not kernel32.GetProcessTimes(handle, *(ctypes.byref(t) for t in times)):
+            return None
+        return f"win:{(times[0].dwHighDateTime << 32) | times[0].dwLowDateTime}"
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+def pid_alive(pid: int, start: str | None = None) -> bool:
+    """Whether `pid` runs and, when `start` is given, is still the process that had that start."""
+    if not isinstance(pid, int) or pid <= 0:
         return False
     if os.name == "nt":
         import ctypes
-        process_query_limited_information, still_active = 0x1000, 259
-        kernel32 = ctypes.windll.kernel32
-        handle = kernel32.OpenProcess(process_query_limited_information, False, pid)
+        from ctypes import wintypes
+        kernel32 = _kernel32()
+        handle = kernel32.OpenProcess(0x1000, False, pid)
         if not handle:
             return False
         try:
-            code = ctypes.c_ulong()
+            code = wintypes.DWORD()
             kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
-            return code.value == still_active
+            alive = code.value == 259  # STILL_ACTIVE
         finally:
             kernel32.CloseHandle(handle)
+    else:
+        try:
+            os.kill(pid, 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+        if alive and sys.platform.startswith("linux"):
+            fields = _linux_stat(pid)
+            alive = fields is not None and fields[0] != "Z"  # a zombie has finished
+    if alive and start is not None:
+        now = process_start_time(pid)
+        if now is not None and now != start:
+            return False  # the pid was reused by another process
+    return alive
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of POSIX process group `pgid` still runs (zombies do not count)."""
+    if os.name == "nt" or not isinstance(pgid, int) or pgid <= 1:
+        return False
     try:
-        os.kill(pid, 0)
+        os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    if sys.platform.startswith("linux"):
+        return any(info[3] == pgid and info[2] != "Z" for info in _linux_processes().values())
     return True
 
 
-def acquire_lock(root: Path) -> Path:
-    """Create the lock file atomically; replace it when the process that wrote it is gone."""
-    lock = root / LOCK_NAME
-    record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                         "started": dt.datetime.now(dt.timezone.utc).isoformat()})
-    for _ in range(2):
-        try:
-            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder = json.loads(lock.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                holder = {}
-            try:
-                lock_age = time.time() - lock.stat().st_mtime
-            except FileNotFoundError:
-                continue  # released meanwhile: try again
-            if not holder and lock_age < FRESH_LOCK_SECONDS:
-                # Created by another cycle an instant ago and not yet written: it is held.
-                raise RuntimeError(f"another cycle is starting (lock file {lock} was just created)")
-            same_host = holder.get("host") == socket.gethostname()
-            if same_host and pid_alive(int(holder.get("pid", 0))):
-                raise RuntimeError(f"another cycle is running (pid {holder['pid']} since "
-                                   f"{holder.get('started')}); lock file {lock}")
-            if holder and not same_host:
-                raise RuntimeError(f"lock {lock} is held by host {holder.get('host')}; remove it "
-                                   f"by hand if no cycle runs there")
-            print(f"warning: removing stale lock {lock} left by dead process {holder.get('pid')}",
-                  file=sys.stderr)
-            lock.unlink(missing_ok=True)
+def _linux_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2:].split()
+
+
+def become_subreaper() -> bool:
+    """Linux: orphans of our steps (a setsid'd child, say) are reparented to us, not to init."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def _linux_processes() -> dict[int, tuple[int, str, str, int]]:
+    """pid -> (parent pid, start token, state, process group) of every process in /proc."""
+    table = {}
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+        entries = os.listdir("/proc")
+    except OSError:
+        return table
+    for name in entries:
+        if not name.isdigit():
             continue
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(record + "\n")
-        return lock
-    raise RuntimeError(f"could not take the lock {lock}")
+        fields = _linux_stat(int(name))
+        if fields is not None and len(fields) > 19:
+            table[int(name)] = (int(fields[1]), f"linux:{boot}:{fields[19]}", fields[0],
+                                int(fields[2]))
+    return table
 
 
-# ---------------------------------------------------------------- running steps
+def kill_orphans(born_after: int) -> list[int]:
+    """Linux: kill our descendants whose start (clock ticks) is not before `born_after`.
 
-def kill_tree(process: subprocess.Popen) -> None:
-    """Stop a step and everything it started, by PID (its own process group on POSIX)."""
-    if os.name == "nt":
-        subprocess.run(["taskkill", "/PID", str(process.pid), "/T", "/F"], capture_output=True)
-    else:
+    Between steps the cycle has no child of its own, so any descendant is a leftover of a step
+    (reparented to us because we are a subreaper). Repeats until none is left.
+    """
+    killed: list[int] = []
+    if not sys.platform.startswith("linux"):
+        return killed
+    me = os.getpid()
+    for _ in range(50):
+        table = _linux_processes()
+        children: dict[int, list[int]] = collections.defaultdict(list)
+        for pid, (parent, *_rest) in table.items():
+            children[parent].append(pid)
+        for pid in children.get(me, ()):  # reap the finished ones reparented to us
+            if table[pid][2] == "Z":
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, os.WNOHANG)
+        found, stack = [], list(children.get(me, ()))
+        while stack:
+            pid = stack.pop()
+            ticks = int(table[pid][1].rsplit(":", 1)[1])
+            if ticks >= born_after and table[pid][2] != "Z":
+                found.append(pid)
+            stack.extend(children.get(pid, ()))
+        if not found:
+            break
+        for pid in found:
+            if process_start_time(pid) == table[pid][1]:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+        for pid in found:  # reap those that were our own children
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
+    return killed
+
+
+class WindowsJob:
+    """A Windows job object holding one step and everything it starts.
+
+    The step is created suspended, put in the job, then resumed, so it cannot start a child
+    outside the job. KILL_ON_JOB_CLOSE: when the cycle dies, Windows closes the job handle and
+    kills every process in it.
+    """
+
+    def __init__(self):
+        import ctypes
+        from ctypes import wintypes
+        self.ctypes = ctypes
+        k32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        k32.CreateJobObjectW.restype = wintypes.HANDLE
+        k32.CreateJobObjectW.argtypes = (wintypes.LPVOID, wintypes.LPCWSTR)
+        k32.SetInformationJobObject.restype = wintypes.BOOL
+        k32.SetInformationJobObject.argtypes = (wintypes.HANDLE, ctypes.c_int, wintypes.LPVOID,
+                                                wintypes.DWORD)
+        k32.AssignProcessToJobObject.restype = wintypes.BOOL
+        k32.AssignProcessToJobObject.argtypes = (wintypes.HANDLE, wintypes.HANDLE)
+        k32.TerminateJobObject.restype = wintypes.BOOL
+        k32.TerminateJobObject.argtypes = (wintypes.HANDLE, wintypes.UINT)
+        k32.OpenProcess.restype = wintypes.HANDLE
+        k32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
+        k32.CloseHandle.argtypes = (wintypes.HANDLE,)
+        self.kernel32 = k32
+        self.ntdll = ctypes.WinDLL("ntdll")
+        self.ntdll.NtResumeProcess.argtypes = (wintypes.HANDLE,)
+        self.ntdll.NtResumeProcess.restype = ctypes.c_long
+        self.handle = k32.CreateJobObjectW(None, None)
+        if not self.handle:
+            raise OSError(ctypes.get_last_error(), "CreateJobObjectW failed")
+        info = job_limit_structure()()
+        info.BasicLimitInformation.LimitFlags = 0x2000  # JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
+        if not k32.SetInformationJobObject(self.handle, 9, ctypes.byref(info), ctypes.sizeof(info)):
+            error = ctypes.get_last_error()
+            self.close()
+            raise OSError(error, "SetInformationJobObject failed")
+
+    def adopt_and_resume(self, pid: int) -> None:
+        """Put the suspended process `pid` in the job and let it run.
+
+        Raises JobError; its `resumed` says whether the process runs (outside the job) or is
+        still suspended (the caller must then kill it).
+        """
+        access = 0x0100 | 0x0001 | 0x0800  # SET_QUOTA | TERMINATE | SUSPEND_RESUME
+        process = self.kernel32.OpenProcess(access, False, pid)
+        if not process:
+            raise JobError(self.ctypes.get_last_error(), f"OpenProcess({pid}) failed", resumed=False)
         try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    process.wait()
+            assigned = self.kernel32.AssignProcessToJobObject(self.handle, process)
+            error = self.ctypes.get_last_error()
+            status = self.ntdll.NtResumeProcess(process)
+            if status != 0:
+                raise JobError(status, "NtResumeProcess failed", resumed=False)
+            if not assigned:
+                raise JobError(error, "AssignProcessToJobObject failed", resumed=True)
+        finally:
+            self.kernel32.CloseHandle(process)
+
+    def kill(self) -> None:
+        if self.handle:
+            self.kernel32.TerminateJobObject(self.handle, 1)
+
+    def close(self) -> None:
+        if self.handle:
+            self.kernel32.CloseHandle(self.handle)
+            self.handle = None
+
+
+class JobError(OSError):
+    def __init__(self, code: int, text: str, resumed: bool):
+        super().__init__(code, text)
+        self.resumed = resumed
+
+
+def job_limit_structure():
+    """JOBOBJECT_EXTENDED_LIMIT_INFORMATION as a ctypes structure (144 bytes on 64-bit)."""
+    import ctypes
+    dword = ctypes.c_uint32
+
+    class Basic(ctypes.Structure):
+        _fields_ = [("PerProcessUserTimeLimit", ctypes.c_int64), ("PerJobUserTimeLimit", ctypes.c_int64),
+                    ("LimitFlags", dword), ("MinimumWorkingSetSize", ctypes.c_size_t),
+                    ("MaximumWorkingSetSize", ctypes.c_size_t), ("ActiveProcessLimit", dword),
+                    ("Affinity", ctypes.c_size_t), ("PriorityClass", dword), ("SchedulingClass", dword)]
+
+    class IoCounters(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_uint64) for name in (
+            "ReadOperationCount", "WriteOperationCount", "OtherOperationCount",
+            "ReadTransferCount", "WriteTransferCount", "OtherTransferCount")]
+
+    class Extended(ctypes.Structure):
+        _fields_ = [("BasicLimitInformation", Basic), ("IoInfo", IoCounters),
+                    ("ProcessMemoryLimit", ctypes.c_size_t), ("JobMemoryLimit", ctypes.c_size_t),
+                    ("PeakProcessMemoryUsed", ctypes.c_size_t), ("PeakJobMemoryUsed", ctypes.c_size_t)]
+    return Extended
+
+
+def parent_death_signal():
+    """Linux: a preexec function that makes the child die with the cycle (PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # loaded here, not in the forked child
+    except (OSError, AttributeError):
+        return None
+    kill = int(signal.SIGKILL)
+    return lambda: prctl(1, kill, 0, 0, 0)
+
+
+@dataclass
+class StepProcess:
+    """A running step: its Popen, and its process group or job."""
+    process: subprocess.Popen
+    job: WindowsJob | None = None
+    start_ticks: int = 0
+
+    def kill_all(self) -> list[int]:
+        """Kill the step and everything it started (its group, job, and on Linux the orphans)."""
+        if os.name == "nt":
+            if self.job is not None:
+                self.job.kill()
+            else:
+                subprocess.run(["taskkill", "/T", "/F", "/PID", str(self.process.pid)],
+                               capture_output=True)
+                if self.process.poll() is None:
+                    self.process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=30)
+            if self.job is not None:
+                self.job.close()
+                self.job = None
+            return []
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=30)
+        return kill_orphans(self.start_ticks)
+
+
+def start_step_process(command: list[str], cwd: Path, env: dict) -> StepProcess:
+    kwargs: dict = dict(cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL, env=env, text=True, encoding="utf-8",
+                        errors="replace")
+    if os.name == "nt":
+        job = None
+        with contextlib.suppress(OSError):
+            job = WindowsJob()
+        flags = subprocess.CREATE_NEW_PROCESS_GROUP | (0x00000004 if job else 0)  # CREATE_SUSPENDED
+        process = subprocess.Popen(command, creationflags=flags, **kwargs)
+        if job is not None:
+            try:
+                job.adopt_and_resume(process.pid)
+            except JobError as error:
+                job.close()
+                job = None  # when it runs (resumed) without a job, taskkill /T is the fallback
+                if not error.resumed:  # never leave a suspended process behind
+                    process.kill()
+                    process.wait()
+                    raise
+        return StepProcess(process, job)
+    linux = sys.platform.startswith("linux")
+    ticks = _linux_now_ticks() if linux else 0
+    process = subprocess.Popen(command, start_new_session=True,
+                               preexec_fn=parent_death_signal() if linux else None, **kwargs)
+    return StepProcess(process, None, ticks)
+
+
+def _linux_now_ticks() -> int:
+    """The current time in the clock ticks since boot that /proc/<pid>/stat uses for starts."""
+    try:
+        uptime = float(Path("/proc/uptime").read_text(encoding="ascii").split()[0])
+        return max(0, int(uptime * os.sysconf("SC_CLK_TCK")) - 1)
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def run_step(log: CycleLog, step: str, command: list[str], cwd: Path, timeout: float,
-             env: dict | None = None) -> list[str]:
-    """Run one step, streaming its output; raise StepFailed on a non-zero exit or a timeout."""
+             env: dict | None = None, on_start=None) -> list[str]:
+    """Run one step, streaming its output; raise StepFailed on a non-zero exit or a timeout.
+
+    Whatever happens, the step's process group (job) is killed before this returns.
+    """
     log.line(f"==> step {step}: {shlex.join(command)}")
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    child_env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8", **(env or {}))
-    extra = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
-             else {"start_new_session": True})
+    child_env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8",
+                     **PYCACHE_PREFIX, **(env or {}))
     started = time.monotonic()
     try:
-        process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=child_env, text=True, encoding="utf-8",
-                                   errors="replace", **extra)
+        running = start_step_process(command, cwd, child_env)
     except OSError as error:
         raise StepFailed(step, command, None, [], f"could not start: {error}") from error
 
     def pump() -> None:
-        for raw in process.stdout:
+        for raw in running.process.stdout:
             text = raw.rstrip("\r\n")
             tail.append(text)
             log.line(f"    {text}")
@@ -197,81 +612,794 @@ def run_step(log: CycleLog, step: str, command: list[str], cwd: Path, timeout: f
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     try:
-        code = process.wait(timeout=timeout)
+        if on_start is not None:
+            on_start(running)
+        code = running.process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        kill_tree(process)
+        running.kill_all()
         reader.join(timeout=5)
         raise StepFailed(step, command, None, list(tail),
                          f"timed out after {timeout:g} s (--step-timeout) and was stopped")
+    except BaseException:
+        running.kill_all()  # interrupted: the step's whole group goes with the cycle
+        raise
+    leftovers = running.kill_all()
     reader.join(timeout=30)
+    if leftovers:
+        log.line(f"    (stopped {len(leftovers)} process(es) the step left running: "
+                 f"{', '.join(map(str, leftovers))})")
     log.line(f"<== step {step}: exit {code} in {time.monotonic() - started:.1f} s")
     if code != 0:
         raise StepFailed(step, command, code, list(tail), f"exited with code {code}")
     return list(tail)
 
 
-# ---------------------------------------------------------------- git helpers
+# ---------------------------------------------------------------- lock
 
-def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    completed = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                               encoding="utf-8", errors="replace")
+class CycleLock:
+    """One cycle per project: an OS-level lock on .cycle.lock, plus a record of who holds it.
+
+    The OS lock (flock; msvcrt.locking on Windows) decides: it is atomic, so of any number of
+    cycles starting at once exactly one gets it, and the OS releases it when its holder dies.
+    The record (JSON: pid, process start time, host, and the running agent's pid, start time and
+    process group) says who holds it, and lets the next cycle see a dead cycle's agent still
+    running: the lock then stays held until that agent's process group is gone.
+    """
+
+    WINDOWS_LOCK_OFFSET = 1 << 30  # lock a byte far past the record, so readers can still read it
+
+    def __init__(self, root: Path):
+        self.path = root / LOCK_NAME
+        self.fd: int | None = None
+        self.record: dict = {}
+        self.previous: dict | None = None
+
+    def clear_command(self) -> str:
+        if os.name == "nt":
+            return f"Remove-Item -LiteralPath '{self.path}'"
+        return f"rm {shlex.quote(str(self.path))}"
+
+    def acquire(self) -> None:
+        for _ in range(20):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
+            try:
+                self._os_lock(fd)
+            except OSError:
+                os.close(fd)
+                raise LockBusy(self._busy_message()) from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if not same:  # released and removed by its last holder meanwhile: take the new file
+                self._os_unlock(fd)
+                os.close(fd)
+                continue
+            try:
+                self._take_over(fd)
+            except BaseException:
+                self._os_unlock(fd)
+                os.close(fd)
+                raise
+            self.fd = fd
+            return
+        raise LockBusy(f"could not take the lock {self.path}; try again")
+
+    def _take_over(self, fd: int) -> None:
+        """We hold the OS lock; check what the previous holder left, then write our record."""
+        text = _read_fd(fd).decode("utf-8", errors="replace").strip()
+        if text:
+            holder = parse_lock_record(text)
+            if holder is None:
+                raise LockBusy(f"the lock file {self.path} holds unreadable content "
+                               f"({text[:60]!r}); if no cycle runs, clear it with: "
+                               f"{self.clear_command()}")
+            if holder.get("host") not in (None, socket.gethostname()):
+                raise LockBusy(f"the lock file {self.path} was written by host {holder['host']} "
+                               f"(pid {holder['pid']}); if no cycle runs there, clear it with: "
+                               f"{self.clear_command()}")
+            if pid_alive(holder["pid"], holder.get("start")) and holder["pid"] != os.getpid():
+                raise LockBusy(f"another cycle is running (pid {holder['pid']} since "
+                               f"{holder.get('started')}); lock file {self.path}")
+            agent = holder.get("agent") or {}
+            if pid_alive(agent.get("pid", 0), agent.get("start")) or group_alive(agent.get("pgid", 0)):
+                stop = (f"taskkill /T /F /PID {agent['pid']}" if os.name == "nt"
+                        else f"kill -KILL -- -{agent.get('pgid') or agent['pid']}")
+                raise LockBusy(f"the cycle pid {holder['pid']} has died but its agent (pid "
+                               f"{agent.get('pid')}, process group {agent.get('pgid')}) still "
+                               f"runs; stop it first ({stop}) and run the cycle again")
+            self.previous = holder
+        self.record = {"pid": os.getpid(), "start": process_start_time(os.getpid()),
+                       "host": socket.gethostname(),
+                       "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        self._write(fd)
+
+    def _write(self, fd: int) -> None:
+        data = (json.dumps(self.record) + "\n").encode("utf-8")
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, data)
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+
+    def set_agent(self, pid: int | None, pgid: int | None = None) -> None:
+        if self.fd is None:
+            return
+        if pid is None:
+            self.record.pop("agent", None)
+        else:
+            self.record["agent"] = {"pid": pid, "start": process_start_time(pid), "pgid": pgid}
+        self._write(self.fd)
+
+    def intact(self) -> bool:
+        """Whether the lock file is still the one we hold, with our record in it."""
+        if self.fd is None:
+            return False
+        try:
+            if not os.path.samestat(os.fstat(self.fd), os.stat(self.path)):
+                return False
+            return parse_lock_record(_read_fd(self.fd).decode("utf-8", "replace")) == self.record
+        except OSError:
+            return False
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                os.ftruncate(fd, 0)
+                if os.name != "nt":
+                    os.unlink(self.path)  # while still locked: a waiting taker re-checks the path
+        with contextlib.suppress(OSError):
+            self._os_unlock(fd)
+        os.close(fd)
+
+    def _busy_message(self) -> str:
+        try:
+            holder = parse_lock_record(self.path.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            holder = None
+        if holder:
+            return (f"another cycle is running (pid {holder['pid']} since {holder.get('started')}); "
+                    f"lock file {self.path}")
+        return f"another cycle is running or starting (it holds the lock file {self.path})"
+
+    def _os_lock(self, fd: int) -> None:
+        if os.name == "nt":
+            import msvcrt
+            os.lseek(fd, self.WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _os_unlock(self, fd: int) -> None:
+        if os.name == "nt":
+            import msvcrt
+            os.lseek(fd, self.WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _read_fd(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        if sum(map(len, chunks)) > 1 << 20:
+            return b"".join(chunks)
+
+
+def parse_lock_record(text: str) -> dict | None:
+    """The lock record as a dict with an int pid, or None for anything else (null, [1,2], ...)."""
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    pid = record.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    if record.get("start") is not None and not isinstance(record["start"], str):
+        return None
+    agent = record.get("agent")
+    if agent is not None:
+        if not isinstance(agent, dict):
+            return None
+        for key in ("pid", "pgid"):
+            value = agent.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                return None
+    return record
+
+
+# ---------------------------------------------------------------- git and snapshots
+
+def git(root: Path, *args: str, check: bool = True, env: dict | None = None,
+        text: bool = True) -> subprocess.CompletedProcess:
+    completed = subprocess.run(["git", *args], cwd=root, capture_output=True, text=text,
+                               encoding="utf-8" if text else None,
+                               errors="replace" if text else None,
+                               env=None if env is None else dict(os.environ, **env))
     if check and completed.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed: {completed.stderr.strip()}")
+        stderr = completed.stderr if text else completed.stderr.decode("utf-8", "replace")
+        raise RuntimeError(f"git {' '.join(args)} failed: {stderr.strip()}")
     return completed
 
 
-def dirty_files(root: Path) -> dict[str, str]:
-    """Changed or untracked (not ignored) files, each with a hash of its current content."""
-    listing = git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all").stdout
+def hash_file(path: Path) -> str:
+    """sha256 of a file's bytes, streamed; 'link:<target>' for a symlink, 'dir' for a folder."""
+    if path.is_symlink():
+        return "link:" + os.readlink(path)
+    if path.is_dir():
+        return "dir"
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as error:
+        return f"unreadable:{error.errno}"
+    return digest.hexdigest()
+
+
+def stat_fingerprint(path: Path) -> str:
+    """Size, times and inode of a file (ctime changes with any write on POSIX)."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return "missing"
+    return f"{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}:{info.st_ino}:{info.st_mode}"
+
+
+def _nul_list(text: str) -> list[str]:
+    return [item for item in text.split("\0") if item]
+
+
+@dataclass
+class RepoState:
+    """What the cycle compares before and after a step."""
+    head: str = ""
+    head_ref: str = ""
+    refs: dict[str, str] = field(default_factory=dict)
+    index: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    git_meta: dict[str, str] = field(default_factory=dict)
+    remote_reflogs: dict[str, list[str]] = field(default_factory=dict)
+    local_remotes: dict[str, dict[str, str]] = field(default_factory=dict)
+    network_remotes: list[str] = field(default_factory=list)
+
+
+def git_paths(root: Path) -> tuple[Path, Path]:
+    """(git dir, common git dir) of the repository at `root`, absolute."""
+    git_dir = Path(git(root, "rev-parse", "--git-dir").stdout.strip())
+    common = Path(git(root, "rev-parse", "--git-common-dir").stdout.strip())
+    return (git_dir if git_dir.is_absolute() else root / git_dir,
+            common if common.is_absolute() else root / common)
+
+
+def local_remote_path(url: str, root: Path) -> Path | None:
+    """The folder of a remote that lives on this machine (a path or file:// URL), else None."""
+    if url.startswith("file://"):
+        candidate = Path(url[len("file://"):])
+    elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url) or re.match(r"^[^/\\]+@[^/\\]+:", url):
+        return None  # https://, ssh://, git@host:path
+    else:
+        candidate = Path(url)
+        if not candidate.is_absolute():
+            candidate = root / candidate
+    return candidate if candidate.is_dir() else None
+
+
+def snapshot(root: Path) -> RepoState:
+    state = RepoState()
+    head = git(root, "rev-parse", "--verify", "-q", "HEAD", check=False)
+    state.head = head.stdout.strip()
+    symbolic = git(root, "symbolic-ref", "-q", "HEAD", check=False)
+    state.head_ref = symbolic.stdout.strip() or "(detached)"
+    for line in git(root, "for-each-ref", "--format=%(refname) %(objectname)").stdout.splitlines():
+        name, _, value = line.rpartition(" ")
+        state.refs[name] = value
+    stages = _nul_list(git(root, "ls-files", "-s", "-z").stdout)
+    tags = _nul_list(git(root, "ls-files", "-v", "-z").stdout)
+    tag_of = {entry[2:]: entry[0] for entry in tags}
+    for entry in stages:
+        meta, _, path = entry.partition("\t")
+        state.index[path] = f"{meta} {tag_of.get(path, '?')}"
+    listing = git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard").stdout
+    for path in sorted(set(_nul_list(listing))):
+        if path in TRANSIENT_FILES or path.startswith(LOG_DIR + "/"):
+            continue
+        state.files[path] = hash_file(root / path)
+    # Loose ignored files too (a planted tools/json.pyc would run in a later step); whole ignored
+    # folders (.venv/, build/, __pycache__/) are left out. These get a stat fingerprint: they
+    # may be large, and they are never committed.
+    ignored = git(root, "ls-files", "-z", "--others", "--ignored", "--exclude-standard",
+                  "--directory").stdout
+    for path in _nul_list(ignored):
+        if path.endswith("/") or path in TRANSIENT_FILES or path.startswith(LOG_DIR + "/"):
+            continue
+        state.files[path] = "ignored:" + stat_fingerprint(root / path)
+    git_dir, common = git_paths(root)
+    config = git(root, "config", "--list", "--show-origin", "-z", check=False).stdout
+    state.git_meta["git config (all levels)"] = hashlib.sha256(config.encode()).hexdigest()
+    hooks = Path(git(root, "rev-parse", "--git-path", "hooks").stdout.strip())
+    hooks = hooks if hooks.is_absolute() else root / hooks
+    folders = {("hooks", hooks), ("info", common / "info"), ("worktree info", git_dir / "info")}
+    for label, folder in sorted(folders, key=lambda pair: str(pair[1])):
+        if folder.is_dir():
+            for item in sorted(folder.rglob("*")):
+                if item.is_file() or item.is_symlink():
+                    state.git_meta[f"{label}/{item.relative_to(folder).as_posix()}"] = hash_file(item)
+    for folder in sorted({git_dir, common}):
+        for name in ("config", "config.worktree"):
+            if (folder / name).is_file():
+                state.git_meta[f"{folder.name}/{name}"] = hash_file(folder / name)
+    logs = common / "logs" / "refs" / "remotes"
+    if logs.is_dir():
+        for item in sorted(logs.rglob("*")):
+            if item.is_file():
+                text = item.read_text(encoding="utf-8", errors="replace")
+                state.remote_reflogs[item.relative_to(common / "logs").as_posix()] = text.splitlines()
+    for line in git(root, "remote", check=False).stdout.split():
+        url = git(root, "remote", "get-url", line, check=False).stdout.strip()
+        folder = local_remote_path(url, root)
+        if folder is None:
+            state.network_remotes.append(line)
+            continue
+        listed = subprocess.run(["git", "ls-remote", str(folder)], cwd=root, capture_output=True,
+                                text=True, encoding="utf-8", errors="replace", timeout=60,
+                                env=dict(os.environ, GIT_TERMINAL_PROMPT="0"))
+        refs = {}
+        for ref_line in listed.stdout.splitlines():
+            value, _, name = ref_line.partition("\t")
+            refs[name] = value
+        state.local_remotes[line] = refs
+    return state
+
+
+def compare_states(before: RepoState, after: RepoState, allowed: set[str] | None = None,
+                   allowed_patterns: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """(problems, changed allowed paths) between two snapshots.
+
+    A path in `allowed` (or matching `allowed_patterns`) may be created or changed in the working
+    tree; every other difference is a problem, named on its own line.
+    """
+    allowed = allowed or set()
+    problems: list[str] = []
+    written: list[str] = []
+
+    def may_write(path: str) -> bool:
+        return path in allowed or any(fnmatch.fnmatchcase(path, pattern) for pattern in allowed_patterns)
+
+    if before.head != after.head:
+        problems.append(f"HEAD moved: {before.head[:12] or '(none)'} -> {after.head[:12] or '(none)'}"
+                        " (a commit, reset or checkout)")
+    if before.head_ref != after.head_ref:
+        problems.append(f"HEAD now points at {after.head_ref} (was {before.head_ref})")
+    for name in sorted(set(before.refs) | set(after.refs)):
+        old, new = before.refs.get(name), after.refs.get(name)
+        if old != new:
+            what = "created" if old is None else "deleted" if new is None else "moved"
+            problems.append(f"ref {what}: {show(name)}")
+    for path in sorted(set(before.index) | set(after.index)):
+        if before.index.get(path) != after.index.get(path):
+            problems.append(f"staged (index changed): {show(path)}")
+    for path in sorted(set(before.files) | set(after.files)):
+        old, new = before.files.get(path), after.files.get(path)
+        if old == new:
+            continue
+        if new is None or new == "missing":
+            if old not in (None, "missing"):
+                problems.append(f"deleted: {show(path)}")
+            continue
+        if may_write(path) and not new.startswith(("link:", "dir", "unreadable", "ignored:")):
+            written.append(path)
+            continue
+        problems.append(f"{'created' if old is None else 'changed'}: {show(path)}")
+    for name in sorted(set(before.git_meta) | set(after.git_meta)):
+        if before.git_meta.get(name) != after.git_meta.get(name):
+            problems.append(f"git settings changed: {show(name)}")
+    return problems, written
+
+
+def find_pushes(before: RepoState, after: RepoState) -> list[str]:
+    """Pushes between two snapshots: reflog entries 'update by push', changed local remotes."""
+    found = []
+    for name, lines in after.remote_reflogs.items():
+        old = before.remote_reflogs.get(name, [])
+        for line in lines[len(old):] if lines[:len(old)] == old else lines:
+            if "\tupdate by push" in line or line.endswith("update by push"):
+                found.append(f"{name[len('refs/remotes/'):] if name.startswith('refs/remotes/') else name}"
+                             f" (reflog: update by push)")
+    for remote, refs in after.local_remotes.items():
+        old = before.local_remotes.get(remote)
+        if old is not None and old != refs:
+            changed = sorted(name for name in set(old) | set(refs) if old.get(name) != refs.get(name))
+            found.append(f"remote {remote}: {', '.join(map(show, changed))} changed")
+    return found
+
+
+def push_check_summary(state: RepoState) -> str:
+    """What the push check looked at; "nothing was pushed" only when every remote was read."""
+    checked = f"the reflogs of {len(state.remote_reflogs)} remote-tracking ref(s)"
+    if state.local_remotes:
+        checked += f" and the refs of {', '.join(sorted(state.local_remotes))}"
+    if state.local_remotes and not state.network_remotes:
+        return f"nothing was pushed to {', '.join(sorted(state.local_remotes))} (checked {checked})"
+    summary = f"no push found in {checked}"
+    if state.network_remotes:
+        summary += f"; network remote(s) {', '.join(sorted(state.network_remotes))} not queried"
+    return summary
+
+
+def dirty_paths(root: Path, pathspecs: list[str]) -> list[str]:
+    """Paths matching `pathspecs` (glob pathspecs) that differ from HEAD or the index."""
+    listing = git(root, "--glob-pathspecs", "status", "--porcelain=v1", "-z", "--untracked-files=all",
+                  "--", *pathspecs).stdout
     entries = listing.split("\0")
-    states: dict[str, str] = {}
-    index = 0
+    found, index = [], 0
     while index < len(entries):
         entry = entries[index]
         index += 1
         if not entry:
             continue
-        status, path = entry[:2], entry[3:]
-        if status[0] in "RC":  # a rename or copy is followed by its source path
+        found.append(entry[3:])
+        if entry[0] in "RC":
             index += 1
-        file = root / path
-        states[path] = hashlib.sha256(file.read_bytes()).hexdigest() if file.is_file() else "deleted"
-    return states
+    return sorted(found)
 
 
-def files_written_by_cycle(before: dict[str, str], after: dict[str, str]) -> list[str]:
-    return sorted(path for path, digest in after.items() if before.get(path) != digest)
+# ---------------------------------------------------------------- secrets
+
+def secret_name_problem(path: str) -> str | None:
+    parts = path.split("/")
+    if SECRET_FILE_NAME.match(parts[-1]):
+        return f"{show(path)}: the file name looks like a secrets or key file"
+    if any(part.lower() in SECRET_FOLDERS for part in parts[:-1]):
+        return f"{show(path)}: it lies in a credentials folder"
+    return None
 
 
-def secret_problems(root: Path, paths: list[str]) -> list[str]:
-    problems = []
-    for path in paths:
-        if SECRET_NAME.search(path):
-            problems.append(f"{path} (name looks like a secret)")
-            continue
-        file = root / path
-        if file.is_file() and file.stat().st_size < 5_000_000:
-            if SECRET_CONTENT.search(file.read_text(encoding="utf-8", errors="replace")):
-                problems.append(f"{path} (content looks like a key or token)")
-    return problems
+def iter_text_lines(stream, encoding: str = "utf-8"):
+    """(line number, text) from a binary stream, without reading it whole.
+
+    Undecodable bytes are replaced (a binary file is scanned too, never skipped); a line longer
+    than SCAN_LINE_CHARS comes as overlapping windows with the same line number.
+    """
+    number, carry = 0, b""
+    while True:
+        block = stream.read(1 << 20)
+        if not block:
+            break
+        lines = (carry + block).split(b"\n")
+        carry = lines.pop()
+        for raw in lines:
+            number += 1
+            yield from _windows(number, raw.decode(encoding, errors="replace").rstrip("\r"))
+        while len(carry) > 4 * SCAN_LINE_CHARS:  # one huge line: scan it in pieces as it comes
+            piece, carry = carry[:2 * SCAN_LINE_CHARS], carry[2 * SCAN_LINE_CHARS - SCAN_OVERLAP:]
+            yield from _windows(number + 1, piece.decode(encoding, errors="replace"))
+    if carry:
+        yield from _windows(number + 1, carry.decode(encoding, errors="replace").rstrip("\r"))
+
+
+def _windows(number: int, text: str):
+    if len(text) <= SCAN_LINE_CHARS:
+        yield number, text
+        return
+    step = SCAN_LINE_CHARS - SCAN_OVERLAP
+    for start in range(0, len(text), step):
+        yield number, text[start:start + SCAN_LINE_CHARS]
+        if start + SCAN_LINE_CHARS >= len(text):
+            break
+
+
+def names_a_secret(name: str) -> bool:
+    words = name.upper().split("_")
+    return any(word in SECRET_NAME_WORDS for word in words) or any(
+        word == "KEY" and index and words[index - 1] in SECRET_KEY_QUALIFIERS
+        for index, word in enumerate(words))
+
+
+def extra_secret_kinds(line: str) -> list[str]:
+    kinds = [name for name, pattern in EXTRA_SECRET_PATTERNS if pattern.search(line)]
+    match = ENV_ASSIGNMENT.match(line)
+    if match and names_a_secret(match.group(1)):
+        value = match.group(2)
+        if (not value.startswith(("$", "%")) and not set(value) & set("()[]{}")
+                and not set(value) <= set("*xX.-_")
+                and not any(word in value.lower() for word in PLACEHOLDER_WORDS)):
+            kinds.append(f"secret assigned to {match.group(1)}")
+    return kinds
+
+
+class SecretScanner:
+    """detect-secrets 1.5.0 (all its plugins, default filters less SCAN_FILTERS_OFF), the file-name
+    rules and EXTRA_SECRET_PATTERNS, over any number of files of any size, streamed."""
+
+    def __init__(self):
+        from detect_secrets.core import scan  # noqa: F401  (fails early when not installed)
+        from detect_secrets.settings import default_settings, get_settings
+        self._default_settings, self._get_settings = default_settings, get_settings
+        # Import every plugin now, before the agent runs, not from a tree it could have changed.
+        self.scan([("warm-up.txt", lambda: io.BytesIO(b"nothing here\n"))])
+
+    def scan(self, items) -> list[str]:
+        """`items`: (path, opener) pairs; opener() returns a binary stream. Returns problems."""
+        from detect_secrets.core import scan
+        problems: list[str] = []
+        with self._default_settings(), tempfile.TemporaryDirectory(prefix="cycle-scan-") as tmp:
+            self._get_settings().disable_filters(*SCAN_FILTERS_OFF)
+            for path, opener in items:
+                problem = secret_name_problem(path)
+                if problem:
+                    problems.append(problem)
+                seen: set[tuple[int, str]] = set()
+                suffix = Path(path).suffix.lower()
+                block_file = Path(tmp) / f"block{suffix if suffix in SCAN_SUFFIXES else '.txt'}"
+                with opener() as stream:
+                    block: list[tuple[int, str]] = []
+                    size = 0
+                    for number, text in iter_text_lines(stream):
+                        for kind in extra_secret_kinds(text):
+                            seen.add((number, kind))
+                        block.append((number, text))
+                        size += len(text) + 1
+                        if size >= SCAN_BLOCK_BYTES:
+                            self._scan_block(scan, block, block_file, seen)
+                            block, size = [], 0
+                    if block:
+                        self._scan_block(scan, block, block_file, seen)
+                for number, kind in sorted(seen):
+                    problems.append(f"{show(path)}:{number}: looks like a {kind}")
+        return problems
+
+    @staticmethod
+    def _scan_block(scan, block, block_file: Path, seen: set) -> None:
+        block_file.write_text("\n".join(text for _, text in block) + "\n", encoding="utf-8")
+        for secret in scan.scan_file(str(block_file)):
+            index = min(max(secret.line_number, 1), len(block)) - 1
+            seen.add((block[index][0], secret.type))
+
+
+def secret_problems_in_files(root: Path, paths: list[str]) -> list[str]:
+    """Scan working-tree files (used by tests and --dry-run style checks)."""
+    return SecretScanner().scan([(path, lambda path=path: (root / path).open("rb")) for path in paths])
+
+
+# ---------------------------------------------------------------- commit
+
+def head_blob(root: Path, path: str) -> str | None:
+    listed = git(root, "ls-tree", "-z", "HEAD", "--", path, check=False).stdout.strip("\0")
+    return listed.split("\t", 1)[0].split()[2] if listed else None
+
+
+def blob_is_prefix(root: Path, old: str | None, new: str) -> bool:
+    """Whether blob `new` is blob `old` with bytes added at the end only (None: empty)."""
+    if old is None:
+        return True
+    with _blob_stream(root, old) as before, _blob_stream(root, new) as after:
+        while True:
+            chunk = before.read(1 << 20)
+            if not chunk:
+                return True
+            if after.read(len(chunk)) != chunk:
+                return False
+
+
+def is_pure_append(root: Path, path: str) -> bool:
+    """Whether the working file, as git would store it, is HEAD's version plus appended bytes."""
+    new = git(root, "hash-object", "-w", "--path", path, "--", path, check=False).stdout.strip()
+    return bool(new) and blob_is_prefix(root, head_blob(root, path), new)
+
+
+def commit_paths(log: CycleLog, root: Path, paths: list[str], message: str,
+                 scanner: SecretScanner, append_only: tuple[str, ...] = ()) -> str:
+    """Commit exactly `paths` (literal) from the working tree; return the new commit id.
+
+    Works in a temporary index built from HEAD, so whatever the user has staged stays staged and
+    out of the commit. Raises StepFailed (nothing committed, the real index untouched) when the
+    staged set differs from `paths`, a blob looks like a secret, or git commit fails (a hook).
+    """
+    step = "8 commit"
+    display = ["git", "commit", "-m", message.splitlines()[0], "--", *paths]
+    head = git(root, "rev-parse", "--verify", "-q", "HEAD", check=False).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="cycle-index-") as tmp:
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index"), "GIT_LITERAL_PATHSPECS": "1"}
+        if head:
+            git(root, "read-tree", head, env=env)
+        existing = [path for path in paths if (root / path).exists()]
+        if existing:
+            added = git(root, "--literal-pathspecs", "add", "--", *existing, env=env, check=False)
+            if added.returncode != 0:
+                raise StepFailed(step, display, added.returncode, added.stderr.splitlines(),
+                                 "git add of the cycle's files failed")
+        listing = (git(root, "diff", "--cached", "--name-only", "-z", env=env) if head
+                   else git(root, "ls-files", "-z", env=env))
+        staged = set(_nul_list(listing.stdout))
+        if staged != set(paths):
+            extra = sorted(staged - set(paths))
+            missing = sorted(set(paths) - staged)
+            raise StepFailed(step, display, None, [], "the staged set is not the cycle's list "
+                             f"(extra: {', '.join(map(show, extra)) or 'none'}; missing: "
+                             f"{', '.join(map(show, missing)) or 'none'}); nothing committed")
+        entries = {}
+        for entry in _nul_list(git(root, "ls-files", "-s", "-z", env=env).stdout):
+            meta, _, path = entry.partition("\t")
+            if path in staged:
+                entries[path] = meta.split()[1]
+        for path in append_only:
+            if path in entries and not blob_is_prefix(root, head_blob(root, path), entries[path]):
+                raise StepFailed(step, display, None, [], f"{path} changed other than by "
+                                 "appending lines; it is append-only, so nothing was committed")
+        problems = scanner.scan([(path, lambda blob=entries[path]: _blob_stream(root, blob))
+                                 for path in sorted(entries)])
+        if problems:
+            raise StepFailed(step, display, None, problems,
+                             "refusing to commit: " + "; ".join(problems[:10])
+                             + (f"; and {len(problems) - 10} more" if len(problems) > 10 else ""))
+        log.line(f"==> step {step}: {len(paths)} files: {', '.join(map(show, paths))}")
+        result = git(root, "commit", "-q", "-m", message, env=env, check=False)
+        if result.returncode != 0:
+            raise StepFailed(step, display, result.returncode,
+                             (result.stdout + result.stderr).splitlines(),
+                             "git commit failed (a hook?); nothing was staged in your index")
+    new_head = git(root, "rev-parse", "HEAD").stdout.strip()
+    # The real index still has the old entries of these paths: point them at the new commit.
+    reset = git(root, "--literal-pathspecs", "reset", "-q", new_head, "--", *paths, check=False)
+    if reset.returncode != 0:
+        log.line(f"warning: committed, but your index could not be updated for the cycle's files "
+                 f"({reset.stderr.strip()}); run: git reset -q -- <those files>")
+    return new_head
+
+
+class _BlobStream:
+    def __init__(self, root: Path, blob: str):
+        self.process = subprocess.Popen(["git", "cat-file", "blob", blob], cwd=root,
+                                        stdout=subprocess.PIPE)
+
+    def read(self, size: int = -1) -> bytes:
+        return self.process.stdout.read(size)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.process.stdout.close()
+        self.process.wait()
+
+
+def _blob_stream(root: Path, blob: str) -> _BlobStream:
+    return _BlobStream(root, blob)
+
+
+def verify_commit(root: Path, commit: str, paths: list[str]) -> list[str]:
+    """Paths the commit changed beyond `paths` (a hook that staged more), or []."""
+    parent = git(root, "rev-parse", "-q", "--verify", f"{commit}^", check=False).stdout.strip()
+    if parent:
+        changed = _nul_list(git(root, "diff-tree", "--no-commit-id", "--name-only", "-r", "-z",
+                                parent, commit).stdout)
+    else:
+        changed = _nul_list(git(root, "ls-tree", "-r", "--name-only", "-z", commit).stdout)
+    return sorted(set(changed) - set(paths))
 
 
 # ---------------------------------------------------------------- the cycle
 
-def briefing_states(root: Path) -> dict[str, float]:
-    folder = root / "autonomous-research"
-    if not folder.is_dir():
-        return {}
-    return {path.name: path.stat().st_mtime_ns for path in folder.glob("briefing-*.md")
-            if BRIEFING_NAME.match(path.name)}
+@dataclass
+class Budgets:
+    tool_calls: int
+    usd: float
 
 
-def newest_changed_briefing(root: Path, before: dict[str, float]) -> Path | None:
-    after = briefing_states(root)
-    changed = [name for name, stamp in after.items() if before.get(name) != stamp]
-    if not changed:
-        return None
-    return root / "autonomous-research" / max(changed, key=lambda name: BRIEFING_NAME.match(name).group(1))
+def read_budgets(contract: Path) -> Budgets:
+    """Tool calls and money from the contract's Budgets table; ValueError says what is missing."""
+    try:
+        text = contract.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ValueError(f"cannot read {contract}: {error.strerror or error}") from error
+    calls = re.search(r"^\|\s*Tool calls\s*\|\s*(\d+)\s*\|", text, re.MULTILINE)
+    money = re.search(r"^\|\s*Money\s*\|\s*USD\s*(\d+(?:\.\d+)?)\b", text, re.MULTILINE)
+    missing = [row for row, found in (("| Tool calls | <number> |", calls),
+                                      ("| Money | USD <amount> ... |", money)) if not found]
+    if missing:
+        raise ValueError(f"{contract}: its Budgets table has no {' and no '.join(missing)} row; "
+                         f"the default agent's --max-turns and --max-budget-usd come from there")
+    budgets = Budgets(int(calls.group(1)), float(money.group(1)))
+    if budgets.tool_calls <= 0 or budgets.usd <= 0:
+        raise ValueError(f"{contract}: the Tool calls and Money budgets must be above 0")
+    return budgets
+
+
+def python_spelling(executable: str, windows: bool = os.name == "nt") -> str:
+    """The interpreter as the agent types it in Bash (forward slashes on Windows; quoted if odd)."""
+    text = PureWindowsPath(executable).as_posix() if windows else executable
+    return text if re.fullmatch(r"[A-Za-z0-9_./:@+~=-]+", text) else shlex.quote(text)
+
+
+def agent_commands(python: str) -> list[str]:
+    """The command prefixes the default agent may run, with the interpreter spelled in."""
+    return [f"{python} {entry}" for entry in AGENT_SCRIPT_COMMANDS] + list(AGENT_GIT_COMMANDS)
+
+
+def agent_allowed_rules(python: str, today: str) -> list[str]:
+    """Claude Code permission rules: read anything, run the commands above, edit two files."""
+    return (["Read"] + [f"Bash({command}:*)" for command in agent_commands(python)]
+            + [f"Edit(/{path.format(date=today)})" for path in AGENT_WRITABLE])
+
+
+def agent_prompt(python: str, today: str, budgets: Budgets) -> str:
+    """One line, no quotes or percent signs (it may pass through a Windows .cmd shim)."""
+    briefing = f"{BRIEFING_DIR}/briefing-{today}.md"
+    commands = "; ".join(f"{command} ..." for command in agent_commands(python))
+    return (f"You are the pistachio research agent. Read {CONTRACT} and follow it exactly as your "
+            f"contract for this run. Today is {today}. Budgets for this run: at most "
+            f"{budgets.tool_calls} tool calls and USD {budgets.usd:.2f}. Run every Python script "
+            f"with this interpreter (also in the environment as PISTACHIO_PYTHON): {python}. "
+            f"The only commands you may run are: {commands}. You may read any file, and write "
+            f"only {briefing} and PROGRESS.md: the runner fails the cycle on any other change. "
+            f"Finish by writing {briefing} in the v3 schema and running its self-check: "
+            f"{python} tools/promote_findings.py --project-root . --check {briefing}")
+
+
+def default_agent_command(today: str, budgets: Budgets, python: str = sys.executable) -> list[str]:
+    spelled = python_spelling(python)
+    return ["claude", "-p", agent_prompt(spelled, today, budgets),
+            "--permission-mode", "dontAsk", "--tools", AGENT_TOOLS,
+            "--allowedTools", *agent_allowed_rules(spelled, today),
+            "--disallowedTools", *AGENT_DENIED_RULES,
+            "--max-turns", str(budgets.tool_calls), "--max-budget-usd", f"{budgets.usd:.2f}",
+            "--setting-sources", "project", "--strict-mcp-config"]
+
+
+def split_command(text: str, windows: bool = os.name == "nt") -> list[str]:
+    """Split --agent-cmd like the platform's shell would: POSIX rules, or Windows quoting."""
+    if not windows:
+        return shlex.split(text)
+    # shlex in non-POSIX mode keeps the quotes inside each token ('"C:\\a b\\x.py"').
+    return [token[1:-1] if len(token) >= 2 and token[0] == token[-1] == '"' else token
+            for token in shlex.split(text, posix=False)]
+
+
+def resolve_executable(command: list[str]) -> list[str]:
+    """Resolve the program through PATH, without a shell.
+
+    On Windows npm installs `claude` as a .cmd shim; running it would pass the prompt through
+    cmd.exe, so the native claude.exe beside it is used when it is there.
+    """
+    found = shutil.which(command[0])
+    if not found:
+        return command
+    if os.name == "nt" and found.lower().endswith((".cmd", ".bat")):
+        native = (Path(found).parent / "node_modules" / "@anthropic-ai" / "claude-code" / "bin"
+                  / "claude.exe")
+        if native.is_file():
+            found = str(native)
+    return [found, *command[1:]]
+
+
+def read_briefing_status(briefing: Path) -> tuple[str, str]:
+    """(Status, Stop reason) from the briefing header, lowercased status; '' when absent."""
+    status = reason = ""
+    for line in briefing.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("##"):
+            break
+        key, _, value = line.partition(":")
+        if key.strip().lower() == "status" and not status:
+            status = value.strip().lower()
+        elif key.strip().lower() == "stop reason" and not reason:
+            reason = value.strip()
+    return status, reason
 
 
 def last_history_time(history: Path) -> dt.datetime | None:
@@ -303,27 +1431,34 @@ def sweep_has_new_images(sweep: Path, history: Path) -> tuple[bool, str]:
     return False, f"no image newer than the last history entry ({last:%Y-%m-%d %H:%M} UTC)"
 
 
-def default_agent_command(root: Path, today: str) -> list[str]:
-    contract = "agents/pistachio-agent-v3.md"
-    prompt = (f"You are the pistachio research agent. Read {contract} and follow it exactly as your "
-              f"contract for this run. Today is {today}. Finish by writing "
-              f"autonomous-research/briefing-{today}.md in the v3 schema and running its self-check.")
-    return ["claude", "-p", prompt, "--permission-mode", "acceptEdits", "--max-turns", "60"]
+@dataclass
+class PostStep:
+    """A step after the agent: its command, and the repo paths (fnmatch patterns) it may write.
+
+    run_cycle runs these in order; a new step (say, sweep generation before the scorecard) is one
+    more entry in post_agent_steps().
+    """
+    name: str
+    command: list[str]
+    writes: tuple[str, ...]
+    skip_reason: str | None = None  # set: the step is logged as skipped, not run
 
 
-def split_command(text: str, windows: bool = os.name == "nt") -> list[str]:
-    """Split --agent-cmd like the platform's shell would: POSIX rules, or Windows quoting."""
-    if not windows:
-        return shlex.split(text)
-    # shlex in non-POSIX mode keeps the quotes inside each token ('"C:\\a b\\x.py"').
-    return [token[1:-1] if len(token) >= 2 and token[0] == token[-1] == '"' else token
-            for token in shlex.split(text, posix=False)]
-
-
-def resolve_executable(command: list[str]) -> list[str]:
-    """Resolve the program through PATH (finds .cmd/.exe shims on Windows without a shell)."""
-    found = shutil.which(command[0])
-    return [found, *command[1:]] if found else command
+def post_agent_steps(args, root: Path, briefing: Path) -> list[PostStep]:
+    py = sys.executable
+    history = root / HISTORY
+    steps = [PostStep("6 promote", [py, str(root / "tools" / "promote_findings.py"), "--project-root",
+                                    str(root), "--briefing", str(briefing)], PROMOTE_WRITES)]
+    if args.sweep_dir is None:
+        steps.append(PostStep("7 scorecard", [], SCORECARD_WRITES, "no --sweep-dir"))
+    else:
+        scorecard = [py, str(root / "evals" / "scorecard.py"), "--generated",
+                     str(args.sweep_dir.resolve()), "--reference", str(args.reference_dir.resolve()),
+                     "--lora-version", args.lora_version, "--backend", args.backend,
+                     "--history", str(history), "--report", str(root / "evals" / "latest_report.md")]
+        new, why = sweep_has_new_images(args.sweep_dir, history)
+        steps.append(PostStep("7 scorecard", scorecard, SCORECARD_WRITES, None if new else why))
+    return steps
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,7 +1467,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--project-root", type=Path, default=Path("."),
                         help="repository root (default: the current folder)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="run the read-only steps 1-4, print steps 5-8 without running them")
+                        help="run steps 1-4 (the same checks as a real run), print steps 5-8 "
+                             "without running them")
     parser.add_argument("--agent-cmd", metavar="CMD",
                         help="command line that replaces the default agent (default: claude -p "
                              "with agents/pistachio-agent-v3.md as the contract)")
@@ -347,6 +1483,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--step-timeout", type=float, default=DEFAULT_STEP_TIMEOUT, metavar="S",
                         help=f"seconds before a step is stopped (default: {DEFAULT_STEP_TIMEOUT})")
     return parser
+
+
+def _raise_interrupted(signum, _frame) -> None:
+    raise CycleInterrupted(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -375,140 +1515,258 @@ def main(argv: list[str] | None = None) -> int:
     if toplevel.returncode != 0 or Path(toplevel.stdout.strip()).resolve() != root:
         parser.error(f"--project-root {root} is not the root of a git repository; the cycle "
                      f"commits what it writes, so run it in the repository's top folder")
-
-    today = dt.date.today().isoformat()
-    agent_command = (split_command(args.agent_cmd) if args.agent_cmd
-                     else default_agent_command(root, today))
-    if not agent_command:
+    if args.agent_cmd is not None and not split_command(args.agent_cmd):
         parser.error("--agent-cmd is empty")
 
+    lock = CycleLock(root)
     try:
-        lock = acquire_lock(root)
-    except RuntimeError as error:
+        lock.acquire()
+    except LockBusy as error:
         print(f"error: {error}", file=sys.stderr)
-        return 3
+        return EXIT_LOCKED
+    except OSError as error:
+        print(f"error: cannot use the lock file {lock.path}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    handlers = {}
+    for name in ("SIGTERM", "SIGHUP", "SIGBREAK"):
+        if hasattr(signal, name):
+            with contextlib.suppress(ValueError, OSError):  # not the main thread: leave them
+                handlers[name] = signal.signal(getattr(signal, name), _raise_interrupted)
+    become_subreaper()
+    pycache = tempfile.mkdtemp(prefix="pistachio-cycle-pycache-")
+    PYCACHE_PREFIX["PYTHONPYCACHEPREFIX"] = pycache
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     log = CycleLog(root / LOG_DIR / f"cycle-{stamp}.log")
     try:
-        return run_cycle(args, root, today, agent_command, log)
+        if lock.previous:
+            log.line(f"warning: took over the lock left by pid {lock.previous.get('pid')} "
+                     f"(started {lock.previous.get('started')}, no longer running)")
+        return run_cycle(args, root, log, lock)
+    except (KeyboardInterrupt, CycleInterrupted) as stop:
+        what = "Ctrl+C" if isinstance(stop, KeyboardInterrupt) else f"signal {stop.args[0]}"
+        log.line(f"INTERRUPTED by {what}: the running step and its process group were stopped; "
+                 f"nothing more was committed")
+        return EXIT_FAILED
     finally:
         log.close()
-        lock.unlink(missing_ok=True)
+        lock.release()
+        PYCACHE_PREFIX.clear()
+        shutil.rmtree(pycache, ignore_errors=True)
+        for name, handler in handlers.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(getattr(signal, name), handler)
 
 
-def run_cycle(args, root: Path, today: str, agent_command: list[str], log: CycleLog) -> int:
+def report_failure(log: CycleLog, failure: StepFailed) -> int:
+    log.line("")
+    log.line(f"FAILED at step {failure.step}: {failure.reason}")
+    log.line(f"  command: {shlex.join(failure.command) if failure.command else '(the cycle itself)'}")
+    log.line(f"  exit code: {failure.code if failure.code is not None else 'none'}")
+    if failure.tail:
+        log.line(f"  last {len(failure.tail)} lines of its output:" if failure.code is not None
+                 else "  details:")
+        for text in failure.tail:
+            log.line(f"    | {text}")
+    if failure.committed:
+        log.line(f"commit {failure.committed[:12]} was made before this was found (local only; "
+                 f"nothing was reverted)")
+    else:
+        log.line("later steps did not run; nothing was committed")
+    return EXIT_FAILED
+
+
+def run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
+    try:
+        return _run_cycle(args, root, log, lock)
+    except StepFailed as failure:
+        return report_failure(log, failure)
+
+
+def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
     py = sys.executable
+    today = dt.date.today().isoformat()
+    briefing_rel = f"{BRIEFING_DIR}/briefing-{today}.md"
+    briefing = root / briefing_rel
     tools, evals = root / "tools", root / "evals"
     timeout = args.step_timeout
-    history = root / "evals" / "eval_history.jsonl"
-    preflight = [py, str(tools / "lifeos_preflight.py"), "--project-root", str(root)]
-    if not args.dry_run:
-        preflight += ["--require-cli", "git", "--require-cli", agent_command[0]]
-    read_only_steps = [
-        ("1 preflight", preflight),
-        ("2 freshness", [py, str(tools / "lifeos_freshness_check.py"), "--project-root", str(root)]),
-        ("3 context budget", [py, str(tools / "lifeos_context_budget.py"), "--project-root", str(root)]),
-        ("4 known failures", [py, str(evals / "known_failures.py"), "--project-root", str(root)]),
-    ]
-    promote = [py, str(tools / "promote_findings.py"), "--project-root", str(root), "--briefing"]
-    scorecard = None
-    if args.sweep_dir is not None:
-        scorecard = [py, str(evals / "scorecard.py"), "--generated", str(args.sweep_dir.resolve()),
-                     "--reference", str(args.reference_dir.resolve()), "--lora-version",
-                     args.lora_version, "--backend", args.backend, "--history", str(history),
-                     "--report", str(root / "evals" / "latest_report.md")]
     log.line(f"LifeOS cycle {today} in {root}{' (dry run)' if args.dry_run else ''}; log {log.path}")
-    before = dirty_files(root)
+
+    # Step 1: the preflight script, then the cycle's own checks (a real run and --dry-run alike).
+    budgets = None
+    if args.agent_cmd is None:
+        try:
+            budgets = read_budgets(root / CONTRACT)
+        except ValueError as error:
+            raise StepFailed("1 preflight", [], None, [], str(error)) from None
+        agent_command = default_agent_command(today, budgets)
+    else:
+        agent_command = split_command(args.agent_cmd)
+    preflight = [py, str(tools / "lifeos_preflight.py"), "--project-root", str(root),
+                 "--require-cli", "git", "--require-cli", agent_command[0]]
     try:
-        for name, command in read_only_steps:
-            run_step(log, name, command, root, timeout)
-
-        if args.dry_run:
-            expected = root / "autonomous-research" / f"briefing-{today}.md"
-            log.line("dry run: steps 5-8 would run these commands:")
-            log.line(f"  5 agent: {shlex.join(agent_command)}")
-            log.line(f"    then: {shlex.join([py, str(tools / 'promote_findings.py'), '--project-root', str(root), '--check', str(expected)])}")
-            log.line(f"  6 promote: {shlex.join([*promote, str(expected)])}")
-            if scorecard:
-                new, why = sweep_has_new_images(args.sweep_dir, history)
-                log.line(f"  7 scorecard ({'would run' if new else 'would skip'}: {why}): {shlex.join(scorecard)}")
-            else:
-                log.line("  7 scorecard: skipped (no --sweep-dir)")
-            if args.no_commit:
-                log.line("  8 commit: skipped (--no-commit)")
-            else:
-                log.line("  8 commit: git add -- <files the cycle wrote>; git commit -m "
-                         "'LifeOS cycle ...' -- <those files> (never pushes)")
-            log.line("dry run complete: steps 1-4 passed; nothing was changed")
-            return 0
-
-        briefings_before = briefing_states(root)
-        agent_env = {"PISTACHIO_PROJECT_ROOT": str(root), "PISTACHIO_DATE": today,
-                     "PISTACHIO_BRIEFING": str(root / "autonomous-research" / f"briefing-{today}.md")}
-        run_step(log, "5 agent", resolve_executable(agent_command), root, timeout, env=agent_env)
-        briefing = newest_changed_briefing(root, briefings_before)
-        if briefing is None:
-            raise StepFailed("5 agent", agent_command, 0, [],
-                             "the agent exited 0 but wrote no autonomous-research/briefing-YYYY-MM-DD.md")
-        check = [py, str(tools / "promote_findings.py"), "--project-root", str(root), "--check", str(briefing)]
-        run_step(log, "5 agent (briefing check)", check, root, timeout)
-
-        run_step(log, "6 promote", [*promote, str(briefing)], root, timeout)
-
-        scored = "no sweep given"
-        if scorecard:
-            new, why = sweep_has_new_images(args.sweep_dir, history)
-            if new:
-                run_step(log, "7 scorecard", scorecard, root, timeout)
-                scored = f"scored sweep {args.sweep_dir.name} as {args.lora_version}"
-            else:
-                log.line(f"==> step 7 scorecard: skipped, {why}")
-                scored = f"sweep skipped ({why})"
-        else:
-            log.line("==> step 7 scorecard: skipped (no --sweep-dir)")
-
-        if args.no_commit:
-            log.line("==> step 8 commit: skipped (--no-commit)")
-        else:
-            commit(log, root, before, briefing, scored)
+        run_step(log, "1 preflight", preflight, root, timeout)
     except StepFailed as failure:
-        log.line("")
-        log.line(f"FAILED at step {failure.step}: {failure.reason}")
-        log.line(f"  command: {shlex.join(failure.command)}")
-        log.line(f"  exit code: {failure.code if failure.code is not None else 'none'}")
-        if failure.tail:
-            log.line(f"  last {len(failure.tail)} lines of its output:")
-            for text in failure.tail:
-                log.line(f"    | {text}")
-        log.line("later steps did not run; nothing was committed")
-        return 1
+        if shutil.which(agent_command[0]) is None:
+            failure.reason += (f"; the agent's program {agent_command[0]!r} is not on PATH"
+                               + (" (install the Claude Code CLI: npm install -g "
+                                  "@anthropic-ai/claude-code, then log in with `claude`; or pass "
+                                  "--agent-cmd)" if args.agent_cmd is None else ""))
+        raise
+    scanner = None
+    if not args.no_commit:
+        try:
+            scanner = SecretScanner()
+        except ImportError as error:
+            raise StepFailed("1 preflight", [], None, [], f"detect-secrets is not installed ({error}); "
+                             f"the commit's secret scan needs it: pip install detect-secrets==1.5.0 "
+                             f"(or run with --no-commit)") from None
+    owned = [briefing_rel, "PROGRESS.md", *PROMOTE_WRITES,
+             *(SCORECARD_WRITES if args.sweep_dir is not None else ())]
+    dirty = dirty_paths(root, owned)
+    if dirty:
+        raise StepFailed("1 preflight", [], None, [], "files the cycle writes have uncommitted "
+                         f"changes: {', '.join(map(show, dirty))}; commit or stash them first "
+                         "(the cycle commits only what it wrote itself)")
+    log.line(f"<== step 1 preflight (cycle checks): lock {lock.path.name} held, "
+             + (f"budgets {budgets.tool_calls} tool calls / USD {budgets.usd:.2f}, " if budgets else "")
+             + ("detect-secrets ready, " if scanner else "")
+             + "the files the cycle writes are clean")
+
+    for name, script in (("2 freshness", tools / "lifeos_freshness_check.py"),
+                         ("3 context budget", tools / "lifeos_context_budget.py"),
+                         ("4 known failures", evals / "known_failures.py")):
+        run_step(log, name, [py, str(script), "--project-root", str(root)], root, timeout)
+
+    if args.dry_run:
+        log.line("dry run: steps 5-8 would run these commands:")
+        log.line(f"  5 agent: {shlex.join(agent_command)}")
+        log.line(f"    then: {shlex.join([py, str(tools / 'promote_findings.py'), '--project-root', str(root), '--check', str(briefing)])}")
+        for step in post_agent_steps(args, root, briefing):
+            if step.skip_reason:
+                log.line(f"  {step.name}: skipped ({step.skip_reason})")
+            else:
+                log.line(f"  {step.name}: {shlex.join(step.command)}")
+        if args.no_commit:
+            log.line("  8 commit: skipped (--no-commit)")
+        else:
+            log.line("  8 commit: the files the cycle wrote, by literal path, in a temporary index; "
+                     "secret scan; git commit (never pushes)")
+        log.line("dry run complete: steps 1-4 passed; nothing was changed")
+        return EXIT_OK
+
+    # Step 5: the agent, inside the envelope.
+    cycle_start = snapshot(root)
+    agent_env = {"PISTACHIO_PROJECT_ROOT": str(root), "PISTACHIO_DATE": today,
+                 "PISTACHIO_BRIEFING": str(briefing), "PISTACHIO_PYTHON": py}
+    command = resolve_executable(agent_command)
+
+    def record_agent(running: StepProcess) -> None:
+        lock.set_agent(running.process.pid, None if os.name == "nt" else running.process.pid)
+
+    try:
+        run_step(log, "5 agent", command, root, timeout, env=agent_env, on_start=record_agent)
+    except StepFailed as failure:
+        if args.agent_cmd is None and any(NOT_LOGGED_IN.search(text) for text in failure.tail):
+            failure.reason = ("the Claude Code CLI is not logged in (it printed: "
+                              f"{next(t for t in failure.tail if NOT_LOGGED_IN.search(t)).strip()}); "
+                              "run `claude` once and log in (or set ANTHROPIC_API_KEY), then run "
+                              "the cycle again")
+        try:
+            check_envelope(root, cycle_start, {briefing_rel, "PROGRESS.md"}, failure.step, lock, log)
+        except StepFailed as outside:
+            outside.reason += f"; and the agent itself {failure.reason}"
+            outside.code, outside.command = failure.code, failure.command
+            raise outside from None
+        raise
+    finally:
+        lock.set_agent(None)
+    written, state = check_envelope(root, cycle_start, {briefing_rel, "PROGRESS.md"}, "5 agent",
+                                    lock, log)
+    if briefing_rel not in written:
+        raise StepFailed("5 agent", agent_command, 0, [],
+                         f"the agent exited 0 but wrote no {briefing_rel}")
+    check = [py, str(tools / "promote_findings.py"), "--project-root", str(root), "--check", str(briefing)]
+    steps = [PostStep("5 agent (briefing check)", check, ())] + post_agent_steps(args, root, briefing)
+    status = stop_reason = ""
+
+    # The briefing check, then steps 6 and 7 (and any added later): each may write only its own
+    # files, compared with the state the previous step left.
+    scored = "no sweep given"
+    for step in steps:
+        if step.skip_reason:
+            log.line(f"==> step {step.name}: skipped ({step.skip_reason})")
+            if step.name.startswith("7"):
+                scored = f"sweep skipped ({step.skip_reason})"
+            continue
+        run_step(log, step.name, step.command, root, timeout)
+        after = snapshot(root)
+        problems, changed = compare_states(state, after, allowed_patterns=step.writes)
+        if problems:
+            raise StepFailed(step.name, step.command, 0, problems,
+                             f"it changed files outside its own: {'; '.join(problems)}")
+        state = after
+        written += [path for path in changed if path not in written]
+        if step.name.startswith("5"):
+            status, stop_reason = read_briefing_status(briefing)
+        if step.name.startswith("7"):
+            scored = f"scored sweep {args.sweep_dir.name} as {args.lora_version}"
+
+    # Step 8: commit exactly what the cycle wrote.
+    commit = None
+    if args.no_commit:
+        log.line("==> step 8 commit: skipped (--no-commit)")
+    else:
+        commit = commit_cycle(log, root, sorted(written), briefing, scored, scanner)
+    pushes = find_pushes(cycle_start, snapshot(root))
+    if pushes:
+        raise StepFailed("8 commit", [], None, pushes, "a push happened during the cycle: "
+                         + "; ".join(pushes), committed=commit)
+    log.line(f"push check: {push_check_summary(cycle_start)}")
+    if status in ("stopped", "failed"):
+        log.line(f"cycle complete, but the agent stopped: Status: {status}; Stop reason: "
+                 f"{stop_reason or '(none given)'}")
+        return EXIT_AGENT_STOPPED
     log.line("cycle complete")
-    return 0
+    return EXIT_OK
 
 
-def commit(log: CycleLog, root: Path, before: dict[str, str], briefing: Path, scored: str) -> None:
-    written = files_written_by_cycle(before, dirty_files(root))
-    command = ["git", "commit", "-m", "LifeOS cycle ...", "--", *written]
+def check_envelope(root: Path, before: RepoState, allowed: set[str], step: str,
+                   lock: CycleLock, log: CycleLog) -> tuple[list[str], RepoState]:
+    """After the agent: what it wrote within `allowed` and the state it left; StepFailed naming
+    everything else."""
+    after = snapshot(root)
+    problems, written = compare_states(before, after, allowed=allowed)
+    pushes = find_pushes(before, after)
+    problems += [f"pushed: {push}" for push in pushes]
+    if not lock.intact():
+        problems.append(f"the lock file {LOCK_NAME} was changed or removed while the agent ran")
+    if problems:
+        raise StepFailed(step, [], None, problems + ["(nothing was reverted: the files are left "
+                                                    "as they are for you to inspect)"],
+                         f"the agent went outside what it may do ({len(problems)} problem(s)): "
+                         + "; ".join(problems))
+    return written, after
+
+
+def commit_cycle(log: CycleLog, root: Path, written: list[str], briefing: Path, scored: str,
+                 scanner: SecretScanner) -> str | None:
+    never = [path for path in written if path in NEVER_COMMITTED]
+    if never:
+        raise StepFailed("8 commit", [], None, [], f"refusing to commit {', '.join(never)} "
+                         "(the CRITICAL rules are edited by humans only)")
     if not written:
         log.line("==> step 8 commit: nothing to commit")
-        return
-    problems = secret_problems(root, written)
-    if problems:
-        raise StepFailed("8 commit", command, None, problems,
-                         "refusing to commit files that look like secrets: " + "; ".join(problems))
+        return None
     message = (f"LifeOS cycle {dt.date.today().isoformat()}: briefing {briefing.name} promoted; {scored}\n\n"
                "Files written by tools/run_full_cycle.py:\n" + "\n".join(f"- {path}" for path in written))
-    log.line(f"==> step 8 commit: {len(written)} files: {', '.join(written)}")
-    existing = [path for path in written if (root / path).exists()]
-    if existing:
-        git(root, "add", "--", *existing)
-    result = git(root, "commit", "-q", "-m", message, "--", *written, check=False)
-    if result.returncode != 0:
-        raise StepFailed("8 commit", ["git", "commit", "-m", message.splitlines()[0], "--", *written],
-                         result.returncode, (result.stdout + result.stderr).splitlines(),
-                         "git commit failed")
-    head = git(root, "rev-parse", "--short", "HEAD").stdout.strip()
-    log.line(f"<== step 8 commit: {head} (local only; nothing was pushed)")
+    commit = commit_paths(log, root, written, message, scanner, append_only=(HISTORY,))
+    extra = verify_commit(root, commit, written)
+    if extra:
+        raise StepFailed("8 commit", [], None, extra, f"commit {commit[:12]} also changed "
+                         f"{', '.join(map(show, extra))} (a commit hook?); check it before pushing",
+                         committed=commit)
+    log.line(f"<== step 8 commit: {commit[:12]} (local only)")
+    return commit
 
 
 if __name__ == "__main__":

@@ -104,6 +104,7 @@ MANIFEST = {
     "bitsandbytes": ("bitsandbytes", "0.48.2"),
     "cv2": ("opencv-python", "4.12.0.88"),
     "diffusers": ("diffusers", "0.39.0"),
+    "detect_secrets": ("detect-secrets", None),
     "dlib": ("dlib-bin", None),
     "filelock": ("filelock", "3.20.0"),
     "huggingface_hub": ("huggingface-hub", "0.36.2"),
@@ -126,6 +127,8 @@ MANIFEST = {
 
 # Imports that are deliberately not pinned for the pod: checked and reported, never a failure.
 UNPINNED_OK = {
+    "detect_secrets": "secret scan of tools/run_full_cycle.py's commit, which runs on the machine that "
+                      "runs the cycle (Windows), not on the pod; pinned in requirements-dev.txt",
     "dlib": "offline backend of evals/face_similarity_eval.py (--backend dlib), used by tests/CI",
     "face_recognition_models": "dlib's model files for the offline backend, used by tests/CI",
     "tomli": "TOML reader of tools/retrain_lora_v3.py --config on Python 3.10 (3.11+ has tomllib)",
@@ -139,6 +142,7 @@ KNOWN_DISTRIBUTIONS = {
     "skimage": "scikit-image",
     "yaml": "PyYAML",
     "dlib": "dlib-bin",
+    "detect_secrets": "detect-secrets",
     "face_recognition_models": "face-recognition-models",
     "onnxruntime": "onnxruntime-gpu",
     "huggingface_hub": "huggingface-hub",
