@@ -579,7 +579,8 @@ def resolve_model_pack(model_pack: str | os.PathLike, download: bool = False
     return folder.resolve(), name
 
 
-PACK_NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+PACK_NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz"
+                                 "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
 def download_pack(name: str, force: bool = False) -> Path:

@@ -633,7 +633,7 @@ def join_images(face: dict, skin: dict, generated_dir: Path,
 
 
 def rank_configs(images: list[dict], *, threshold: float, min_detection_rate: float,
-                 schema: ConfigSchema = DEFAULT_SCHEMA, ceiling: float | None = None) -> list[dict]:
+                 schema: ConfigSchema = DEFAULT_SCHEMA) -> list[dict]:
     """One row per config, best first: score, then mean similarity, then settings order."""
     groups: dict[str, list[dict]] = {}
     for image in images:
@@ -716,7 +716,8 @@ def _statistics(totals: dict, *, threshold: float | None,
         relative = np.where(totals["has_realism"] > 0,
                             totals["relative"] / np.maximum(totals["has_realism"], 1), 0.0)
     identity = totals["identity"] / count
-    score = np.clip(identity, 0, 1) * (REALISM_FLOOR + (1 - REALISM_FLOOR) * np.clip(relative, 0, 1))
+    realism_factor = REALISM_FLOOR + (1 - REALISM_FLOOR) * np.clip(relative, 0, 1)
+    score = np.clip(identity, 0, 1) * realism_factor
     stats = {"similarity": totals["similarity"] / count, "pass_rate": totals["passed"] / count,
              "detection_rate": totals["detected"] / count, "realism": realism,
              "faces": totals["detected"], "score": score}
@@ -831,7 +832,7 @@ def build_scorecard(face: dict, skin: dict, *, generated_dir: Path, reference_di
     references = face.get("references", {})
     ceiling = references.get("ceiling")
     configs = rank_configs(images, threshold=threshold, min_detection_rate=min_detection_rate,
-                           schema=schema, ceiling=ceiling)
+                           schema=schema)
     run = summarize_group(images, threshold=threshold, min_detection_rate=min_detection_rate)
     recommendation = recommend(configs, images, threshold=threshold,
                                min_detection_rate=min_detection_rate)
@@ -1434,13 +1435,14 @@ def compare_runs(new: dict, new_details: dict | None, old: dict, old_details: di
         return comparison
     pairs = [(f"best config: {new_best} now vs {old_best} then", [by_new[new_best]],
               [by_old[old_best]], "best")]
-    shared = sorted((set(by_new) & set(by_old)) - {UNPARSED},
+    shared = sorted((name for name in set(by_new) & set(by_old)  # baselines: no LoRA to judge
+                     if name != UNPARSED and not schema.parse(name).baseline),
                     key=lambda name: schema.sort_key(schema.parse(name)))
     same_best = new_best == old_best
     if shared and not (shared == [new_best] and same_best):  # else it repeats the best pair
         pairs.append((f"shared configs pooled ({len(shared)})", [by_new[name] for name in shared],
                       [by_old[name] for name in shared], "pooled"))
-        for name in shared:
+        for name in shared if len(shared) > 1 else ():  # one shared config is the pooled pair
             if not (same_best and name == new_best):
                 pairs.append((f"config {name}", [by_new[name]], [by_old[name]], "config"))
     for label, new_groups, old_groups, kind in pairs:
@@ -1564,16 +1566,6 @@ def headline(scorecard: dict, *, code: str = "`") -> list[tuple[str, str]]:
             ("Whole sweep (context)", sweep)]
 
 
-def verdict_line(scorecard: dict, *, code: str = "`") -> str:
-    """The recommendation in one line (stderr, the HTML title)."""
-    best = scorecard.get("recommendation")
-    if not best:
-        return f"No LoRA config; sweep grade {scorecard['overall_grade']}."
-    return (f"Best config {code}{best['config']}{code}: grade {best['grade']} on {best['images']} "
-            f"image{'s' if best['images'] != 1 else ''} ({best['how_sure']}); sweep grade "
-            f"{scorecard['overall_grade']}.")
-
-
 def comparison_lines(comparison: dict) -> list[str]:
     """The Markdown of a comparison: verdict, why, the like-with-like table, sweep deltas."""
     c = comparison
@@ -1652,7 +1644,8 @@ def render_report(scorecard: dict, comparison: dict | None, *, notes: str | None
         params = json.dumps(training_params, ensure_ascii=False)[:400]
         lines.append(f"- Training params: `{params}`")
     lines += ["", "## Configs, ranked", "",
-              "| # | config | grade | rests on | similarity | pass | realism | score (95% interval) |",
+              "| # | config | grade | rests on | similarity | pass | realism "
+              "| score (95% interval) |",
               "|---|---|---|---|---|---|---|---|"]
     for row in s["configs"]:
         name = f"`{row['config']}`" + (" (baseline)" if row["baseline"] else "")
@@ -2072,7 +2065,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "OUT_DIR/cache with --demo); an unwritable one is a warning")
     parser.add_argument("--config-key", action="append", default=[], metavar="KEY",
                         help="also read KEY<number> tokens of the file names as a config setting, "
-                        "e.g. --config-key v for ohwx_v3 (repeatable; default: the known keys only)")
+                        "e.g. --config-key v for ohwx_v3 (repeatable; default: the known keys "
+                        "only)")
     parser.add_argument("--training-params", type=Path,
                         help="JSON file of training parameters stored with the run (default: none)")
     parser.add_argument("--notes", default="",
