@@ -1572,8 +1572,12 @@ def comparison_lines(comparison: dict) -> list[str]:
     lines = [f"Against `{c['lora_version']}` run `{c['run_id']}` ({c['timestamp']}): "
              f"**{c['verdict']}**" + (f": {c['why']}" if c.get("why") else "") + "."]
     if c.get("images_needed"):
-        lines.append(f"Images needed: about {c['images_needed']} per compared config in each run "
-                     "to tell the largest drop seen from noise.")
+        if c["verdict"] == "cannot decide":
+            lines.append(f"Images needed: at least {c['images_needed']} more in the best config "
+                         "of the smaller run.")
+        else:
+            lines.append(f"Images needed: about {c['images_needed']} per side (in the comparison "
+                         "that needs the most) to tell the largest drop seen from noise.")
     lines.append(f"Best config: `{c.get('old_best_config')}` (grade "
                  f"{c.get('old_best_config_grade') or '-'}) then, `{c.get('new_best_config')}` "
                  f"(grade {c.get('new_best_config_grade') or '-'}) now; sweep grade "
