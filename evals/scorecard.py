@@ -1554,9 +1554,10 @@ def headline(scorecard: dict, *, code: str = "`") -> list[tuple[str, str]]:
                       f"{_f(runner['score_difference'], 2)}, interval "
                       f"{_range(runner['score_difference_interval'], lambda v: _f(v, 2))}")
         if runner["within_noise"]:
+            either = "either will do, " if best["grade"] in "ABC" else ""
             sure.append(f"the runner-up {code}{runner['config']}{code} (grade {runner['grade']}, "
-                        f"{difference}) is within noise of it: either will do, more images "
-                        "would separate them")
+                        f"{difference}) is within noise of it: {either}more images would "
+                        "separate them")
         else:
             sure.append(f"the runner-up {code}{runner['config']}{code} (grade {runner['grade']}, "
                         f"{difference}) is clearly behind")
