@@ -17,9 +17,10 @@ alternating baseline and current run by run, so load from other processes hits b
 - cold: each run with an empty embedding cache (detection and embedding of all 56 images);
 - warm: each run with that version's filled cache (what a re-run of a sweep costs: the skin
   eval, grouping, ranking, intervals, the report and the HTML contact sheet).
-Prints every run's wall time, the medians, and current / baseline per mode against the target
-(<= 1.10), and for information the median of the per-repeat ratios (each repeat runs both
-versions back to back, so that ratio resists load drift on a shared machine). Exit 0 when every target is met, 1 when one is missed, 2 on a usage error (the
+Prints every run's wall time (and the child's CPU time, user + system), the medians, and
+current / baseline per mode against the target (<= 1.10); for information the median of the
+per-repeat ratios (each repeat runs both versions back to back, so that ratio resists load drift)
+and the CPU-time ratio (other processes on a shared machine lengthen wall time, hardly CPU time). Exit 0 when every target is met, 1 when one is missed, 2 on a usage error (the
 baseline revision cannot be read, no photos).
 """
 from __future__ import annotations
@@ -118,21 +119,33 @@ def baseline_evals(ref: str, folder: Path) -> Path:
     return target
 
 
-def run_once(evals: Path, generated: Path, reference: Path, out: Path, cache: Path) -> float:
+def _children_cpu() -> float:
+    try:
+        import resource
+    except ImportError:  # Windows: no CPU time of children
+        return float("nan")
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_once(evals: Path, generated: Path, reference: Path, out: Path,
+             cache: Path) -> tuple[float, float]:
     out.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(evals / "scorecard.py"), "--generated", str(generated),
                "--reference", str(reference), "--lora-version", "bench", "--backend", "dlib",
                "--cache-dir", str(cache), "--history", str(out / "eval_history.jsonl"),
                "--report", str(out / "report.md"), "--html", str(out / "report.html"),
                "--no-progress"]
+    cpu = _children_cpu()
     start = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True, encoding="utf-8",
                                timeout=1800)
     wall = time.perf_counter() - start
+    cpu = _children_cpu() - cpu
     if completed.returncode != 0:  # no --compare-to: anything but 0 is a broken run
         raise SystemExit(f"error: {evals / 'scorecard.py'} exited {completed.returncode}:\n"
                          f"{completed.stderr[-2000:]}")
-    return wall
+    return wall, cpu
 
 
 def main(argv=None) -> int:
@@ -154,6 +167,7 @@ def main(argv=None) -> int:
     if not PHOTOS.is_dir():
         parser.error(f"the benchmark needs the shared photos at {PHOTOS}")
     times: dict[tuple[str, str], list[float]] = {}
+    cpus: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_scorecard_") as temp:
         root = Path(temp)
         generated, reference = build_sweep(root, args.images, args.references)
@@ -174,16 +188,18 @@ def main(argv=None) -> int:
                 for name in order:
                     cache = (root / "cache" / name if mode == "warm"
                              else root / "cold" / f"{name}_{repeat}")
-                    wall = run_once(versions[name], generated, reference,
-                                    root / "out" / name / f"{mode}_{repeat}", cache)
+                    wall, cpu = run_once(versions[name], generated, reference,
+                                         root / "out" / name / f"{mode}_{repeat}", cache)
                     times.setdefault((mode, name), []).append(wall)
-                    print(f"  {mode} run {repeat + 1}/{repeats} {name:8s} {wall:7.2f} s",
-                          flush=True)
+                    cpus.setdefault((mode, name), []).append(cpu)
+                    print(f"  {mode} run {repeat + 1}/{repeats} {name:8s} {wall:7.2f} s wall, "
+                          f"{cpu:7.2f} s CPU", flush=True)
     failed = False
     print()
     print(f"| mode | baseline ({args.baseline_ref}) median | current median | current / baseline "
-          f"| target <= {TARGET:.2f} | median of per-repeat ratios |")
-    print("|---|---|---|---|---|---|")
+          f"| target <= {TARGET:.2f} | median of per-repeat ratios | CPU time: baseline, current, "
+          "ratio |")
+    print("|---|---|---|---|---|---|---|")
     for mode in ("cold", "warm"):
         if (mode, "current") not in times:
             continue
@@ -195,8 +211,11 @@ def main(argv=None) -> int:
         runs = len(times[(mode, "current")])
         paired = statistics.median(c / b for c, b in zip(times[(mode, "current")],
                                                           times[(mode, "baseline")]))
+        cpu_base = statistics.median(cpus[(mode, "baseline")])
+        cpu_current = statistics.median(cpus[(mode, "current")])
         print(f"| {mode} ({runs} runs each) | {base:.2f} s | {current:.2f} s | {ratio:.3f} "
-              f"| {verdict} | {paired:.3f} |")
+              f"| {verdict} | {paired:.3f} | {cpu_base:.2f} s, {cpu_current:.2f} s, "
+              f"{cpu_current / cpu_base:.3f} |")
     return 1 if failed else 0
 
 
