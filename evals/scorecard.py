@@ -2137,6 +2137,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
                          "KEY<number> in file names)")
     args.history = (args.history or DEFAULT_HISTORY).resolve()
     args.report = (args.report or DEFAULT_REPORT).resolve()
+    args.html = args.html.resolve() if args.html is not None else None
+    args.json = args.json.resolve() if args.json is not None else None
 
 
 def default_run_id(lora_version: str, now: dt.datetime) -> str:
