@@ -3,6 +3,7 @@
 Usage:
     .venv/bin/python benchmarks/bench_skin_realism.py                # 48 generated + 8 references
     .venv/bin/python benchmarks/bench_skin_realism.py --images 16 --repeats 1   # quick look
+    .venv/bin/python benchmarks/bench_skin_realism.py --baseline-ref none        # no side by side
 
 Builds 1024x1024 portraits in a temporary folder (square crops around the face of each photo in
 ../shared/faces/photos, cycled and mirrored; synthetic noise images where those photos are absent),
@@ -15,8 +16,12 @@ then, image by image and interleaved, the fastest of --repeats for decode, load_
 measure_image (a breakdown that resists load from other processes).
 Prints images/s, evaluate() time over bare decode (target <= 1.5) and over load_image (for
 information), the breakdown, and the peak RSS of a child process evaluating --images / 4 and --images images
-(target: growth <= 5%, i.e. flat in the number of images). Exit 0 when every target is met, 1
-when one is missed, 2 on a usage error.
+(target: growth <= 5%, i.e. flat in the number of images). Side by side: the skin eval of git
+revision --baseline-ref (default main; `git show REF:evals/skin_realism_eval.py` into a temporary
+folder) and the current one evaluate the same files in this process, alternating run by run
+(--side-repeats times each, caches cleared before every run), so load from other processes hits
+both alike; the medians and current / baseline (target <= 1.10) are printed. Exit 0 when every
+target is met, 1 when one is missed, 2 on a usage error.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ PHOTOS = REPO_ROOT.parent / "shared" / "faces" / "photos"
 SIDE = 1024
 RATIO_TARGET = 1.5
 MEMORY_GROWTH_TARGET = 0.05
+SIDE_BY_SIDE_TARGET = 1.10
 
 CHILD_CODE = """
 import importlib.util, resource, sys
@@ -50,11 +56,23 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def load_module():
-    spec = importlib.util.spec_from_file_location("skin_realism_eval", SCRIPT)
+def load_module(path: Path = SCRIPT, name: str = "skin_realism_eval"):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def baseline_module(ref: str, folder: Path):
+    """The skin eval of git revision `ref`, loaded from a copy in `folder`."""
+    shown = subprocess.run(["git", "-C", str(REPO_ROOT), "show",
+                            f"{ref}:evals/skin_realism_eval.py"], capture_output=True, timeout=60)
+    if shown.returncode != 0:
+        raise SystemExit(f"error: --baseline-ref {ref}: git show failed: "
+                         f"{shown.stderr.decode(errors='replace').strip()}")
+    path = folder / "skin_realism_eval.py"
+    path.write_bytes(shown.stdout)
+    return load_module(path, "skin_realism_eval_baseline")
 
 
 def portraits(module) -> list[np.ndarray]:
@@ -129,9 +147,14 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats, best kept (default: 3)")
     parser.add_argument("--format", choices=("png", "jpg"), default="png",
                         help="file format of the test images (default: png)")
+    parser.add_argument("--baseline-ref", default="main",
+                        help="git revision to time side by side, or none (default: main)")
+    parser.add_argument("--side-repeats", type=int, default=5,
+                        help="side-by-side runs per version, medians kept (default: 5)")
     args = parser.parse_args(argv)
-    if args.images < 4 or args.references < 3 or args.repeats < 1:
-        parser.error("--images must be >= 4, --references >= 3, --repeats >= 1")
+    if args.images < 4 or args.references < 3 or args.repeats < 1 or args.side_repeats < 1:
+        parser.error("--images must be >= 4, --references >= 3, --repeats and --side-repeats "
+                     ">= 1")
 
     module = load_module()
     sources = portraits(module)
@@ -180,6 +203,23 @@ def main(argv=None) -> int:
                                              [decoded - start, loaded - decoded, measured - loaded])
         rss_small = child_peak_rss_mb(root / "generated_small", root / "reference")
         rss_large = child_peak_rss_mb(root / "generated", root / "reference")
+        side = None
+        if args.baseline_ref.lower() != "none":
+            (root / "baseline").mkdir()
+            old = baseline_module(args.baseline_ref, root / "baseline")
+            side = {"baseline": [], "current": []}
+            versions = {"baseline": old, "current": module}
+            versions["baseline"].evaluate(root / "generated", root / "reference",
+                                          show_progress=False)  # warm-up
+            for repeat in range(args.side_repeats):
+                order = ("baseline", "current") if repeat % 2 == 0 else ("current", "baseline")
+                for name in order:
+                    version = versions[name]
+                    version._MEASUREMENTS.clear()
+                    version._REFERENCE_MODELS.clear()
+                    start = time.perf_counter()
+                    version.evaluate(root / "generated", root / "reference", show_progress=False)
+                    side[name].append(time.perf_counter() - start)
 
     count = len(files)
     ratio = best["evaluate"] / best["decode"]
@@ -210,6 +250,18 @@ def main(argv=None) -> int:
         print(f"peak RSS: {max(1, args.images // 4)} images {rss_small:.1f} MB, {args.images} images "
               f"{rss_large:.1f} MB, growth {growth:+.1%}   (target <= "
               f"{MEMORY_GROWTH_TARGET:.0%}: {verdict})")
+    if side is not None:
+        base, current = np.median(side["baseline"]), np.median(side["current"])
+        ratio = current / base
+        verdict = "met" if ratio <= SIDE_BY_SIDE_TARGET else "MISSED"
+        failed |= ratio > SIDE_BY_SIDE_TARGET
+        print(f"side by side with {args.baseline_ref} ({args.side_repeats} alternating runs each): "
+              f"baseline median {base:.3f} s, current median {current:.3f} s, current / baseline "
+              f"{ratio:.3f}   (target <= {SIDE_BY_SIDE_TARGET}: {verdict})")
+        paired = np.median([c / b for c, b in zip(side["current"], side["baseline"])])
+        print("  runs (s): baseline " + " ".join(f"{value:.3f}" for value in side["baseline"])
+              + "; current " + " ".join(f"{value:.3f}" for value in side["current"])
+              + f"; median of per-repeat ratios {paired:.3f} (information: resists load drift)")
     return 1 if failed else 0
 
 

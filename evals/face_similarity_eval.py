@@ -13,6 +13,8 @@ Usage:
   # A local or oddly nested pack folder (antelopev2/antelopev2 is found too):
   python3 evals/face_similarity_eval.py --generated OUT --reference REF \\
       --model-pack ~/packs/antelopev2
+  # On the pod, fetch a missing pack with insightface's own downloader (opt-in; default offline):
+  python3 evals/face_similarity_eval.py --generated OUT --reference REF --download-pack
   # Tiny CPU run, fully offline (dlib backend, models from face-recognition-models; ~15 s;
   # exit 1, since the crops show other people than the photos):
   python3 evals/face_similarity_eval.py --backend dlib --no-cache \\
@@ -31,9 +33,13 @@ the centroid (mean of the normalised reference embeddings, renormalised) reaches
 
 Backends and thresholds (numbers from different backends are never comparable):
 - insightface (default): an insightface model pack (buffalo_l by default) read from
-  ~/.insightface/models/NAME, or a folder given to --model-pack. Nothing is downloaded: a
-  missing pack is an input error that says where to put it. Loading goes through insightface's
-  FaceAnalysis/model_zoo (SCRFD detector, ArcFace recogniser, 5-point norm_crop alignment).
+  ~/.insightface/models/NAME, or a folder given to --model-pack. Nothing is downloaded by
+  default: a missing pack is an input error that names both ways out, --download-pack
+  (insightface's own downloader, insightface.utils.storage.download, fetches NAME.zip from the
+  insightface model zoo into ~/.insightface/models/NAME) or unzipping the pack there by hand.
+  FaceAnalysis is always given the resolved folder, so it never downloads on its own. Loading
+  goes through insightface's FaceAnalysis/model_zoo (SCRFD detector, ArcFace recogniser,
+  5-point norm_crop alignment).
   Default threshold 0.60 (ArcFace cosine). The ONNX Runtime providers that the sessions actually
   use (session.get_providers()) are reported.
 - dlib: dlib-bin with the models shipped in face-recognition-models (HOG frontal face detector,
@@ -66,14 +72,20 @@ reference whose leave-one-out score is below the threshold, or (4+ references) m
 robust standard deviations below the median, is reported as an outlier (wrong person or bad photo).
 
 Inputs: recursive, .jpg .jpeg .png .webp .bmp .tif .tiff in any case; EXIF orientation applied;
-grayscale, RGBA and 16-bit images converted; images above 64 MP refused; unreadable files are
-listed as errors, counted (as images without a face) and the run goes on.
+grayscale, RGBA and 16-bit images converted. Refused from the image header, before any pixel is
+decoded: above 64 MP, a side under 32 px, an aspect ratio beyond 1:20. Refused and unreadable
+files and dangling symbolic links are error rows, counted (as images without a face) and the
+run goes on. A generated image that is byte- or pixel-identical to a reference (a training
+photo copied or re-encoded into the sweep) is flagged (identical_to_reference), excluded from
+every figure, and named in a warning.
 
 Cache: embeddings are stored per file content (SHA-256) + backend + model file fingerprint +
 detection settings + face mode, as .npz files read with allow_pickle=False, in the user cache
 folder (XDG_CACHE_HOME or ~/.cache on Linux, ~/Library/Caches on macOS, %LOCALAPPDATA% on
 Windows; subfolder face_similarity_eval) unless --cache-dir or --no-cache. A corrupt entry is
-ignored and rebuilt. Re-running with the same references does not recompute them.
+ignored and rebuilt. Re-running with the same references does not recompute them. A cache
+folder that cannot be written is one warning; its entries are still read. --json is checked
+before any image is read (exit 2 naming the flag).
 
 The image-input helpers below are shared by copy with evals/skin_realism_eval.py; keep the copies
 identical (tests/test_copies.py checks them).
@@ -119,12 +131,15 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(found, key=lambda path: path.relative_to(folder).as_posix())
 
 
-def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS, min_side: int = 32,
+               max_aspect: float = 20.0) -> np.ndarray:
     """Decode `path` to an 8-bit BGR array (H, W, 3), EXIF orientation applied.
 
     Reads the bytes through pathlib so non-ASCII paths work on Windows too. Grayscale, palette,
     RGBA (composited on white) and 16-bit images are converted. Raises ImageLoadError with the
-    reason for a file that is not a usable image or is larger than `max_pixels`.
+    reason for a file that is not a usable image, or whose header (read before any pixel is
+    decoded, so nothing large is allocated) gives a side under `min_side` px, an aspect ratio
+    beyond 1:`max_aspect` or more than `max_pixels` pixels.
     """
     try:
         data = Path(path).read_bytes()
@@ -132,12 +147,18 @@ def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
         raise ImageLoadError(f"cannot read file: {error.strerror or error}") from error
     try:
         with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
+            width, height = image.size  # from the header: Image.open decodes no pixels
             if width * height > max_pixels:
                 raise ImageLoadError(
                     f"image is {width}x{height} = {width * height / 1e6:.0f} MP, above the "
                     f"{max_pixels / 1e6:.0f} MP limit; downscale it first"
                 )
+            if min(width, height) < min_side:
+                raise ImageLoadError(f"image is {width}x{height} px: a side under {min_side} px "
+                                     "cannot hold a face")
+            if max(width, height) > max_aspect * min(width, height):
+                raise ImageLoadError(f"image is {width}x{height} px: aspect ratio beyond "
+                                     f"1:{max_aspect:g} (a banner or strip, not a portrait)")
             if image.getexif().get(0x0112, 1) != 1:  # EXIF orientation; skips a copy when upright
                 image = ImageOps.exif_transpose(image)
             rgb = _to_rgb8(image)
@@ -151,6 +172,31 @@ def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     bgr = np.empty(rgb.shape, dtype=np.uint8)
     bgr[:, :, 0], bgr[:, :, 1], bgr[:, :, 2] = rgb[:, :, 2], rgb[:, :, 1], rgb[:, :, 0]
     return bgr
+
+
+def dangling_links(folder: Path) -> list[Path]:
+    """Symbolic links under `folder` with an image extension whose target is missing.
+
+    list_images() skips them (they are not files); the evals list them as error rows instead of
+    letting an image silently drop out of the figures.
+    """
+    found = [
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_symlink() and not path.exists()
+    ]
+    return sorted(found, key=lambda path: path.relative_to(folder).as_posix())
+
+
+def unreadable_reason(path: Path, error: OSError) -> str:
+    """The error-row text for a file that cannot be opened (a dangling link says where it led)."""
+    if path.is_symlink() and not path.exists():
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return f"dangling symbolic link (its target {target} does not exist)"
+    return f"cannot read file: {error.strerror or error}"
 
 
 def _to_rgb8(image: Image.Image) -> np.ndarray:
@@ -210,6 +256,9 @@ class FaceRecord:
     embeddings: np.ndarray
     boxes: np.ndarray
     detected_by: str | None = None
+    # SHA-256 of the decoded pixels (shape + BGR bytes): finds a generated image that is a
+    # re-encoded copy of a reference, also when the embedding comes from the cache.
+    pixels_sha256: str | None = None
 
     @classmethod
     def empty(cls, dim: int = 0) -> "FaceRecord":
@@ -490,11 +539,14 @@ class DlibBackend(_Backend):
         return embeddings
 
 
-def resolve_model_pack(model_pack: str | os.PathLike) -> tuple[Path, str]:
+def resolve_model_pack(model_pack: str | os.PathLike, download: bool = False
+                       ) -> tuple[Path, str]:
     """The folder holding a pack's .onnx files, and the pack's name, or InputError.
 
     `model_pack` is a folder, or a pack name looked up as ~/.insightface/models/NAME. A pack
-    unzipped one level too deep (NAME/NAME/*.onnx) is found too. Nothing is downloaded.
+    unzipped one level too deep (NAME/NAME/*.onnx) is found too. Nothing is downloaded unless
+    `download` (--download-pack): then a missing pack NAME is fetched with insightface's own
+    downloader (insightface.utils.storage.download) into ~/.insightface/models/NAME.
     """
     text = str(model_pack)
     direct = Path(text).expanduser()
@@ -506,15 +558,61 @@ def resolve_model_pack(model_pack: str | os.PathLike) -> tuple[Path, str]:
     if not candidate.is_dir():
         if looks_like_path:
             raise InputError(f"--model-pack folder not found: {candidate}")
-        raise InputError(
-            f"insightface model pack '{text}' not found at {candidate} (nothing is downloaded): "
-            f"put the pack's .onnx files in that folder (unzip {_pack_download_url(text)} there) "
-            f"or pass --model-pack /path/to/pack_folder")
+        if not download:
+            url = _pack_download_url(text)
+            raise InputError(
+                f"insightface model pack '{text}' not found at {candidate} (nothing is downloaded "
+                f"by default). Either rerun with --download-pack (insightface's own downloader "
+                f"fetches {url} into that folder), or put the pack's .onnx files there yourself "
+                f"(unzip {url} there), or pass --model-pack /path/to/pack_folder")
+        download_pack(text)
     folder = _folder_with_onnx(candidate)
+    if folder is None and download and not looks_like_path:
+        download_pack(text, force=True)  # a folder left empty by a broken earlier download
+        folder = _folder_with_onnx(candidate)
     if folder is None:
+        hint = "" if looks_like_path else (
+            "; --download-pack fetches it again with insightface's own downloader")
         raise InputError(f"no .onnx files in {candidate} or one folder below it; the pack's "
-                         f".onnx files (detector + recogniser) must sit directly in the folder")
+                         f".onnx files (detector + recogniser) must sit directly in the "
+                         f"folder{hint}")
     return folder.resolve(), name
+
+
+PACK_NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz"
+                                 "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def download_pack(name: str, force: bool = False) -> Path:
+    """Fetch insightface pack `name` with insightface's own downloader; its folder, or InputError.
+
+    insightface.utils.storage.download("models", NAME, force, root) downloads NAME.zip from the
+    insightface model zoo to ROOT/models/NAME.zip and unzips it into ROOT/models/NAME; its
+    progress bar goes to stderr and its one stdout line is sent to stderr too (stdout carries
+    results). Only run when the user asks (--download-pack).
+    """
+    if not name or set(name) - PACK_NAME_CHARACTERS or name.startswith("."):
+        raise InputError(f"--download-pack: {name!r} is not an insightface pack name "
+                         "(letters, digits, '_', '.', '-'), e.g. buffalo_l")
+    try:
+        from insightface.utils import storage
+    except ImportError as error:
+        raise InputError(f"--download-pack needs insightface (pip install -r "
+                         f"requirements-pod.txt): {error}") from error
+    root = Path(INSIGHTFACE_ROOT).expanduser()
+    target = root / "models" / name
+    url = _pack_download_url(name)
+    print(f"downloading insightface pack {name} from {url} into {target} "
+          "(insightface.utils.storage.download; --download-pack)", file=sys.stderr, flush=True)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            folder = storage.download("models", name, force=force, root=str(root))
+    except Exception as error:  # requests, zipfile and OS errors alike: one clear line
+        first_line = (str(error).splitlines() or [""])[0][:300]
+        raise InputError(f"--download-pack: insightface's downloader could not fetch {url} into "
+                         f"{target} ({type(error).__name__}: {first_line}); check the network, "
+                         f"or unzip the pack into {target} yourself") from error
+    return Path(folder)
 
 
 def _pack_download_url(name: str) -> str:
@@ -556,7 +654,7 @@ class InsightFaceBackend(_Backend):
     det_thresh = 0.5
 
     def __init__(self, model_pack: str | os.PathLike = DEFAULT_MODEL_PACK,
-                 device: str = "auto") -> None:
+                 device: str = "auto", download_pack: bool = False) -> None:
         super().__init__()
         try:
             import onnxruntime
@@ -564,7 +662,7 @@ class InsightFaceBackend(_Backend):
         except ImportError as error:
             raise InputError(f"the insightface backend needs insightface and onnxruntime "
                              f"(pip install -r requirements-pod.txt): {error}") from error
-        folder, pack_name = resolve_model_pack(model_pack)
+        folder, pack_name = resolve_model_pack(model_pack, download=download_pack)
         self.pack_dir = folder
         available = onnxruntime.get_available_providers()
         if device == "cuda" and "CUDAExecutionProvider" not in available:
@@ -657,11 +755,13 @@ class InsightFaceBackend(_Backend):
         self.providers = providers
 
 
-def make_backend(backend: str, model_pack: str | os.PathLike, device: str) -> _Backend:
+def make_backend(backend: str, model_pack: str | os.PathLike, device: str,
+                 download_pack: bool = False) -> _Backend:
     if backend == "dlib":
         return DlibBackend(device=device)
     if backend == "insightface":
-        return InsightFaceBackend(model_pack=model_pack, device=device)
+        return InsightFaceBackend(model_pack=model_pack, device=device,
+                                  download_pack=download_pack)
     raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
@@ -709,12 +809,13 @@ class EmbeddingCache:
                 embeddings = np.asarray(data["embeddings"], dtype=np.float32)
                 boxes = np.asarray(data["boxes"], dtype=np.float32)
             faces = int(meta["faces"])
-            if (meta.get("key") != key or embeddings.ndim != 2
+            pixels = meta.get("pixels_sha256")
+            if (meta.get("key") != key or embeddings.ndim != 2 or not isinstance(pixels, str)
                     or boxes.shape != (len(embeddings), 4)
                     or faces < len(embeddings) or (faces > 0) != (len(embeddings) > 0)
                     or not np.all(np.isfinite(embeddings))):
                 raise ValueError("inconsistent entry")
-            return FaceRecord(faces, embeddings, boxes, meta.get("detected_by"))
+            return FaceRecord(faces, embeddings, boxes, meta.get("detected_by"), pixels)
         except Exception:  # a truncated or foreign file: ignore it, the caller rebuilds it
             self.stats.cache_rebuilt += 1
             return None
@@ -723,7 +824,8 @@ class EmbeddingCache:
         if not self.writable:
             return
         path = self._path(key)
-        meta = json.dumps({"key": key, "faces": record.faces, "detected_by": record.detected_by})
+        meta = json.dumps({"key": key, "faces": record.faces, "detected_by": record.detected_by,
+                           "pixels_sha256": record.pixels_sha256})
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
@@ -739,6 +841,13 @@ class EmbeddingCache:
             self.writable = False
             print(f"warning: embedding cache disabled, cannot write {path.parent}: {error}",
                   file=sys.stderr)
+
+    def check_writable(self) -> str | None:
+        """Why the cache folder cannot take new entries (None when it can); reads still work."""
+        problem = output_path_problem(self.folder / "00" / "probe.npz")
+        if problem is not None:
+            self.writable = False
+        return problem
 
 
 # ----------------------------------------------------------------------------------------------
@@ -784,39 +893,49 @@ def _check_folder(folder: Path, flag: str) -> list[Path]:
         raise InputError(f"{flag} folder not found: {folder}")
     if not folder.is_dir():
         raise InputError(f"{flag} is not a folder: {folder}")
-    images = list_images(folder)
+    images = list_images(folder) + dangling_links(folder)  # a dangling link is an error row
     if not images:
         extensions = " ".join(sorted(IMAGE_EXTENSIONS))
         raise InputError(f"{flag} folder has no images ({extensions}, searched recursively): "
                          f"{folder}")
-    return images
+    return sorted(images, key=lambda path: path.relative_to(folder).as_posix())
+
+
+def pixels_digest(image: np.ndarray) -> str:
+    """SHA-256 of a decoded image: its shape and its BGR bytes."""
+    digest = hashlib.sha256(f"{image.shape}".encode("ascii"))
+    digest.update(np.ascontiguousarray(image).data)
+    return digest.hexdigest()
 
 
 def _embed_file(path: Path, backend: _Backend, mode: str, cache: EmbeddingCache | None
-                ) -> tuple[FaceRecord | None, str | None]:
-    """The FaceRecord of one file (from the cache when possible), or (None, error message)."""
+                ) -> tuple[FaceRecord | None, str | None, str | None]:
+    """(FaceRecord, None, bytes SHA-256) of one file (from the cache when possible), or
+    (None, error message, bytes SHA-256 or None)."""
     try:
         data = path.read_bytes()
     except OSError as error:
-        return None, f"cannot read file: {error.strerror or error}"
-    key = cache.key(hashlib.sha256(data).hexdigest(), mode) if cache is not None else None
+        return None, unreadable_reason(path, error), None
+    content = hashlib.sha256(data).hexdigest()
     del data
+    key = cache.key(content, mode) if cache is not None else None
     if cache is not None:
         record = cache.get(key)
         if record is not None:
             backend.stats.cache_hits += 1
-            return record, None
+            return record, None, content
         backend.stats.cache_misses += 1
     try:
         image = load_image(path)
     except ImageLoadError as error:
-        return None, str(error)
+        return None, str(error), content
     except Exception as error:  # e.g. a malformed EXIF block that PIL trips over: skip the file
-        return None, f"not a readable image ({type(error).__name__}: {error})"
+        return None, f"not a readable image ({type(error).__name__}: {error})", content
     record = backend.embed(image, mode)
+    record.pixels_sha256 = pixels_digest(image)
     if cache is not None:
         cache.put(key, record)
-    return record, None
+    return record, None, content
 
 
 def _round(value: float | None) -> float | None:
@@ -837,11 +956,13 @@ def _outliers(loo: np.ndarray, threshold: float) -> np.ndarray:
 def evaluate(generated_dir, reference_dir, *, threshold=None, backend="insightface",
              model_pack=DEFAULT_MODEL_PACK, device="auto", face_policy="largest",
              min_detection_rate=DEFAULT_MIN_DETECTION_RATE, cache_dir=None, use_cache=True,
-             show_progress=True) -> dict:
+             show_progress=True, download_pack=False, print_warnings=None) -> dict:
     """Score every generated image against the reference faces; see the module docstring.
 
     Raises InputError (one-line message) for missing/empty folders, no usable reference face,
     a bad model pack or an unusable device. Returns the report dict that --json writes.
+    Warnings are collected under "warnings" and, when print_warnings (default: show_progress),
+    also printed to stderr as they happen.
     """
     started = time.perf_counter()
     generated_dir, reference_dir = Path(generated_dir), Path(reference_dir)
@@ -861,10 +982,11 @@ def evaluate(generated_dir, reference_dir, *, threshold=None, backend="insightfa
     generated_files = _check_folder(generated_dir, "--generated")
     reference_files = _check_folder(reference_dir, "--reference")
     warnings: list[str] = []
+    echo = show_progress if print_warnings is None else print_warnings
 
     def warn(message: str) -> None:
         warnings.append(message)
-        if show_progress:
+        if echo:
             print(f"warning: {message}", file=sys.stderr)
 
     gen_resolved, ref_resolved = generated_dir.resolve(), reference_dir.resolve()
@@ -877,23 +999,32 @@ def evaluate(generated_dir, reference_dir, *, threshold=None, backend="insightfa
              f"0.80-0.90, the same person 0.94+; default {DEFAULT_THRESHOLDS['dlib']}): almost "
              f"every face will pass")
 
-    engine = make_backend(backend, model_pack, device)
+    engine = make_backend(backend, model_pack, device, download_pack=download_pack)
     if getattr(engine, "fallback_warning", None):
         warn(engine.fallback_warning)
     cache = None
     if use_cache:
         folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         cache = EmbeddingCache(folder, engine.cache_identity(), engine.stats)
+        problem = cache.check_writable()
+        if problem is not None:  # said once; cached entries are still read
+            warn(f"embedding cache {cache.folder} cannot be written ({problem}); "
+                 "embeddings of this run are not saved")
 
     errors: list[dict] = []
 
     # References: largest face of each image.
     progress = _Progress(len(reference_files), "references", show_progress)
     ref_paths, ref_embeddings, skipped = [], [], []
+    reference_digests: dict[str, str] = {}  # bytes or pixels SHA-256 -> reference path
     for path in reference_files:
         relative = path.relative_to(reference_dir).as_posix()
-        record, error = _embed_file(path, engine, "largest", cache)
+        record, error, content = _embed_file(path, engine, "largest", cache)
         progress.step()
+        if content is not None:
+            reference_digests.setdefault(content, relative)
+        if record is not None and record.pixels_sha256:
+            reference_digests.setdefault(record.pixels_sha256, relative)
         if error is not None:
             errors.append({"path": relative, "folder": "reference", "error": error})
             skipped.append({"path": relative, "reason": f"error: {error}"})
@@ -936,11 +1067,16 @@ def evaluate(generated_dir, reference_dir, *, threshold=None, backend="insightfa
     images = []
     for path in generated_files:
         relative = path.relative_to(generated_dir).as_posix()
-        record, error = _embed_file(path, engine, mode, cache)
+        record, error, content = _embed_file(path, engine, mode, cache)
         progress.step()
         entry = {"path": relative, "faces": 0, "detected": False, "similarity": None,
                  "max_reference": None, "mean_reference": None, "passed": False, "error": error,
-                 "detected_by": None}
+                 "detected_by": None, "identical_to_reference": None, "excluded": False}
+        copy_of = reference_digests.get(content) if content is not None else None
+        if copy_of is None and record is not None and record.pixels_sha256:
+            copy_of = reference_digests.get(record.pixels_sha256)
+        if copy_of is not None:
+            entry.update(identical_to_reference=copy_of, excluded=True)
         if error is not None:
             errors.append({"path": relative, "folder": "generated", "error": error})
         elif record.faces > 0:
@@ -954,22 +1090,36 @@ def evaluate(generated_dir, reference_dir, *, threshold=None, backend="insightfa
                          passed=bool(similarity >= threshold), detected_by=record.detected_by)
         images.append(entry)
     progress.close()
-    unreadable = [entry for entry in images if entry["error"] is not None]
-    if len(unreadable) == len(images):
+    copies = [entry for entry in images if entry["excluded"]]
+    if copies:
+        shown = ", ".join(f"{entry['path']} = {entry['identical_to_reference']}"
+                          for entry in copies[:5])
+        more = f" and {len(copies) - 5} more" if len(copies) > 5 else ""
+        warn(f"{len(copies)} generated image(s) are byte- or pixel-identical to a reference and "
+             f"are excluded from the identity figures (a training photo is not a generation): "
+             f"{shown}{more}")
+    counted = [entry for entry in images if not entry["excluded"]]
+    if not counted:
+        raise InputError(f"--generated {generated_dir}: all of its {len(images)} images are "
+                         f"identical to reference images in {reference_dir}; nothing generated "
+                         "is left to score")
+    unreadable = [entry for entry in counted if entry["error"] is not None]
+    if len(unreadable) == len(counted):
         # Nothing to score is an input error, as for an empty folder (skin_realism_eval agrees).
-        raise InputError(f"--generated {generated_dir}: none of its {len(images)} images could "
+        raise InputError(f"--generated {generated_dir}: none of its {len(counted)} images could "
                          f"be read; first: {unreadable[0]['path']}: {unreadable[0]['error']}")
     if isinstance(engine, InsightFaceBackend):
         engine.refresh_providers()
 
-    scores = np.array([entry["similarity"] if entry["detected"] else 0.0 for entry in images])
-    detected = [entry["similarity"] for entry in images if entry["detected"]]
+    # Every counted image is in the figures: one without a face, or unreadable, counts 0.
+    scores = np.array([entry["similarity"] if entry["detected"] else 0.0 for entry in counted])
+    detected = [entry["similarity"] for entry in counted if entry["detected"]]
     faces_found = len(detected)
-    detection_rate = faces_found / len(images)
+    detection_rate = faces_found / len(counted)
     mean = float(scores.mean())
     identity_ratio = mean / ceiling if ceiling is not None and ceiling > 0 else None
     summary = {
-        "images": len(images),
+        "images": len(counted),
         "faces_found": faces_found,
         "detection_rate": _round(detection_rate),
         "mean": _round(mean),
@@ -977,13 +1127,14 @@ def evaluate(generated_dir, reference_dir, *, threshold=None, backend="insightfa
         "median": _round(np.median(scores)),
         "min": _round(scores.min()),
         "max": _round(scores.max()),
-        "pass_rate": _round(sum(entry["passed"] for entry in images) / len(images)),
+        "pass_rate": _round(sum(entry["passed"] for entry in counted) / len(counted)),
         "ceiling": _round(ceiling),
         "identity_ratio": _round(identity_ratio),
         "threshold": threshold,
         "min_detection_rate": min_detection_rate,
         "pass": bool(mean >= threshold and detection_rate >= min_detection_rate),
         "errors": len(errors),
+        "excluded": len(copies),
         "no_face_counts_as": 0.0,
     }
     stats = engine.stats
@@ -1028,7 +1179,9 @@ def format_report(report: dict) -> str:
     lines = [f"{'image':<{width}}  faces  similarity  max_ref  mean_ref  result"]
     for row in rows:
         path = row["path"] if len(row["path"]) <= width else "..." + row["path"][-(width - 3):]
-        if row["error"]:
+        if row.get("excluded"):
+            result = f"EXCLUDED: identical to reference {row['identical_to_reference']}"
+        elif row["error"]:
             result = f"ERROR: {row['error']}"
         elif not row["detected"]:
             result = "FAIL (no face)"
@@ -1050,7 +1203,9 @@ def format_report(report: dict) -> str:
                                       if refs["outliers"] else ""),
         f"images {summary['images']}, faces found {summary['faces_found']}, detection_rate "
         f"{summary['detection_rate']:.3f} (minimum {summary['min_detection_rate']:.2f}), "
-        f"errors {summary['errors']}",
+        f"errors {summary['errors']}"
+        + (f", excluded {summary['excluded']} (identical to a reference)"
+           if summary.get("excluded") else ""),
         f"mean {_fmt(summary['mean'])} (an image without a face counts 0), mean_detected "
         f"{_fmt(summary['mean_detected'])}, median {_fmt(summary['median'])}, min "
         f"{_fmt(summary['min'])}, max {_fmt(summary['max'])}",
@@ -1063,6 +1218,43 @@ def format_report(report: dict) -> str:
         f"{summary['min_detection_rate']:.2f})",
     ]
     return "\n".join(lines)
+
+
+# Copied from evals/scorecard.py:output_path_problem
+def output_path_problem(path: Path, in_place: bool = False) -> str | None:
+    """Why a file cannot be written at `path`, or None: checked before any work is done.
+
+    `path` must not be a folder or a dangling link; the nearest existing folder above it must be
+    a folder in which a file can be created (probed with a temporary file: permission bits do not
+    tell the truth to root or on a read-only mount). With `in_place` (a file appended to, not
+    replaced) an existing file must also open for appending. Nothing is created or changed.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return "is a folder; give a file path"
+    if path.is_symlink() and not path.exists():
+        return "is a dangling symbolic link"
+    if path.exists():
+        if not path.is_file():
+            return "exists and is not a regular file"
+        if in_place:
+            try:
+                with open(path, "ab"):
+                    pass
+            except OSError as error:
+                return f"cannot be written ({error.strerror or error})"
+    folder = path.parent
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        return f"no file can be created in {folder} ({error.strerror or error})"
+    return None
 
 
 # Copied from evals/scorecard.py:write_atomic
@@ -1118,6 +1310,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="neither read nor write the embedding cache (default: cache on)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH",
                         help="also write the full report as JSON here (default: not written)")
+    parser.add_argument("--download-pack", action="store_true",
+                        help="when the insightface pack NAME is missing, fetch it with "
+                             "insightface's own downloader into ~/.insightface/models/NAME "
+                             "(default: off, nothing is downloaded)")
     return parser
 
 
@@ -1131,12 +1327,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.model_pack is not None and args.backend != "insightface":
         parser.error(f"--model-pack applies only to --backend insightface, not --backend "
                      f"{args.backend}")
+    if args.download_pack and args.backend != "insightface":
+        parser.error(f"--download-pack applies only to --backend insightface, not --backend "
+                     f"{args.backend}")
+    if args.json is not None:
+        problem = output_path_problem(args.json)
+        if problem is not None:  # found before any image is embedded
+            parser.error(f"--json {args.json}: {problem}")
     try:
         report = evaluate(args.generated, args.reference, threshold=args.threshold,
                           backend=args.backend, model_pack=args.model_pack or DEFAULT_MODEL_PACK,
                           device=args.device, face_policy=args.face_policy,
                           min_detection_rate=args.min_detection_rate, cache_dir=args.cache_dir,
-                          use_cache=not args.no_cache, show_progress=True)
+                          use_cache=not args.no_cache, show_progress=True,
+                          download_pack=args.download_pack)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,9 +1,12 @@
-"""Grade a LoRA sweep: identity and skin realism per config, a history, a report, an HTML page.
+"""Grade a LoRA sweep and recommend its best config: identity and skin realism per config, a
+history, a report, an HTML page.
 
 Runs evals/face_similarity_eval.py and evals/skin_realism_eval.py on one folder of generated images,
-groups the images by the config their names carry, ranks the configs, grades the run A-F, appends
-one line to the history, writes the Markdown report (and, when asked, an HTML contact sheet), and
-prints the scorecard JSON on stdout.
+groups the images by the config their names carry, ranks the configs, and leads with a
+recommendation ("use step 1500, strength 0.80, CFG 4.0"), its interval and how sure it is; the
+whole sweep's grade follows as context (a sweep holds weak configs on purpose). Writes the
+Markdown report (and, when asked, an HTML contact sheet), the per-image sidecar and one history
+line, and prints the scorecard JSON on stdout.
 
 Usage:
   # The sample sweep, built at run time from photos that installed packages ship (CPU, offline,
@@ -20,42 +23,81 @@ Usage:
       --reference /workspace/training_images --lora-version v3 \\
       --training-params /workspace/v3_params.json --notes "prodigy, 1500 steps" \\
       --html evals/latest_report.html --compare-to v2
+  # Fetch a missing insightface pack with insightface's own downloader (default: offline):
+  python3 evals/scorecard.py --generated OUT --reference REF --lora-version v3 --download-pack
 
-Configs. Every `key<number>` token in the image's path relative to --generated (folders and file
-stem, e.g. `step1500_str0.80_cfg4.0_seed42.png` or `step1500/str0.80_cfg4.0/img_001.png`) is read;
-seed and index tokens (seed, idx, index, img, image, n, num, no, batch, sample, i, frame, pic,
-photo, copy) are dropped; the rest, joined with `_` in path order, name the config
-(`step1500_str0.80_cfg4.0`). A key may be separated from its number by `_`, `-` or `=` only when
-it is a known key (str, strength, lora, weight, cfg, scale, guidance, step, steps, epoch...).
+Configs. A config is a set of numeric settings read from the image's path relative to
+--generated (folders and file stem): `step1500_str0.80_cfg4.0_p03_seed2.png`,
+`step1500/str0.8_cfg4/img_001.png` and `cfg4_STR0.80_step1500_seed7.png` are all the config
+`step1500_str0.80_cfg4.0`. Keys are case-free and have aliases (step/steps/iter;
+strength/str/lora/weight; cfg/guidance/scale; epoch/ep; ckpt/checkpoint; sampling (sampler
+steps); rank, dim, alpha, lr, res/size, denoise, shift, clipskip); a key may be followed by `_`,
+`-` or `=`; values are numbers (0.8 = 0.80, step001500 = step1500); the order does not matter.
+A config is rendered one way: baseline first, then step, epoch, ckpt, str (2 decimals), cfg (1
+decimal), sampling, the rest, then keys named with --config-key, each with as many decimals as
+its value needs. A `baseline` (or `nolora`) word marks images made without the LoRA:
+`baseline_cfg4.0_p03_seed2.png` is the config `baseline_cfg4.0`; a baseline is never the
+recommendation. Index tokens (seed, p/prompt, idx, img, n, batch, sample...) and bare numbers
+are not config; any other word+digits token (`v3` in `ohwx_v3`) is ignored, with a warning
+naming it, unless --config-key names it (`ComfyUI_00001`, a word, a separator and a counter,
+is ignored without a warning). A value outside its key's plausible range (a strength
+beyond +-5, `w1024`) is not that key. Numeric axes sort as numbers everywhere (500 before 1000).
 An image whose path names no config is read for the generation parameters that A1111
-(`parameters`: Steps, CFG scale, <lora:name:0.8>) or ComfyUI (`prompt`: KSampler cfg/steps,
-LoraLoader strength_model) store in PNG text; an image with neither is in the group `unparsed`.
+(`parameters`: <lora:name:0.8>, CFG scale, Steps as sampling) or ComfyUI (`prompt`: LoraLoader
+strength_model, KSampler cfg/steps) store in PNG text; an image with neither is in `unparsed`.
+
+Every image counts. An unreadable image (corrupt, a dangling symbolic link, a degenerate size:
+a side under 32 px, an aspect ratio beyond 1:20, above 64 MP) or one without a face counts as a
+failed image (similarity 0, identity 0, not passed) in its config's and the sweep's figures
+and grades; the report lists each one and every grade says how many images it rests on. A
+generated image byte- or pixel-identical to a training photo is not a generation: it is
+excluded from every figure, with a warning.
 
 Score and grade (per config, and for the whole run):
   identity_i = clip(0.5 + 0.5 * (similarity_i - threshold) / span, 0, 1), span = max(ceiling -
                threshold, 0.25 * (1 - threshold)): 0.5 at the threshold, 1 at the reference ceiling
-               (how alike the training photos are to each other); an image without a face is 0.
+               (how alike the training photos are to each other); a failed image is 0.
   realism_i  = min(1, skin realism / the training photos' own leave-one-out realism).
   score      = identity * (0.4 + 0.6 * realism), identity = mean identity_i over all images,
                realism = mean realism_i over images with a face: identity gates (another person
                or no face scores 0), realism scales between 40% and 100% of it (plastic skin).
   grade      = A >= 0.80, B >= 0.65, C >= 0.50, D >= 0.35, else F; capped at C when the face eval
-               fails (mean similarity below threshold), at D when the detection rate is below the
-               face eval's minimum (0.8).
-Configs rank by score (ties: mean similarity, then name); best_config is first, worst_config last.
+               would say FAIL on these images (mean similarity below threshold), at D when the
+               detection rate is below the face eval's minimum (0.8).
+Configs rank by score (ties: mean similarity, then the settings in numeric order); best_config
+is the first config that is not a baseline, worst_config the last.
+
+Recommendation. The best config with its grade, identity, realism and pass rate, and a 95%
+percentile-bootstrap interval (10000 resamples of its images, seed 0) of its score, mean
+similarity and pass rate, and the grades that interval spans. How sure: "sure" when the
+runner-up is clearly behind (the 95% bootstrap interval of the score difference excludes 0),
+the interval spans one grade and the grade rests on 8+ images; "not sure" when the runner-up is
+within noise or the grade rests on fewer than 3 images; "fairly sure" otherwise.
 
 History. --history gets one JSON line per run (append-only: one O_APPEND write under a lock file
-beside it, fsync'd, never rewritten; a corrupt line is skipped with a warning). Per-image scores go
-to a sidecar, runs/<run_id>.json beside the history. --compare-to VERSION_OR_RUN_ID compares with
-the newest run of that run id or lora version: per-metric deltas, and a bootstrap 95% interval
-(2000 resamples, seed 0) of the difference in mean per-image similarity; the interval entirely below
-0 is a significant regression (exit 1). Runs scored by other backends or models are refused
-(exit 2). Without --compare-to the report still compares with the newest run of another version.
-face_similarity_mean counts an image without a face as 0, like the face eval's summary mean.
+beside it, fsync'd, never rewritten). Per-image scores go to a sidecar, runs/<run_id>.json beside
+the history. The reader skips a UTF-8 BOM, a torn last line and corrupt lines (a warning each),
+reads a timestamp without a zone as UTC (a warning), and the run id check sees every parseable
+line; an existing sidecar is never overwritten. Every output path (--json, --report, --html,
+--history, the sidecar folder, --demo) is checked before any image is read (exit 2 naming the
+flag). The reports and the sidecar are written first and the history line last, in one write;
+a failure on the way (full disk) removes the sidecar and leaves no partial line (exit 2).
 
-Exit codes: 0 written; 1 --compare-to found a significant regression; 2 usage or input error
-(also when --compare-to cannot decide: the target run has no per-image sidecar, or either run has
-fewer than 3 images; the new run is still recorded).
+--compare-to VERSION_OR_RUN_ID compares like with like against the newest run of that run id or
+lora version: this run's best config against that run's best config, every config both runs
+have, and all shared configs pooled (resampled within each config), each on identity (mean
+similarity, a failed image 0), pass rate (at this run's threshold for both) and realism (over
+images with a face), each with a 95% bootstrap interval of the difference (10000 resamples).
+A change is clearly worse when it is beyond a practical margin (identity 0.01, pass rate 0.05,
+realism 0.03) and the one-sided bootstrap bound at family-wise 5% (Bonferroni over every
+comparison made) is below 0; clearly better likewise. A comparison needs 5+ images per side.
+Runs scored by other backends or models are refused (exit 2). Without --compare-to the report
+still compares with the newest run of another version, without changing the exit code.
+
+Exit codes: 0 written (with --compare-to: within noise or better); 1 --compare-to found a change
+that is clearly worse; 2 usage or input error, an output that cannot be written (the run is not
+recorded), or --compare-to cannot decide (no per-image sidecar, or fewer than 5 images in a best
+config: the message says how many more it needs; this run is still recorded).
 """
 from __future__ import annotations
 
@@ -74,7 +116,10 @@ import secrets
 import sys
 import tempfile
 import time
+import zlib
+from decimal import Decimal
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import numpy as np
 
@@ -82,68 +127,265 @@ SCRIPT_DIR = Path(__file__).resolve().parent
 DEFAULT_HISTORY = SCRIPT_DIR / "eval_history.jsonl"
 DEFAULT_REPORT = SCRIPT_DIR / "latest_report.md"
 
-INDEX_KEYS = frozenset({
-    "seed", "idx", "index", "img", "image", "n", "num", "no", "nr", "batch", "sample", "i",
-    "frame", "pic", "photo", "copy",
-})
-STRENGTH_KEYS = frozenset({"str", "strength", "lora", "lorastrength", "lorastr", "weight", "w",
-                           "lw", "ls"})
-CFG_KEYS = frozenset({"cfg", "cfgscale", "scale", "guidance", "gs"})
-KNOWN_KEYS = INDEX_KEYS | STRENGTH_KEYS | CFG_KEYS | frozenset({
-    "step", "steps", "ckpt", "checkpoint", "epoch", "ep", "e", "rank", "dim", "alpha", "lr",
-    "res", "size", "denoise", "shift", "clip", "clipskip",
-})
 UNPARSED = "unparsed"
-# key<number>, not glued to a longer word or number; the number has no trailing letters.
-_TOKEN_RE = re.compile(r"(?<![A-Za-z0-9.])([A-Za-z]+)([_=-]?)(\d+(?:\.\d+)?)(?![A-Za-z0-9]|\.\d)")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+CONFIG_KEY_RE = re.compile(r"^[A-Za-z]{1,32}$")
 
 REALISM_FLOOR = 0.4  # score = identity * (REALISM_FLOOR + (1 - REALISM_FLOOR) * realism)
 GRADE_CUTS = (("A", 0.80), ("B", 0.65), ("C", 0.50), ("D", 0.35))
 GRADE_ORDER = "ABCDF"
-BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_RESAMPLES = 10000
+TABLE_RESAMPLES = 2000  # the per-config intervals of the ranked table
 BOOTSTRAP_SEED = 0
 BOOTSTRAP_CONFIDENCE = 0.95
+FAMILY_ALPHA = 0.05  # --compare-to: family-wise error rate, one-sided, Bonferroni
+MIN_COMPARE_IMAGES = 5
+# A change smaller than this is never "clearly" worse or better, however many images.
+PRACTICAL_MARGINS = {"identity": 0.01, "pass_rate": 0.05, "realism": 0.03}
+SURE_MIN_IMAGES = 8
+UNSURE_MAX_IMAGES = 3
 THUMB_SIZE = 160
 LOCK_TIMEOUT_S = 120.0
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class UsageError(Exception):
     """An exit-2 situation found after parsing (a missing run to compare with, a bad file)."""
 
 
+class OutputError(Exception):
+    """An output that could not be written: exit 2, naming its flag; the run is not recorded."""
+
+    def __init__(self, flag: str, path: Path, reason: str) -> None:
+        super().__init__(f"{flag} {path}: {reason}")
+        self.flag, self.path, self.reason = flag, path, reason
+
+
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-# --------------------------------------------------------------------------- configs
+# --------------------------------------------------------------------------- config identity
+#
+# The one place that decides what a config is. ConfigSchema.parse_name() reads a path or a name;
+# ConfigId is the numeric, order-free identity; render/sort_key/describe turn it into text, an
+# order and words. Issue 17 (checkpoint curves, baseline lift, kohya sample names) builds on it.
 
-def parse_path_tokens(relative_path: str) -> list[tuple[str, str]]:
-    """All `key<number>` tokens of a posix path (folders, then the file stem), index keys too."""
-    parts = list(PurePosixPath(relative_path).parts)
-    if parts:
-        parts[-1] = PurePosixPath(parts[-1]).stem
-    tokens = []
-    for part in parts:
-        for match in _TOKEN_RE.finditer(part):
-            key, separator, value = match.groups()
-            if separator and key.lower() not in KNOWN_KEYS:
-                continue  # "ComfyUI_00001": a counter, not a config
-            tokens.append((key, value))
-    return tokens
+class ConfigAxis(NamedTuple):
+    """One setting a sweep varies: canonical key, rendering prefix, words, spellings, range."""
+
+    key: str              # canonical key, e.g. "strength"
+    token: str            # prefix of its rendering, e.g. "str" (str0.80)
+    label: str            # in words, e.g. "strength"
+    aliases: frozenset    # every lower-case spelling that means it (token and key included)
+    decimals: int = 0     # least decimals rendered: step 0, str 2, cfg 1
+    low: float = 0.0      # plausible range: a value outside it is not this key (w1024 = width)
+    high: float = 1e9
 
 
-def config_tokens(relative_path: str) -> list[tuple[str, str]]:
-    """The config tokens of a path: seed and index tokens dropped, a repeated key kept once."""
-    seen = set()
-    kept = []
-    for key, value in parse_path_tokens(relative_path):
-        lower = key.lower()
-        if lower in INDEX_KEYS or lower in seen:
-            continue
-        seen.add(lower)
-        kept.append((key, value))
-    return kept
+CONFIG_AXES = (
+    ConfigAxis("step", "step", "step", frozenset({"step", "steps", "iter", "iters", "iteration"})),
+    ConfigAxis("epoch", "epoch", "epoch", frozenset({"epoch", "epochs", "ep", "e"})),
+    ConfigAxis("checkpoint", "ckpt", "checkpoint", frozenset({"ckpt", "checkpoint"})),
+    ConfigAxis("strength", "str", "strength",
+               frozenset({"str", "strength", "lora", "lorastrength", "lorastr", "weight", "w",
+                          "lw", "ls"}), decimals=2, low=-5.0, high=5.0),
+    ConfigAxis("cfg", "cfg", "CFG", frozenset({"cfg", "cfgscale", "scale", "guidance", "gs"}),
+               decimals=1, high=100.0),
+    ConfigAxis("sampling", "sampling", "sampling steps",
+               frozenset({"sampling", "samplingsteps", "samplersteps", "nfe"}), high=10000.0),
+    ConfigAxis("rank", "rank", "rank", frozenset({"rank"}), high=4096.0),
+    ConfigAxis("dim", "dim", "network dim", frozenset({"dim", "netdim"}), high=4096.0),
+    ConfigAxis("alpha", "alpha", "network alpha", frozenset({"alpha"}), high=4096.0),
+    ConfigAxis("lr", "lr", "learning rate", frozenset({"lr"}), high=10.0),
+    ConfigAxis("res", "res", "resolution", frozenset({"res", "size", "resolution"}),
+               high=16384.0),
+    ConfigAxis("denoise", "denoise", "denoise", frozenset({"denoise"}), high=1.0),
+    ConfigAxis("shift", "shift", "shift", frozenset({"shift"}), high=100.0),
+    ConfigAxis("clipskip", "clipskip", "clip skip", frozenset({"clipskip", "clip"}), high=24.0),
+)
+BASELINE_WORDS = ("baseline", "nolora", "no_lora", "no-lora")
+# Index tokens name one image of a config (which prompt, which seed), never the config itself.
+INDEX_AXES = {
+    "seed": frozenset({"seed", "seeds"}),
+    "prompt": frozenset({"p", "prompt", "prompts", "pr"}),
+    "index": frozenset({"idx", "index", "img", "image", "n", "num", "no", "nr", "batch", "sample",
+                        "i", "frame", "pic", "photo", "copy", "b"}),
+}
+# key<number>, not glued to a longer word or number; the number has no trailing letters.
+_TOKEN_RE = re.compile(r"(?<![A-Za-z0-9.])([A-Za-z]+)([_=-]?)(\d+(?:\.\d+)?)(?![A-Za-z0-9]|\.\d)")
+_BASELINE_RE = re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(map(re.escape, BASELINE_WORDS))
+                          + r")(?![A-Za-z])", re.IGNORECASE)
+
+
+class ConfigId(NamedTuple):
+    """A config's identity: numeric settings in schema order, and whether it is a baseline.
+
+    Two spellings of one config give equal ConfigIds (`str0.8_cfg4` == `cfg4.0_STR0.80`).
+    `name` is the canonical rendering; `settings` the {key: value} mapping.
+    """
+
+    values: tuple = ()     # ((canonical key, float), ...) in schema order
+    baseline: bool = False
+    name: str = UNPARSED
+
+    @property
+    def settings(self) -> dict:
+        return dict(self.values)
+
+    @property
+    def parsed(self) -> bool:
+        return bool(self.values) or self.baseline
+
+    def value(self, key: str) -> float | None:
+        return self.settings.get(key)
+
+
+class ParsedName(NamedTuple):
+    """What a path or name says: the config, the index tokens, and tokens read as neither."""
+
+    config: ConfigId
+    indices: dict          # {"seed": 2, "prompt": 3, "index": 1}, ints where whole
+    ignored: tuple         # raw tokens that are not config, e.g. ("v3",)
+
+
+def format_number(value: float, decimals: int = 0) -> str:
+    """`value` with at least `decimals` decimals and as many more as it needs (0.8 -> 0.80)."""
+    value = float(value) + 0.0  # no "-0"
+    text = repr(value)
+    if "e" in text or "E" in text:
+        text = format(Decimal(text), "f")
+    fraction = text.split(".", 1)[1].rstrip("0") if "." in text else ""
+    return f"{value:.{max(decimals, len(fraction))}f}"
+
+
+def _number(text: str) -> float | int:
+    value = float(text)
+    return int(value) if value.is_integer() and abs(value) < 2 ** 53 else value
+
+
+class ConfigSchema:
+    """The config keys in force: the known axes plus keys the user names (--config-key)."""
+
+    def __init__(self, extra_keys=()) -> None:
+        extra = []
+        for key in extra_keys:
+            key = str(key).lower()
+            if not CONFIG_KEY_RE.match(key):
+                raise ValueError(f"config key {key!r}: use letters only")
+            if key not in extra:
+                extra.append(key)
+        self.extra_keys = tuple(sorted(extra))
+        axes = [axis for axis in CONFIG_AXES if not axis.aliases & set(self.extra_keys)]
+        axes += [ConfigAxis(key, key, key, frozenset({key}), low=-1e18, high=1e18)
+                 for key in self.extra_keys]
+        self.axes = tuple(axes)
+        self.order = {axis.key: index for index, axis in enumerate(self.axes)}
+        self.by_key = {axis.key: axis for axis in self.axes}
+        self.alias = {alias: axis for axis in self.axes for alias in axis.aliases}
+        self.index_alias = {alias: index for index, aliases in INDEX_AXES.items()
+                            for alias in aliases if alias not in self.alias}
+
+    # -- reading
+    def parse_name(self, text: str) -> ParsedName:
+        """Read a relative path (`step1500/str0.8_cfg4_seed2.png`) or a config name.
+
+        A final suffix is dropped only when it looks like a file extension (a letter, then up to
+        4 letters or digits: `.png`, `.tiff`), never `.0` of `cfg4.0` or `.8_cfg4` of `str0.8_cfg4`.
+        The first value of a key wins (folders before the file name).
+        """
+        parts = [part for part in PurePosixPath(str(text).replace("\\", "/")).parts
+                 if part not in ("/", "")]
+        if parts:
+            stem, dot, suffix = parts[-1].rpartition(".")
+            if dot and stem and re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,4}", suffix):
+                parts[-1] = stem
+        values: dict[str, float] = {}
+        indices: dict[str, float | int] = {}
+        ignored: list[str] = []
+        baseline = False
+        for part in parts:
+            if _BASELINE_RE.search(part):
+                baseline = True
+            for match in _TOKEN_RE.finditer(part):
+                key, separator, number = match.group(1).lower(), match.group(2), match.group(3)
+                axis = self.alias.get(key)
+                if axis is not None:
+                    value = float(number)
+                    if axis.low <= value <= axis.high:
+                        values.setdefault(axis.key, value)
+                    else:
+                        ignored.append(match.group(0))
+                elif key in self.index_alias:
+                    indices.setdefault(self.index_alias[key], _number(number))
+                elif not separator:  # `v3` is worth a word; `ComfyUI_00001` is a counter
+                    ignored.append(match.group(0))
+        return ParsedName(self.make(values, baseline), indices, tuple(ignored))
+
+    def parse(self, text: str) -> ConfigId:
+        """The ConfigId of a path or name (`unparsed` when it names no config)."""
+        return self.parse_name(text).config
+
+    def from_pairs(self, pairs) -> ConfigId:
+        """A ConfigId from (spelling, value) pairs such as PNG text gives; unknown keys dropped."""
+        values: dict[str, float] = {}
+        baseline = False
+        for key, value in pairs:
+            key = str(key).lower()
+            if key in BASELINE_WORDS:
+                baseline = True
+                continue
+            axis = self.alias.get(key) or self.by_key.get(key)
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                continue
+            if axis is not None and math.isfinite(number) and axis.low <= number <= axis.high:
+                values.setdefault(axis.key, number)
+        return self.make(values, baseline)
+
+    def make(self, values: dict, baseline: bool = False) -> ConfigId:
+        ordered = tuple(sorted(((key, float(value) + 0.0) for key, value in values.items()),
+                               key=lambda item: self.order[item[0]]))
+        return ConfigId(ordered, bool(baseline), self.render(ordered, baseline))
+
+    # -- writing
+    def render(self, values, baseline: bool = False) -> str:
+        """The canonical name: `baseline`, then token+number per axis in schema order."""
+        parts = ["baseline"] if baseline else []
+        for key, value in sorted(values, key=lambda item: self.order[item[0]]):
+            axis = self.by_key[key]
+            parts.append(f"{axis.token}{format_number(value, axis.decimals)}")
+        return "_".join(parts) or UNPARSED
+
+    def canonical_name(self, name: str) -> str:
+        """A stored config name (any spelling, an older run's) in today's canonical form."""
+        return self.parse(name).name
+
+    def sort_key(self, config: ConfigId) -> tuple:
+        """Settings order: numeric on every axis, a missing setting first; unparsed last."""
+        settings = config.settings
+        axes = tuple((1, settings[axis.key]) if axis.key in settings else (0,)
+                     for axis in self.axes)
+        return (0 if config.parsed else 1, 0 if config.baseline else 1, axes)
+
+    def describe(self, config: ConfigId) -> str:
+        """Words a creator acts on: "step 1500, strength 0.80, CFG 4.0"."""
+        if not config.parsed:
+            return "the settings of these images (their names carry no config)"
+        words = [f"{self.by_key[key].label} {format_number(value, self.by_key[key].decimals)}"
+                 for key, value in config.values]
+        if config.baseline:
+            return "the no-LoRA baseline" + (f" at {', '.join(words)}" if words else "")
+        return ", ".join(words)
+
+
+DEFAULT_SCHEMA = ConfigSchema()
+
+
+def parse_config(text: str, schema: ConfigSchema = DEFAULT_SCHEMA) -> ConfigId:
+    """The ConfigId of a path or config name under `schema` (the known keys by default)."""
+    return schema.parse(text)
 
 
 def _number_text(value) -> str | None:
@@ -153,11 +395,11 @@ def _number_text(value) -> str | None:
 
 
 def parse_a1111_parameters(text: str) -> list[tuple[str, str]]:
-    """Config tokens from A1111's `parameters`: LoRA strength (<lora:..>), CFG scale, Steps."""
+    """Config pairs from A1111's `parameters`: LoRA strength (<lora:..>), CFG scale, Steps."""
     tokens = []
     lora = re.search(r"<lora:[^:>]+:\s*(-?\d+(?:\.\d+)?)", text)
     if lora:
-        tokens.append(("str", lora.group(1)))
+        tokens.append(("strength", lora.group(1)))
     lines = [line for line in text.splitlines() if re.search(r"(^|,\s*)Steps:\s*\d", line)]
     if lines:
         line = lines[-1]
@@ -166,12 +408,12 @@ def parse_a1111_parameters(text: str) -> list[tuple[str, str]]:
             tokens.append(("cfg", cfg.group(1)))
         steps = re.search(r"(?:^|,\s*)Steps:\s*(\d+)", line)
         if steps:
-            tokens.append(("steps", steps.group(1)))
+            tokens.append(("sampling", steps.group(1)))
     return tokens
 
 
 def parse_comfyui_prompt(text: str) -> list[tuple[str, str]]:
-    """Config tokens from ComfyUI's `prompt` JSON: LoraLoader strength_model, KSampler cfg/steps."""
+    """Config pairs from ComfyUI's `prompt` JSON: LoraLoader strength_model, KSampler cfg/steps."""
     try:
         graph = json.loads(text)
     except (ValueError, TypeError):
@@ -195,14 +437,17 @@ def parse_comfyui_prompt(text: str) -> list[tuple[str, str]]:
             cfg = _number_text(inputs.get("cfg"))
             steps = _number_text(inputs.get("steps"))
     tokens = []
-    for key, value in (("str", strength), ("cfg", cfg), ("steps", steps)):
+    for key, value in (("strength", strength), ("cfg", cfg), ("sampling", steps)):
         if value is not None:
             tokens.append((key, value))
     return tokens
 
 
 def png_generation_tokens(path: Path) -> list[tuple[str, str]]:
-    """Config tokens from the PNG text chunks of A1111 or ComfyUI output; [] for anything else."""
+    """Config pairs from the PNG text chunks of A1111 or ComfyUI output; [] for anything else.
+
+    Image.open reads the header and the text chunks before the pixels; nothing is decoded.
+    """
     if path.suffix.lower() != ".png":
         return []
     try:
@@ -222,23 +467,15 @@ def png_generation_tokens(path: Path) -> list[tuple[str, str]]:
     return []
 
 
-def image_config(generated_dir: Path, relative_path: str) -> tuple[str, list[tuple[str, str]]]:
-    """(config name, tokens) of an image: from its path, else its PNG text, else `unparsed`."""
-    tokens = config_tokens(relative_path)
-    if not tokens:
-        tokens = png_generation_tokens(generated_dir / relative_path)
-    if not tokens:
-        return UNPARSED, []
-    return "_".join(f"{key}{value}" for key, value in tokens), tokens
-
-
-def canonical_key(key: str) -> str:
-    lower = key.lower()
-    if lower in STRENGTH_KEYS:
-        return "strength"
-    if lower in CFG_KEYS:
-        return "cfg"
-    return lower
+def image_config(generated_dir: Path, relative_path: str,
+                 schema: ConfigSchema = DEFAULT_SCHEMA) -> ParsedName:
+    """What an image's path says (config, index tokens, ignored tokens); when the path names no
+    config, the config comes from its PNG text, else it is `unparsed`."""
+    parsed = schema.parse_name(relative_path)
+    if parsed.config.parsed:
+        return parsed
+    config = schema.from_pairs(png_generation_tokens(Path(generated_dir) / relative_path))
+    return ParsedName(config, parsed.indices, parsed.ignored)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -289,10 +526,26 @@ def _mean(values) -> float | None:
     return float(sum(values) / len(values)) if values else None
 
 
+def grade_basis(images: int, faces: int, unreadable: int) -> str:
+    """What a grade rests on, in words: "6 images: 4 with a face, 1 without, 1 unreadable"."""
+    no_face = images - faces - unreadable
+    parts = [f"{faces} with a face"]
+    if no_face:
+        parts.append(f"{no_face} without")
+    if unreadable:
+        parts.append(f"{unreadable} unreadable")
+    return f"{images} image{'s' if images != 1 else ''}: " + ", ".join(parts)
+
+
 def summarize_group(images: list[dict], *, threshold: float, min_detection_rate: float) -> dict:
-    """Metrics of a set of joined per-image records (a config, or the whole run)."""
+    """Metrics of a set of joined per-image records (a config, or the whole run).
+
+    Every record counts: an unreadable image or one without a face is a failed image (similarity
+    0, identity 0, not passed); realism is the mean over images with a face.
+    """
     count = len(images)
     detected = [image for image in images if image["detected"]]
+    unreadable = sum(1 for image in images if image.get("error"))
     detection_rate = len(detected) / count if count else 0.0
     similarity_mean = _mean(image["similarity_or_zero"] for image in images)
     identity = _mean(image["identity"] for image in images) or 0.0
@@ -303,16 +556,20 @@ def summarize_group(images: list[dict], *, threshold: float, min_detection_rate:
     return {
         "images": count,
         "faces_found": len(detected),
+        "no_face": count - len(detected) - unreadable,
+        "unreadable": unreadable,
         "detection_rate": detection_rate,
         "similarity_mean": similarity_mean,
         "similarity_mean_detected": _mean(image["similarity"] for image in detected),
         "pass_rate": (sum(1 for image in images if image["passed"]) / count) if count else 0.0,
+        "passed": sum(1 for image in images if image["passed"]),
         "identity": identity,
         "realism_mean": realism_detected,
         "realism_relative": realism_relative,
         "score": score,
         "grade": grade_for(score, similarity_pass=similarity_pass, detection_rate=detection_rate,
-                           min_detection_rate=min_detection_rate),
+                           min_detection_rate=min_detection_rate) if count else "F",
+        "grade_basis": grade_basis(count, len(detected), unreadable),
     }
 
 
@@ -323,35 +580,47 @@ def reference_realism_of(skin: dict) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def join_images(face: dict, skin: dict, generated_dir: Path) -> tuple[list[dict], list[dict]]:
-    """One record per image from both evals' outputs; unreadable images go to the second list."""
+def join_images(face: dict, skin: dict, generated_dir: Path,
+                schema: ConfigSchema = DEFAULT_SCHEMA) -> tuple[list[dict], list[dict]]:
+    """(counted, excluded): one record per image from both evals' outputs.
+
+    Every image either eval saw is counted; one the face eval could not read (or did not list)
+    is a failed image with its error. Copies of a reference are returned apart, as excluded.
+    """
     threshold = float(face["threshold"])
     ceiling = face.get("references", {}).get("ceiling")
     reference_realism = reference_realism_of(skin)
     skin_by_path = {image["path"]: image for image in skin.get("images", [])}
     face_by_path = {image["path"]: image for image in face.get("images", [])}
-    joined, unreadable = [], []
+    counted, excluded = [], []
     for path in sorted(set(face_by_path) | set(skin_by_path)):
-        face_image = face_by_path.get(path)
+        face_image = face_by_path.get(path) or {"error": "not scored by the face eval"}
         skin_image = skin_by_path.get(path)
-        if face_image is None or face_image.get("error"):
-            unreadable.append({"path": path, "error": (face_image or {}).get("error")
-                               or "not scored by the face eval"})
+        parsed = image_config(generated_dir, path, schema)
+        config = parsed.config
+        if face_image.get("excluded"):
+            excluded.append({"path": path, "config": config.name,
+                             "identical_to_reference": face_image.get("identical_to_reference")})
             continue
-        similarity = face_image.get("similarity") if face_image.get("detected") else None
+        error = face_image.get("error")
+        detected = bool(face_image.get("detected")) and not error
+        similarity = face_image.get("similarity") if detected else None
         realism = None
-        if skin_image is not None and not skin_image.get("error"):
+        if skin_image is not None and not skin_image.get("error") and detected:
             realism = skin_image.get("overall_realism_score")
-        name, tokens = image_config(generated_dir, path)
-        joined.append({
+        counted.append({
             "path": path,
-            "config": name,
-            "tokens": [[key, value] for key, value in tokens],
-            "detected": bool(face_image.get("detected")),
-            "faces": face_image.get("faces"),
+            "config": config.name,
+            "settings": config.settings,
+            "baseline": config.baseline,
+            "indices": parsed.indices,
+            "ignored_tokens": list(parsed.ignored),
+            "error": error,
+            "detected": detected,
+            "faces": face_image.get("faces", 0),
             "similarity": similarity,
             "similarity_or_zero": similarity if similarity is not None else 0.0,
-            "passed": bool(face_image.get("passed")),
+            "passed": bool(face_image.get("passed")) and detected,
             "identity": identity_value(similarity, threshold, ceiling),
             "realism": realism,
             "realism_relative": relative_realism(realism, reference_realism),
@@ -360,40 +629,222 @@ def join_images(face: dict, skin: dict, generated_dir: Path) -> tuple[list[dict]
             "skin_face_found": (skin_image or {}).get("face_found"),
             "skin_error": (skin_image or {}).get("error") if skin_image else "not scored",
         })
-    return joined, unreadable
+    return counted, excluded
 
 
-def rank_configs(images: list[dict], *, threshold: float, min_detection_rate: float) -> list[dict]:
+def rank_configs(images: list[dict], *, threshold: float, min_detection_rate: float,
+                 schema: ConfigSchema = DEFAULT_SCHEMA) -> list[dict]:
+    """One row per config, best first: score, then mean similarity, then settings order."""
     groups: dict[str, list[dict]] = {}
-    tokens: dict[str, list] = {}
     for image in images:
         groups.setdefault(image["config"], []).append(image)
-        tokens.setdefault(image["config"], image["tokens"])
     table = []
     for name, members in groups.items():
-        row = {"config": name, "tokens": {key: value for key, value in tokens[name]}}
+        config = schema.make(members[0]["settings"], members[0]["baseline"])
+        row = {"config": name, "settings": config.settings, "baseline": config.baseline,
+               "words": schema.describe(config)}
         row.update(summarize_group(members, threshold=threshold,
                                    min_detection_rate=min_detection_rate))
+        low, high = _percentile_interval(
+            group_statistics(members, resamples=TABLE_RESAMPLES, seed=_seed_for(name),
+                             threshold=threshold, min_detection_rate=min_detection_rate)["score"])
+        row["score_interval"] = [low, high]
+        row["_sort"] = schema.sort_key(config)
         table.append(row)
-    table.sort(key=lambda row: (-row["score"], -(row["similarity_mean"] or 0.0), row["config"]))
+    table.sort(key=lambda row: (-round(row["score"], 9), -round(row["similarity_mean"] or 0.0, 9),
+                                row["_sort"]))
     for rank, row in enumerate(table, 1):
         row["rank"] = rank
     return table
 
 
+# --------------------------------------------------------------------------- bootstrap
+
+def _seed_for(label: str) -> list[int]:
+    """A fixed seed per comparison (BOOTSTRAP_SEED and the label): reproducible, order-free."""
+    return [BOOTSTRAP_SEED, zlib.crc32(label.encode("utf-8"))]
+
+
+def _columns(images: list[dict], threshold: float | None = None) -> dict[str, np.ndarray]:
+    """Per-image arrays: similarity (a failed image 0), passed, face found, identity, realism."""
+    detected = np.array([bool(image["detected"]) for image in images], dtype=bool)
+    similarity = np.array([float(image["similarity_or_zero"]) for image in images])
+    if threshold is None:
+        passed = np.array([bool(image["passed"]) for image in images], dtype=np.float64)
+    else:  # re-thresholded, so two runs are judged by one rule
+        passed = (detected & (similarity >= threshold)).astype(np.float64)
+    realism = np.array([image["realism"] if image["detected"] and image.get("realism") is not None
+                        else 0.0 for image in images], dtype=np.float64)
+    has_realism = np.array([image["detected"] and image.get("realism") is not None
+                            for image in images], dtype=np.float64)
+    relative = np.array([image["realism_relative"] if has else 0.0
+                         for image, has in zip(images, has_realism)], dtype=np.float64)
+    identity = np.array([float(image.get("identity") or 0.0) for image in images])
+    return {"similarity": similarity, "passed": passed, "detected": detected.astype(np.float64),
+            "identity": identity, "realism": realism, "has_realism": has_realism,
+            "relative": relative}
+
+
+def resample_totals(groups: list[dict[str, np.ndarray]], resamples: int,
+                    rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Bootstrap sums of every column, resampling each group (config) within itself.
+
+    Returns {column: (resamples,) sums} and "n" (the fixed image count). Resampling inside each
+    group keeps the mix of configs fixed, so pooled figures compare like with like.
+    """
+    totals = {name: np.zeros(resamples) for name in groups[0]} if groups else {}
+    count = 0
+    for group in groups:
+        size = len(group["similarity"])
+        if size == 0:
+            continue
+        count += size
+        picks = rng.integers(0, size, (resamples, size))
+        for name, column in group.items():
+            totals[name] += column[picks].sum(axis=1)
+    totals["n"] = count
+    return totals
+
+
+def _statistics(totals: dict, *, threshold: float | None,
+                min_detection_rate: float | None) -> dict[str, np.ndarray]:
+    """Figures from bootstrap (or plain) sums: means, score and grade index per resample."""
+    count = max(1, totals["n"])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        realism = np.where(totals["has_realism"] > 0,
+                           totals["realism"] / np.maximum(totals["has_realism"], 1), np.nan)
+        relative = np.where(totals["has_realism"] > 0,
+                            totals["relative"] / np.maximum(totals["has_realism"], 1), 0.0)
+    identity = totals["identity"] / count
+    realism_factor = REALISM_FLOOR + (1 - REALISM_FLOOR) * np.clip(relative, 0, 1)
+    score = np.clip(identity, 0, 1) * realism_factor
+    stats = {"similarity": totals["similarity"] / count, "pass_rate": totals["passed"] / count,
+             "detection_rate": totals["detected"] / count, "realism": realism,
+             "faces": totals["detected"], "score": score}
+    if threshold is not None and min_detection_rate is not None:
+        grade = np.full(score.shape, len(GRADE_CUTS), dtype=np.int64)
+        for index, (_, cut) in reversed(list(enumerate(GRADE_CUTS))):
+            grade = np.where(score >= cut, index, grade)
+        grade = np.where(stats["similarity"] < threshold, np.maximum(grade, 2), grade)
+        grade = np.where(stats["detection_rate"] < min_detection_rate, np.maximum(grade, 3), grade)
+        stats["grade_index"] = grade
+    return stats
+
+
+def group_statistics(images: list[dict], *, resamples: int, seed, threshold: float,
+                     min_detection_rate: float) -> dict[str, np.ndarray]:
+    """Bootstrap distributions of one config's figures (score, similarity, pass rate, grade)."""
+    totals = resample_totals([_columns(images)], resamples, np.random.default_rng(seed))
+    return _statistics(totals, threshold=threshold, min_detection_rate=min_detection_rate)
+
+
+def _percentile_interval(values: np.ndarray, confidence: float = BOOTSTRAP_CONFIDENCE
+                         ) -> tuple[float | None, float | None]:
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return None, None
+    low, high = np.quantile(values, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(low), float(high)
+
+
+def bootstrap_delta(new: list[float], old: list[float], *, resamples: int = BOOTSTRAP_RESAMPLES,
+                    seed: int = BOOTSTRAP_SEED, confidence: float = BOOTSTRAP_CONFIDENCE
+                    ) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(new) - mean(old), resampling each run independently."""
+    rng = np.random.default_rng(seed)
+    new_values = np.asarray(new, dtype=np.float64)
+    old_values = np.asarray(old, dtype=np.float64)
+    new_means = new_values[rng.integers(0, len(new_values), (resamples, len(new_values)))].mean(1)
+    old_means = old_values[rng.integers(0, len(old_values), (resamples, len(old_values)))].mean(1)
+    low, high = np.quantile(new_means - old_means, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(low), float(high)
+
+
+# --------------------------------------------------------------------------- recommendation
+
+def recommend(configs: list[dict], images: list[dict], *, threshold: float,
+              min_detection_rate: float) -> dict | None:
+    """The headline: the best config that is not a baseline, its intervals and how sure it is."""
+    candidates = [row for row in configs if not row["baseline"]]
+    if not candidates:
+        return None
+    best = candidates[0]
+    members = [image for image in images if image["config"] == best["config"]]
+    stats = group_statistics(members, resamples=BOOTSTRAP_RESAMPLES, seed=_seed_for(best["config"]),
+                             threshold=threshold, min_detection_rate=min_detection_rate)
+    grades = stats["grade_index"]
+    grade_range = [GRADE_ORDER[int(np.quantile(grades, 0.025, method="lower"))],
+                   GRADE_ORDER[int(np.quantile(grades, 0.975, method="higher"))]]
+    result = {
+        "config": best["config"],
+        "words": best["words"],
+        "settings": best["settings"],
+        "grade": best["grade"],
+        "grade_basis": best["grade_basis"],
+        "images": best["images"],
+        "faces_found": best["faces_found"],
+        "score": best["score"],
+        "similarity_mean": best["similarity_mean"],
+        "realism_mean": best["realism_mean"],
+        "pass_rate": best["pass_rate"],
+        "passed": best["passed"],
+        "interval": {"confidence": BOOTSTRAP_CONFIDENCE, "resamples": BOOTSTRAP_RESAMPLES,
+                     "score": list(_percentile_interval(stats["score"])),
+                     "face_similarity_mean": list(_percentile_interval(stats["similarity"])),
+                     "pass_rate": list(_percentile_interval(stats["pass_rate"])),
+                     "grades": grade_range},
+        "runner_up": None,
+    }
+    runner_within_noise = False
+    if len(candidates) > 1:
+        runner = candidates[1]
+        runner_members = [image for image in images if image["config"] == runner["config"]]
+        runner_stats = group_statistics(runner_members, resamples=BOOTSTRAP_RESAMPLES,
+                                        seed=_seed_for(runner["config"]), threshold=threshold,
+                                        min_detection_rate=min_detection_rate)
+        low, high = _percentile_interval(stats["score"] - runner_stats["score"])
+        runner_within_noise = low is None or low <= 0
+        result["runner_up"] = {"config": runner["config"], "words": runner["words"],
+                               "grade": runner["grade"], "score": runner["score"],
+                               "images": runner["images"],
+                               "score_difference": best["score"] - runner["score"],
+                               "score_difference_interval": [low, high],
+                               "within_noise": runner_within_noise}
+    one_grade = grade_range[0] == grade_range[1]
+    if runner_within_noise or best["images"] < UNSURE_MAX_IMAGES:
+        sure = "not sure"
+    elif one_grade and best["images"] >= SURE_MIN_IMAGES:
+        sure = "sure"
+    else:
+        sure = "fairly sure"
+    result["how_sure"] = sure
+    return result
+
+
 def build_scorecard(face: dict, skin: dict, *, generated_dir: Path, reference_dir: Path,
-                    lora_version: str, run_id: str, timestamp: str) -> tuple[dict, dict]:
+                    lora_version: str, run_id: str, timestamp: str,
+                    schema: ConfigSchema = DEFAULT_SCHEMA) -> tuple[dict, dict]:
     """(scorecard, sidecar details) from the two evals' result dicts."""
     threshold = float(face["threshold"])
     face_summary = face.get("summary", {})
     min_detection_rate = float(face_summary.get("min_detection_rate", 0.8))
-    images, unreadable = join_images(face, skin, generated_dir)
-    configs = rank_configs(images, threshold=threshold, min_detection_rate=min_detection_rate)
-    run = summarize_group(images, threshold=threshold, min_detection_rate=min_detection_rate)
+    images, excluded = join_images(face, skin, generated_dir, schema)
     references = face.get("references", {})
     ceiling = references.get("ceiling")
+    configs = rank_configs(images, threshold=threshold, min_detection_rate=min_detection_rate,
+                           schema=schema)
+    run = summarize_group(images, threshold=threshold, min_detection_rate=min_detection_rate)
+    recommendation = recommend(configs, images, threshold=threshold,
+                               min_detection_rate=min_detection_rate)
+    lora_configs = [row for row in configs if not row["baseline"]]
+    config_order = [row["config"] for row in sorted(configs, key=lambda row: row["_sort"])]
+    for row in configs:
+        del row["_sort"]
     similarity_mean = run["similarity_mean"]
-    warnings = _collect_warnings(face, skin, images, unreadable)
+    failed = [{"path": image["path"], "config": image["config"],
+               "reason": image["error"] or "no face found"}
+              for image in images if not image["detected"]]
+    warnings = _collect_warnings(face, skin, images, failed, excluded)
     scorecard = {
         "run_id": run_id,
         "timestamp": timestamp,
@@ -404,8 +855,12 @@ def build_scorecard(face: dict, skin: dict, *, generated_dir: Path, reference_di
         "skin_realism_mean": run["realism_mean"],
         "overall_grade": run["grade"] if images else "F",
         "images_evaluated": len(images),
-        "best_config": configs[0]["config"] if configs else None,
-        "worst_config": configs[-1]["config"] if configs else None,
+        "best_config": recommendation["config"] if recommendation else None,
+        "worst_config": lora_configs[-1]["config"] if lora_configs else None,
+        "best_config_grade": recommendation["grade"] if recommendation else None,
+        "best_config_interval": recommendation["interval"] if recommendation else None,
+        "recommendation": recommendation,
+        "overall_grade_basis": run["grade_basis"],
         "score": run["score"],
         "identity_score": run["identity"],
         "backend": face.get("backend"),
@@ -421,7 +876,13 @@ def build_scorecard(face: dict, skin: dict, *, generated_dir: Path, reference_di
         "references_used": references.get("used"),
         "reference_outliers": list(references.get("outliers") or []),
         "reference_realism": reference_realism_of(skin),
-        "images_unreadable": len(unreadable),
+        "images_failed": len(failed),
+        "images_unreadable": run["unreadable"],
+        "images_excluded": len(excluded),
+        "failed_images": failed,
+        "excluded_images": excluded,
+        "config_keys": list(schema.extra_keys),
+        "config_order": config_order,
         "generated_dir": str(generated_dir),
         "reference_dir": str(reference_dir),
         "configs": configs,
@@ -433,11 +894,14 @@ def build_scorecard(face: dict, skin: dict, *, generated_dir: Path, reference_di
         "backend": face.get("backend"),
         "model": face.get("model"),
         "threshold": threshold,
+        "min_detection_rate": min_detection_rate,
         "generated_dir": str(generated_dir),
         "reference_dir": str(reference_dir),
         "images": [{key: value for key, value in image.items() if key != "similarity_or_zero"}
                    for image in images],
-        "unreadable": unreadable,
+        "unreadable": [{"path": image["path"], "error": image["error"]}
+                       for image in images if image["error"]],
+        "excluded": excluded,
         "references": references,
         "skin_references": skin.get("references"),
         "skin_method": skin.get("method"),
@@ -448,17 +912,35 @@ def build_scorecard(face: dict, skin: dict, *, generated_dir: Path, reference_di
     return scorecard, details
 
 
-def _collect_warnings(face: dict, skin: dict, images: list[dict], unreadable: list[dict]
-                      ) -> list[str]:
+def _shown(paths: list[str], limit: int = 10) -> str:
+    text = ", ".join(paths[:limit])
+    return text + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def _collect_warnings(face: dict, skin: dict, images: list[dict], failed: list[dict],
+                      excluded: list[dict]) -> list[str]:
     warnings = []
-    missing = [image["path"] for image in images if not image["detected"]]
+    missing = [item["path"] for item in failed if item["reason"] == "no face found"]
     if missing:
-        shown = ", ".join(missing[:10])
-        if len(missing) > 10:
-            shown += f" and {len(missing) - 10} more"
-        warnings.append(f"no face found in {len(missing)} of {len(images)} images: {shown}")
-    for item in unreadable:
-        warnings.append(f"unreadable image skipped: {item['path']}: {item['error']}")
+        warnings.append(f"no face found in {len(missing)} of {len(images)} images (each counts "
+                        f"as a failed image): {_shown(missing)}")
+    for item in failed:
+        if item["reason"] != "no face found":
+            warnings.append(f"unreadable image counted as failed: {item['path']}: "
+                            f"{item['reason']}")
+    for item in excluded:
+        warnings.append(f"{item['path']} is identical to the reference "
+                        f"{item['identical_to_reference']}: excluded from every figure")
+    ignored: dict[str, int] = {}
+    for image in images:
+        for token in image.get("ignored_tokens") or []:
+            key = re.match(r"[A-Za-z]+", token).group(0).lower()
+            ignored[key] = ignored.get(key, 0) + 1
+    if ignored:
+        listed = ", ".join(f"{key} ({count} image{'s' if count > 1 else ''})"
+                           for key, count in sorted(ignored.items()))
+        warnings.append(f"file names carry word+number tokens that are not config keys, ignored: "
+                        f"{listed}; name one with --config-key KEY to group by it")
     outliers = face.get("references", {}).get("outliers") or []
     if outliers:
         warnings.append("reference outliers (least like the other training photos): "
@@ -469,6 +951,54 @@ def _collect_warnings(face: dict, skin: dict, images: list[dict], unreadable: li
         for message in source.get("warnings") or []:
             warnings.append(f"{label}: {message}")
     return warnings
+
+
+# --------------------------------------------------------------------------- outputs
+
+def output_path_problem(path: Path, in_place: bool = False) -> str | None:
+    """Why a file cannot be written at `path`, or None: checked before any work is done.
+
+    `path` must not be a folder or a dangling link; the nearest existing folder above it must be
+    a folder in which a file can be created (probed with a temporary file: permission bits do not
+    tell the truth to root or on a read-only mount). With `in_place` (a file appended to, not
+    replaced) an existing file must also open for appending. Nothing is created or changed.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return "is a folder; give a file path"
+    if path.is_symlink() and not path.exists():
+        return "is a dangling symbolic link"
+    if path.exists():
+        if not path.is_file():
+            return "exists and is not a regular file"
+        if in_place:
+            try:
+                with open(path, "ab"):
+                    pass
+            except OSError as error:
+                return f"cannot be written ({error.strerror or error})"
+    folder = path.parent
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        return f"no file can be created in {folder} ({error.strerror or error})"
+    return None
+
+
+def check_outputs(outputs: list[tuple[str, Path | None, bool]]) -> None:
+    """UsageError naming the first (flag, path, in_place) that cannot be written."""
+    for flag, path, in_place in outputs:
+        if path is None:
+            continue
+        problem = output_path_problem(path, in_place=in_place)
+        if problem is not None:
+            raise UsageError(f"{flag} {path}: {problem}; nothing was evaluated or written")
 
 
 # --------------------------------------------------------------------------- history
@@ -538,60 +1068,139 @@ def clean_json(value):
     return value
 
 
-def append_history(history: Path, record: dict, sidecar: Path | None = None,
-                   sidecar_text: str = "") -> None:
-    """Append `record` as one JSON line: one O_APPEND os.write under the lock, then fsync.
+def _append_line(history: Path, data: bytes) -> None:
+    """One O_APPEND write of `data`, fsync'd; on any failure the file is cut back to its size
+    before, so no partial line is left (a short write is a full disk)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
+    fd = os.open(history, flags, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            with open(history, "rb") as handle:
+                handle.seek(size - 1)
+                if handle.read(1) != b"\n":
+                    data = b"\n" + data  # a torn earlier line stays apart from this one
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(28, f"short write ({written} of {len(data)} bytes): disk full?")
+            os.fsync(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
-    Under the same lock the run id is checked to be new (two runs given the same --run-id at
-    once must not both land) and the sidecar, when given, is written first. A previous line left
-    without its newline (a torn write) gets one first: this line stays whole.
+
+def append_history(history: Path, record: dict, sidecar: Path | None = None,
+                   sidecar_text: str = "", outputs=()) -> None:
+    """Write this run: `outputs` ((flag, path, text), the reports), the sidecar, then the
+    history line, all under the history's lock.
+
+    Under the lock the run id is checked to be new (two runs given the same --run-id at once
+    must not both land) and the sidecar not to exist (it is never overwritten). The reports
+    and the sidecar are written first (each atomically); the history line comes last, in one
+    O_APPEND write. A failure raises OutputError naming the flag; a sidecar written by this call
+    is then removed and the history holds no partial line.
     """
     text = json.dumps(clean_json(record), ensure_ascii=True, allow_nan=False)
     data = (text + "\n").encode("ascii")
-    history.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(lock_path_for(history)):
+    try:
+        history.parent.mkdir(parents=True, exist_ok=True)
+        lock = file_lock(lock_path_for(history))
+        lock.__enter__()
+    except (OSError, TimeoutError) as error:
+        raise OutputError("--history", history, f"cannot lock the history ({error})") from error
+    try:
         run_id = str(record.get("run_id"))
         if any(str(old.get("run_id")) == run_id
                for old in read_history(history, report=lambda message: None)):
             raise UsageError(f"--run-id {run_id} is already in {history}; choose another id")
-        if sidecar is not None:
-            write_atomic(sidecar, sidecar_text)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
-        fd = os.open(history, flags, 0o644)
+        if sidecar is not None and (sidecar.exists() or sidecar.is_symlink()):
+            raise UsageError(f"--run-id {run_id}: its per-image file {sidecar} already exists "
+                             "(it is never overwritten); choose another id")
+        for flag, path, content in outputs:
+            try:
+                write_atomic(path, content)
+            except OSError as error:
+                raise OutputError(flag, path, f"cannot write ({error.strerror or error})") \
+                    from error
+        wrote_sidecar = False
         try:
-            size = os.fstat(fd).st_size
-            if size:
-                with open(history, "rb") as handle:
-                    handle.seek(size - 1)
-                    if handle.read(1) != b"\n":
-                        data = b"\n" + data
-            written = os.write(fd, data)
-            if written != len(data):
-                raise OSError(f"short write to {history}: {written} of {len(data)} bytes "
-                              "(disk full?); the partial line will be skipped by readers")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            if sidecar is not None:
+                try:
+                    write_atomic(sidecar, sidecar_text)
+                except OSError as error:
+                    raise OutputError("--history", sidecar, "cannot write the per-image sidecar "
+                                      f"({error.strerror or error})") from error
+                wrote_sidecar = True
+            try:
+                _append_line(history, data)
+            except OSError as error:
+                raise OutputError("--history", history, "cannot append the run "
+                                  f"({error.strerror or error}); no partial line was left") \
+                    from error
+        except BaseException:
+            if wrote_sidecar:
+                with contextlib.suppress(OSError):
+                    sidecar.unlink()
+            raise
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def parse_timestamp(text) -> tuple[dt.datetime | None, str | None]:
+    """(aware datetime, None) for an ISO timestamp; a zone-less one is read as UTC with a note;
+    (None, reason) when it is not a timestamp."""
+    if not isinstance(text, str) or not text.strip():
+        return None, "no timestamp"
+    try:
+        moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z",
+                                                                                     "+00:00"))
+    except ValueError:
+        return None, f"timestamp {text!r} is not ISO 8601"
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=dt.timezone.utc), (f"timestamp {text!r} has no time zone; "
+                                                         "read as UTC")
+    return moment, None
 
 
 def read_history(history: Path, *, report=warn) -> list[dict]:
-    """Every valid record of a history, in file order; a corrupt line is reported and skipped."""
+    """Every valid record of a history, in file order. A UTF-8 BOM, a torn last line, corrupt
+    lines and zone-less timestamps (read as UTC) are each reported; nothing is ever rewritten."""
     if not history.is_file():
         return []
     records = []
     with open(history, "rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError) as error:
-                report(f"{history}:{number}: corrupt history line skipped ({type(error).__name__})")
-                continue
-            if not isinstance(record, dict) or "run_id" not in record:
-                report(f"{history}:{number}: history line without a run_id skipped")
-                continue
-            records.append(record)
+        lines = list(handle)
+    for number, raw in enumerate(lines, 1):
+        if raw.startswith(UTF8_BOM):
+            report(f"{history}:{number}: a UTF-8 byte order mark (BOM) was skipped")
+            raw = raw[len(UTF8_BOM):]
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as error:
+            if number == len(lines) and not raw.endswith(b"\n"):
+                report(f"{history}:{number}: torn last line skipped (no newline: an interrupted "
+                       "write?)")
+            else:
+                report(f"{history}:{number}: corrupt history line skipped "
+                       f"({type(error).__name__})")
+            continue
+        if not isinstance(record, dict) or "run_id" not in record:
+            report(f"{history}:{number}: history line without a run_id skipped")
+            continue
+        if "timestamp" in record:
+            moment, note = parse_timestamp(record.get("timestamp"))
+            if note:
+                report(f"{history}:{number}: {note}")
+            if moment is not None:
+                record["timestamp"] = moment.astimezone(dt.timezone.utc).strftime(
+                    "%Y-%m-%dT%H:%M:%SZ")
+        records.append(record)
     return records
 
 
@@ -632,7 +1241,7 @@ def load_details(history: Path, record: dict) -> dict | None:
     relative = record.get("details")
     path = history.parent / relative if relative else sidecar_path(history, str(record["run_id"]))
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as error:
         warn(f"per-image details of run {record['run_id']} unavailable ({path}: {error}); "
              "the comparison has no noise estimate")
@@ -641,30 +1250,132 @@ def load_details(history: Path, record: dict) -> dict | None:
 
 # --------------------------------------------------------------------------- comparison
 
-def bootstrap_delta(new: list[float], old: list[float], *, resamples: int = BOOTSTRAP_RESAMPLES,
-                    seed: int = BOOTSTRAP_SEED, confidence: float = BOOTSTRAP_CONFIDENCE
-                    ) -> tuple[float, float]:
-    """Percentile bootstrap interval of mean(new) - mean(old), resampling each run independently."""
-    rng = np.random.default_rng(seed)
-    new_values = np.asarray(new, dtype=np.float64)
-    old_values = np.asarray(old, dtype=np.float64)
-    new_means = new_values[rng.integers(0, len(new_values), (resamples, len(new_values)))].mean(1)
-    old_means = old_values[rng.integers(0, len(old_values), (resamples, len(old_values)))].mean(1)
-    low, high = np.quantile(new_means - old_means, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return float(low), float(high)
-
-
-def per_image_similarity(details: dict) -> list[float]:
-    return [image["similarity"] if image.get("similarity") is not None else 0.0
-            for image in details.get("images", [])]
-
-
 COMPARED_METRICS = ("face_similarity_mean", "skin_realism_mean", "detection_rate", "identity_score",
                     "score", "pass_rate", "images_evaluated")
+# What --compare-to tests, per pair of image sets: name, the figure it reads, in words.
+GATED_METRICS = (("identity", "similarity", "mean similarity (a failed image 0)"),
+                 ("pass_rate", "pass_rate", "pass rate"),
+                 ("realism", "realism", "skin realism (images with a face)"))
 
 
-def compare_runs(new: dict, new_details: dict | None, old: dict, old_details: dict | None) -> dict:
-    """Deltas (new - old) per metric and whether the identity change exceeds bootstrap noise."""
+def comparison_images(details: dict, schema: ConfigSchema = DEFAULT_SCHEMA) -> list[dict]:
+    """Per-image rows of a sidecar, any version: every image, a failed one as similarity 0.
+
+    Config names are re-read under `schema`, so an older run's `str0.8_cfg4` meets this run's
+    `str0.80_cfg4.0`. Sidecars written before failed images counted list them apart
+    ("unreadable"); they are added back as failed images.
+    """
+    rows, seen = [], set()
+    for image in details.get("images", []) or []:
+        if not isinstance(image, dict) or image.get("path") in seen:
+            continue
+        seen.add(image.get("path"))
+        error = image.get("error")
+        detected = bool(image.get("detected")) and not error
+        similarity = image.get("similarity") if detected else None
+        name = image.get("config") or image.get("path") or UNPARSED
+        rows.append({"path": image.get("path"), "config": schema.canonical_name(str(name)),
+                     "baseline": schema.parse(str(name)).baseline,
+                     "detected": detected,
+                     "similarity_or_zero": float(similarity) if similarity is not None else 0.0,
+                     "passed": bool(image.get("passed")) and detected,
+                     "identity": image.get("identity") or 0.0,
+                     "realism": image.get("realism") if detected else None,
+                     "realism_relative": image.get("realism_relative") if detected else None})
+    for item in details.get("unreadable", []) or []:
+        if not isinstance(item, dict) or item.get("path") in seen:
+            continue
+        seen.add(item.get("path"))
+        config = schema.parse(str(item.get("path")))
+        rows.append({"path": item.get("path"), "config": config.name,
+                     "baseline": config.baseline, "detected": False,
+                     "similarity_or_zero": 0.0, "passed": False, "identity": 0.0,
+                     "realism": None, "realism_relative": None})
+    return rows
+
+
+def _compare_sets(label: str, new_groups: list[list[dict]], old_groups: list[list[dict]], *,
+                  threshold: float) -> dict:
+    """Deltas and bootstrap distributions (new - old) of the gated metrics for one pair."""
+    new_count = sum(len(group) for group in new_groups)
+    old_count = sum(len(group) for group in old_groups)
+    result = {"label": label, "images_new": new_count, "images_old": old_count, "metrics": {}}
+    if min(new_count, old_count) < MIN_COMPARE_IMAGES:
+        result["undecided"] = (f"too few images ({new_count} now, {old_count} then; a "
+                               f"comparison needs at least {MIN_COMPARE_IMAGES} per side)")
+        result["images_needed"] = max(0, MIN_COMPARE_IMAGES - min(new_count, old_count))
+        return result
+    rng = np.random.default_rng(_seed_for(label))
+    new_cols = [_columns(group, threshold) for group in new_groups if group]
+    old_cols = [_columns(group, threshold) for group in old_groups if group]
+    point_new = _statistics({**{key: sum(col[key].sum() for col in new_cols)
+                                for key in new_cols[0]}, "n": new_count},
+                            threshold=None, min_detection_rate=None)
+    point_old = _statistics({**{key: sum(col[key].sum() for col in old_cols)
+                                for key in old_cols[0]}, "n": old_count},
+                            threshold=None, min_detection_rate=None)
+    boot_new = _statistics(resample_totals(new_cols, BOOTSTRAP_RESAMPLES, rng),
+                           threshold=None, min_detection_rate=None)
+    boot_old = _statistics(resample_totals(old_cols, BOOTSTRAP_RESAMPLES, rng),
+                           threshold=None, min_detection_rate=None)
+    for name, column, words in GATED_METRICS:
+        new_value, old_value = float(point_new[column]), float(point_old[column])
+        entry = {"metric": words, "new": new_value, "old": old_value}
+        if name == "realism" and (point_new["faces"] < MIN_COMPARE_IMAGES
+                                  or point_old["faces"] < MIN_COMPARE_IMAGES):
+            entry["undecided"] = (f"too few faces for realism ({int(point_new['faces'])} now, "
+                                  f"{int(point_old['faces'])} then)")
+            result["metrics"][name] = entry
+            continue
+        deltas = boot_new[column] - boot_old[column]
+        deltas = deltas[np.isfinite(deltas)]
+        entry["delta"] = new_value - old_value
+        entry["interval"] = list(_percentile_interval(deltas))
+        entry["_deltas"] = deltas
+        result["metrics"][name] = entry
+    return result
+
+
+def _decide(comparisons: list[dict]) -> int:
+    """Verdict per metric at family-wise FAMILY_ALPHA (one-sided Bonferroni); the family size."""
+    tests = [entry for comparison in comparisons for entry in comparison["metrics"].values()
+             if "_deltas" in entry]
+    family = max(1, len(tests))
+    level = FAMILY_ALPHA / family
+    for comparison in comparisons:
+        for name, entry in comparison["metrics"].items():
+            if "_deltas" not in entry:
+                entry["verdict"] = "cannot decide"
+                continue
+            deltas = entry.pop("_deltas")
+            margin = PRACTICAL_MARGINS[name]
+            upper = float(np.quantile(deltas, 1 - level)) if len(deltas) else math.inf
+            lower = float(np.quantile(deltas, level)) if len(deltas) else -math.inf
+            entry["decision_bounds"] = [lower, upper]
+            if upper < 0 and entry["delta"] < -margin:
+                entry["verdict"] = "clearly worse"
+            elif lower > 0 and entry["delta"] > margin:
+                entry["verdict"] = "clearly better"
+            else:
+                entry["verdict"] = "within noise"
+                if entry["delta"] < -margin and upper > entry["delta"]:
+                    # How many images per side would make a drop this size clear: the bound
+                    # shrinks as 1/sqrt(n).
+                    width = upper - entry["delta"]
+                    factor = (width / abs(entry["delta"])) ** 2
+                    entry["images_needed"] = int(math.ceil(
+                        max(comparison["images_new"], comparison["images_old"]) * factor))
+    return family
+
+
+def compare_runs(new: dict, new_details: dict | None, old: dict, old_details: dict | None, *,
+                 schema: ConfigSchema = DEFAULT_SCHEMA) -> dict:
+    """Like with like (module docstring): best config against best config, each shared config,
+    the shared configs pooled; identity, pass rate and realism with bootstrap intervals.
+
+    "verdict" is "clearly worse" (exit 1 under --compare-to), "within noise or better" (0) or
+    "cannot decide" (2, with "why" and "images_needed").
+    """
     deltas = {}
     for metric in COMPARED_METRICS:
         a, b = new.get(metric), old.get(metric)
@@ -676,33 +1387,97 @@ def compare_runs(new: dict, new_details: dict | None, old: dict, old_details: di
         "timestamp": old.get("timestamp"),
         "old_grade": old.get("overall_grade"),
         "new_grade": new.get("overall_grade"),
+        "old_best_config": None,
+        "new_best_config": new.get("best_config"),
+        "old_best_config_grade": old.get("best_config_grade"),
+        "new_best_config_grade": new.get("best_config_grade"),
         "old": {metric: old.get(metric) for metric in COMPARED_METRICS},
         "deltas": deltas,
-        "interval": None,
-        "verdict": "unknown",
+        "comparisons": [],
+        "verdict": "cannot decide",
+        "why": None,
+        "images_needed": None,
         "significant_regression": False,
+        "confidence": BOOTSTRAP_CONFIDENCE,
+        "family_alpha": FAMILY_ALPHA,
+        "notes": [],
     }
+    threshold = float(new.get("threshold"))
     if old.get("threshold") != new.get("threshold"):
-        comparison["note"] = (f"thresholds differ ({old.get('threshold')} then, "
-                              f"{new.get('threshold')} now): pass and grade are not like for like")
+        comparison["notes"].append(
+            f"thresholds differ ({old.get('threshold')} then, {new.get('threshold')} now): both "
+            f"runs' pass rates are recounted at {threshold}")
+    if old.get("reference_dir") and old.get("reference_dir") != new.get("reference_dir"):
+        comparison["notes"].append(f"references differ ({old.get('reference_dir')} then, "
+                                   f"{new.get('reference_dir')} now): identity was measured "
+                                   "against other photos")
     if not new_details or not old_details:
-        comparison["verdict"] = "unknown (no per-image details for one run)"
+        comparison["why"] = "no per-image details (sidecar) for one run"
         return comparison
-    new_values = per_image_similarity(new_details)
-    old_values = per_image_similarity(old_details)
-    if len(new_values) < 3 or len(old_values) < 3:
-        comparison["verdict"] = "unknown (fewer than 3 images in a run)"
+    new_rows = comparison_images(new_details, schema)
+    old_rows = comparison_images(old_details, schema)
+    by_new: dict[str, list[dict]] = {}
+    by_old: dict[str, list[dict]] = {}
+    for row in new_rows:
+        by_new.setdefault(row["config"], []).append(row)
+    for row in old_rows:
+        by_old.setdefault(row["config"], []).append(row)
+    old_best = old.get("best_config")
+    old_best = schema.canonical_name(str(old_best)) if old_best else None
+    if old_best is None or old_best not in by_old:  # an old record: its best by its own score
+        candidates = [row for row in (old.get("configs") or []) if isinstance(row, dict)
+                      and not schema.parse(str(row.get("config"))).baseline]
+        old_best = schema.canonical_name(str(candidates[0]["config"])) if candidates else None
+    comparison["old_best_config"] = old_best
+    new_best = new.get("best_config")
+    if new_best not in by_new or old_best not in by_old:
+        comparison["why"] = "a run has no best config with per-image details"
         return comparison
-    low, high = bootstrap_delta(new_values, old_values)
-    comparison["interval"] = [low, high]
-    comparison["confidence"] = BOOTSTRAP_CONFIDENCE
-    if high < 0:
-        comparison["verdict"] = "significant regression"
+    pairs = [(f"best config: {new_best} now vs {old_best} then", [by_new[new_best]],
+              [by_old[old_best]], "best")]
+    shared = sorted((name for name in set(by_new) & set(by_old)  # baselines: no LoRA to judge
+                     if name != UNPARSED and not schema.parse(name).baseline),
+                    key=lambda name: schema.sort_key(schema.parse(name)))
+    same_best = new_best == old_best
+    if shared and not (shared == [new_best] and same_best):  # else it repeats the best pair
+        pairs.append((f"shared configs pooled ({len(shared)})", [by_new[name] for name in shared],
+                      [by_old[name] for name in shared], "pooled"))
+        for name in shared if len(shared) > 1 else ():  # one shared config is the pooled pair
+            if not (same_best and name == new_best):
+                pairs.append((f"config {name}", [by_new[name]], [by_old[name]], "config"))
+    for label, new_groups, old_groups, kind in pairs:
+        result = _compare_sets(label, new_groups, old_groups, threshold=threshold)
+        result["kind"] = kind
+        comparison["comparisons"].append(result)
+    comparison["family_size"] = _decide(comparison["comparisons"])
+    worse = [(item, name) for item in comparison["comparisons"]
+             for name, entry in item["metrics"].items() if entry.get("verdict") == "clearly worse"]
+    best_pair = comparison["comparisons"][0]
+    if worse:
+        comparison["verdict"] = "clearly worse"
         comparison["significant_regression"] = True
-    elif low > 0:
-        comparison["verdict"] = "significant improvement"
+        comparison["why"] = "; ".join(
+            f"{item['label']}: {item['metrics'][name]['metric']} "
+            f"{_f(item['metrics'][name]['old'])} -> {_f(item['metrics'][name]['new'])}"
+            for item, name in worse)
+    elif "undecided" in best_pair:
+        comparison["why"] = f"{best_pair['label']}: {best_pair['undecided']}"
+        comparison["images_needed"] = best_pair["images_needed"]
     else:
-        comparison["verdict"] = "within noise"
+        comparison["verdict"] = "within noise or better"
+        better = [f"{item['label']}: {entry['metric']}" for item in comparison["comparisons"]
+                  for entry in item["metrics"].values() if entry.get("verdict") == "clearly better"]
+        needed = [entry["images_needed"] for item in comparison["comparisons"]
+                  for entry in item["metrics"].values() if entry.get("images_needed")]
+        if better:
+            comparison["why"] = "clearly better: " + "; ".join(better)
+        else:
+            comparison["why"] = "every change is within noise"
+        if needed:
+            comparison["images_needed"] = max(needed)
+    # The best pair's identity interval, as before, for readers of the old field.
+    identity = best_pair["metrics"].get("identity", {})
+    comparison["interval"] = identity.get("interval")
     return comparison
 
 
@@ -730,6 +1505,12 @@ def _signed(value, digits: int = 3) -> str:
     return f"{value:+d}" if isinstance(value, int) else f"{value:+.{digits}f}"
 
 
+def _range(pair, formatter=_f, joiner: str = " .. ") -> str:
+    if not pair or pair[0] is None or pair[1] is None:
+        return "-"
+    return f"{formatter(pair[0])}{joiner}{formatter(pair[1])}"
+
+
 GRADE_WORDS = {
     "A": "strong: identity and skin both hold",
     "B": "good: usable, check the weakest metric",
@@ -739,15 +1520,102 @@ GRADE_WORDS = {
 }
 
 
-def verdict_line(scorecard: dict, *, code: str = "`") -> str:
-    grade = scorecard["overall_grade"]
-    text = (f"Grade {grade} over all {scorecard['images_evaluated']} images "
-            f"({GRADE_WORDS[grade]}).")
-    if scorecard.get("best_config"):
-        best = scorecard["configs"][0]
-        text += (f" Best config: {code}{best['config']}{code} (grade {best['grade']}, "
-                 f"score {best['score']:.2f}).")
-    return text
+def headline(scorecard: dict, *, code: str = "`") -> list[tuple[str, str]]:
+    """The report's first lines, as (label, text): the recommendation, how sure, the sweep."""
+    s = scorecard
+    best = s.get("recommendation")
+    sweep = (f"grade {s['overall_grade']} (score {_f(s['score'], 2)}) over "
+             f"{s['overall_grade_basis']}. A sweep holds weak configs on purpose: judge the LoRA "
+             "by its best config.")
+    if not best:
+        return [("Recommendation", "none: this sweep has no LoRA config (only a baseline), "
+                 "so there is nothing to choose."), ("Whole sweep (context)", sweep)]
+    interval = best["interval"]
+    name = f"{code}{best['config']}{code}"
+    if best["grade"] in "ABC":
+        verb = f"use {best['words']} ({name})"
+    else:
+        verb = (f"no config is ready; the best is {best['words']} ({name}), and it grades "
+                f"{best['grade']} ({GRADE_WORDS[best['grade']].split(':')[0]})")
+    recommendation = (
+        f"{verb}: grade {best['grade']} on {best['grade_basis']}; identity "
+        f"{_f(best['similarity_mean'])} (95% interval "
+        f"{_range(interval['face_similarity_mean'])}), realism {_f(best['realism_mean'])}, "
+        f"pass rate {_pct(best['pass_rate'])} ({best['passed']}/{best['images']}, interval "
+        f"{_range(interval['pass_rate'], _pct)}), score {_f(best['score'], 2)} (interval "
+        f"{_range(interval['score'], lambda v: _f(v, 2))}).")
+    grades = interval["grades"]
+    sure = [f"{best['how_sure']}: {best['images']} image{'s' if best['images'] != 1 else ''}",
+            f"the interval spans grade {grades[0]}" + (f" to {grades[1]}"
+                                                       if grades[0] != grades[1] else " only")]
+    runner = best.get("runner_up")
+    if runner:
+        difference = (f"score {_f(runner['score'], 2)}, difference "
+                      f"{_f(runner['score_difference'], 2)}, interval "
+                      f"{_range(runner['score_difference_interval'], lambda v: _f(v, 2))}")
+        if runner["within_noise"]:
+            either = "either will do, " if best["grade"] in "ABC" else ""
+            sure.append(f"the runner-up {code}{runner['config']}{code} (grade {runner['grade']}, "
+                        f"{difference}) is within noise of it: {either}more images would "
+                        "separate them")
+        else:
+            sure.append(f"the runner-up {code}{runner['config']}{code} (grade {runner['grade']}, "
+                        f"{difference}) is clearly behind")
+    else:
+        sure.append("it is the only LoRA config")
+    return [("Recommendation", recommendation), ("How sure", "; ".join(sure) + "."),
+            ("Whole sweep (context)", sweep)]
+
+
+def comparison_lines(comparison: dict) -> list[str]:
+    """The Markdown of a comparison: verdict, why, the like-with-like table, sweep deltas."""
+    c = comparison
+    lines = [f"Against `{c['lora_version']}` run `{c['run_id']}` ({c['timestamp']}): "
+             f"**{c['verdict']}**" + (f": {c['why']}" if c.get("why") else "") + "."]
+    if c.get("images_needed"):
+        if c["verdict"] == "cannot decide":
+            lines.append(f"Images needed: at least {c['images_needed']} more in the best config "
+                         "of the smaller run.")
+        else:
+            lines.append(f"Images needed: about {c['images_needed']} per side (in the comparison "
+                         "that needs the most) to tell the largest drop seen from noise.")
+    lines.append(f"Best config: `{c.get('old_best_config')}` (grade "
+                 f"{c.get('old_best_config_grade') or '-'}) then, `{c.get('new_best_config')}` "
+                 f"(grade {c.get('new_best_config_grade') or '-'}) now; sweep grade "
+                 f"{c['old_grade']} -> {c['new_grade']}.")
+    if c.get("comparisons"):
+        lines += ["", f"Like with like (95% bootstrap intervals of now - then; \"clearly\" needs "
+                  f"the one-sided bound at family-wise {c['family_alpha']:.0%} over "
+                  f"{c.get('family_size', 0)} tests and a change beyond "
+                  f"{', '.join(f'{k} {v}' for k, v in PRACTICAL_MARGINS.items())}):", "",
+                  "| comparison | images then/now | metric | then | now | delta | 95% interval "
+                  "| verdict |", "|---|---|---|---|---|---|---|---|"]
+        for item in c["comparisons"]:
+            counts = f"{item['images_old']}/{item['images_new']}"
+            if item.get("undecided"):
+                lines.append(f"| {item['label']} | {counts} | all | - | - | - | - "
+                             f"| cannot decide: {item['undecided']} |")
+                continue
+            for name, entry in item["metrics"].items():
+                verdict = entry.get("verdict", "-")
+                if entry.get("undecided"):
+                    verdict = f"cannot decide: {entry['undecided']}"
+                elif entry.get("images_needed"):
+                    verdict += f" (to be sure: ~{entry['images_needed']} images per side)"
+                percent = name == "pass_rate"
+                show = _pct if percent else _f
+                lines.append(f"| {item['label']} | {counts} | {entry['metric']} "
+                             f"| {show(entry.get('old'))} | {show(entry.get('new'))} "
+                             f"| {_signed(entry.get('delta'))} | {_range(entry.get('interval'))} "
+                             f"| {verdict} |")
+    lines += ["", "Whole sweep (context, not like with like when the configs differ):", "",
+              "| metric | then | now | delta |", "|---|---|---|---|"]
+    for metric in COMPARED_METRICS:
+        lines.append(f"| {metric} | {_f(c['old'].get(metric))} | "
+                     f"{_f(c.get('now', {}).get(metric))} | {_signed(c['deltas'].get(metric))} |")
+    for note in c.get("notes") or []:
+        lines += ["", f"Note: {note}"]
+    return lines
 
 
 def render_report(scorecard: dict, comparison: dict | None, *, notes: str | None = None,
@@ -755,21 +1623,25 @@ def render_report(scorecard: dict, comparison: dict | None, *, notes: str | None
     """The Markdown summary a person reads."""
     s = scorecard
     lines = [f"# Scorecard: {s['lora_version']} ({s['run_id']})", ""]
-    lines += [f"**Verdict:** {verdict_line(s)}", ""]
+    for label, text in headline(s):
+        lines += [f"**{label}:** {text}", ""]
     lines += [
-        f"- Grade: **{s['overall_grade']}** (score {_f(s['score'], 2)}; "
+        f"- Sweep grade: **{s['overall_grade']}** (score {_f(s['score'], 2)}; "
         "score = identity x (0.4 + 0.6 x realism relative to the training photos); "
-        "A >= 0.80, B >= 0.65, C >= 0.50, D >= 0.35)",
-        f"- Identity: mean similarity {_f(s['face_similarity_mean'])} (faceless images count 0; "
+        f"A >= 0.80, B >= 0.65, C >= 0.50, D >= 0.35) over {s['overall_grade_basis']}",
+        f"- Identity: mean similarity {_f(s['face_similarity_mean'])} (failed images count 0; "
         f"{_f(s['face_similarity_mean_detected'])} over found faces) against threshold "
         f"{_f(s['threshold'])} and reference ceiling {_f(s['reference_ceiling'])}; "
         f"identity ratio {_f(s['identity_ratio'])}; "
         f"{'PASS' if s['face_similarity_pass'] else 'FAIL'}",
         f"- Skin realism: {_f(s['skin_realism_mean'])} (mean over images with a face, 0..1)",
         f"- Faces found: {_pct(s['detection_rate'])} of {s['images_evaluated']} images "
-        f"(minimum {_pct(s['min_detection_rate'])})",
+        f"(minimum {_pct(s['min_detection_rate'])}); failed images {s['images_failed']} "
+        f"({s['images_unreadable']} unreadable); excluded copies of references "
+        f"{s['images_excluded']}",
         f"- Scored by: {s['backend']} / {s['model']}; {s['timestamp']}",
-        f"- Best config: `{s['best_config']}`; worst config: `{s['worst_config']}`",
+        f"- Best config: `{s['best_config']}` (grade {s['best_config_grade']}); worst config: "
+        f"`{s['worst_config']}`",
     ]
     if notes:
         lines.append(f"- Notes: {notes}")
@@ -777,34 +1649,36 @@ def render_report(scorecard: dict, comparison: dict | None, *, notes: str | None
         params = json.dumps(training_params, ensure_ascii=False)[:400]
         lines.append(f"- Training params: `{params}`")
     lines += ["", "## Configs, ranked", "",
-              "| # | config | images | faces | similarity | pass | realism | score | grade |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| # | config | grade | rests on | similarity | pass | realism "
+              "| score (95% interval) |",
+              "|---|---|---|---|---|---|---|---|"]
     for row in s["configs"]:
+        name = f"`{row['config']}`" + (" (baseline)" if row["baseline"] else "")
         lines.append(
-            f"| {row['rank']} | `{row['config']}` | {row['images']} "
-            f"| {_pct(row['detection_rate'])} | {_f(row['similarity_mean'])} "
-            f"| {_pct(row['pass_rate'])} | {_f(row['realism_mean'])} "
-            f"| {_f(row['score'], 2)} | {row['grade']} |")
+            f"| {row['rank']} | {name} | {row['grade']} | {row['grade_basis']} "
+            f"| {_f(row['similarity_mean'])} | {_pct(row['pass_rate'])} "
+            f"| {_f(row['realism_mean'])} "
+            f"| {_f(row['score'], 2)} ({_range(row['score_interval'], lambda v: _f(v, 2))}) |")
+    if len(s["configs"]) > 1:
+        lines += ["", "By setting (numeric order): "
+                  + ", ".join(f"`{name}`" for name in s["config_order"])]
+    if s["failed_images"]:
+        lines += ["", "## Failed images (each counts as 0 in its config and the sweep)", "",
+                  "| image | config | reason |", "|---|---|---|"]
+        lines += [f"| `{item['path']}` | `{item['config']}` | {item['reason']} |"
+                  for item in s["failed_images"]]
+    if s["excluded_images"]:
+        lines += ["", "## Excluded: identical to a training photo", "",
+                  "| image | config | identical to |", "|---|---|---|"]
+        lines += [f"| `{item['path']}` | `{item['config']}` | `{item['identical_to_reference']}` |"
+                  for item in s["excluded_images"]]
     lines += ["", "## Comparison with the previous version", ""]
     if comparison is None:
         lines.append("No earlier run of another version in the history.")
     elif comparison.get("refused"):
         lines.append(comparison["refused"])
     else:
-        interval = ""
-        if comparison.get("interval"):
-            low, high = comparison["interval"]
-            interval = f" (95% bootstrap interval {_signed(low)} .. {_signed(high)})"
-        lines.append(f"Against `{comparison['lora_version']}` run `{comparison['run_id']}` "
-                     f"({comparison['timestamp']}): grade {comparison['old_grade']} -> "
-                     f"{comparison['new_grade']}; identity change: **{comparison['verdict']}**"
-                     f"{interval}.")
-        lines += ["", "| metric | then | now | delta |", "|---|---|---|---|"]
-        for metric in COMPARED_METRICS:
-            lines.append(f"| {metric} | {_f(comparison['old'].get(metric))} | {_f(s.get(metric))} "
-                         f"| {_signed(comparison['deltas'].get(metric))} |")
-        if comparison.get("note"):
-            lines += ["", f"Note: {comparison['note']}"]
+        lines += comparison_lines({**comparison, "now": {m: s.get(m) for m in COMPARED_METRICS}})
     lines += ["", "## Warnings", ""]
     lines += [f"- {message}" for message in s["warnings"]] or ["None."]
     lines.append("")
@@ -844,6 +1718,7 @@ th{background:#f0f3f6} td.l,th.l{text-align:left}
 .card.noface img{border-color:#8c959f;opacity:.8}
 .name{color:#57606a;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .ok-t{color:#1a7f37;font-weight:600} .bad-t{color:#c0392b;font-weight:600}
+.hl{margin:3px 0}
 ul.w{background:#fff8c5;border:1px solid #d4a72c;border-radius:6px;padding:10px 28px}
 """
 
@@ -879,130 +1754,133 @@ def _anchor(config: str) -> str:
     return "cfg-" + re.sub(r"[^A-Za-z0-9_.-]", "-", config)
 
 
-def strength_cfg_grids(configs: list[dict]) -> list[dict]:
-    """Strength x CFG grids, one per combination of the other tokens, each with >= 2 cells."""
+def strength_cfg_grids(configs: list[dict], schema: ConfigSchema = DEFAULT_SCHEMA) -> list[dict]:
+    """Strength x CFG grids, one per combination of the other settings, each with >= 2 cells;
+    rows, columns and grids in numeric order."""
     groups: dict[tuple, dict] = {}
     for row in configs:
-        strength = cfg = None
-        rest = []
-        for key, value in row["tokens"].items():
-            canon = canonical_key(key)
-            try:
-                number = float(value)
-            except ValueError:
-                number = None
-            if canon == "strength" and strength is None and number is not None:
-                strength = (number, f"{key}{value}")
-            elif canon == "cfg" and cfg is None and number is not None:
-                cfg = (number, f"{key}{value}")
-            else:
-                rest.append(f"{key}{value}")
-        if strength is None or cfg is None:
+        settings = dict(row["settings"])
+        strength, cfg = settings.pop("strength", None), settings.pop("cfg", None)
+        if strength is None or cfg is None or row["baseline"]:
             continue
-        group = groups.setdefault(tuple(rest), {"cells": {}, "strengths": {}, "cfgs": {}})
-        group["strengths"][strength[0]] = strength[1]
-        group["cfgs"][cfg[0]] = cfg[1]
-        cell = group["cells"].get((strength[0], cfg[0]))
+        rest = schema.make(settings)
+        group = groups.setdefault(schema.sort_key(rest), {"title": rest.name if rest.parsed
+                                                          else "all", "cells": {}})
+        cell = group["cells"].get((strength, cfg))
         if cell is None or row["score"] > cell["score"]:
-            group["cells"][(strength[0], cfg[0])] = row
+            group["cells"][(strength, cfg)] = row
     grids = []
-    for rest, group in sorted(groups.items()):
+    for _, group in sorted(groups.items()):
         if len(group["cells"]) >= 2:
-            grids.append({"title": "_".join(rest) or "all", **group})
+            group["strengths"] = sorted({key[0] for key in group["cells"]})
+            group["cfgs"] = sorted({key[1] for key in group["cells"]})
+            grids.append(group)
     return grids
 
 
 def render_html(scorecard: dict, details: dict, comparison: dict | None, generated_dir: Path, *,
                 notes: str | None = None) -> str:
-    """A self-contained page: verdict, ranked configs, strength x CFG grids, contact sheets."""
+    """A self-contained page: the recommendation, ranked configs, strength x CFG grids, contact
+    sheets, failed and excluded images."""
     s = scorecard
     e = html.escape
+    schema = ConfigSchema(s.get("config_keys") or ())
     thumbs = {image["path"]: thumbnail_data_uri(generated_dir / image["path"])
-              for image in details["images"]}
+              for image in details["images"] if not image.get("error")}
     by_config: dict[str, list[dict]] = {}
     for image in details["images"]:
         by_config.setdefault(image["config"], []).append(image)
-    grade = s["overall_grade"]
+    best = s.get("recommendation")
+    badge = best["grade"] if best else s["overall_grade"]
     out = ["<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
-           f"<title>Scorecard {e(s['lora_version'])} - grade {grade}</title>",
+           f"<title>Scorecard {e(str(s['lora_version']))} - best config grade {badge}</title>",
            f"<style>{CSS}</style></head><body>",
            f"<h1>LoRA scorecard: {e(str(s['lora_version']))}</h1>",
            f"<div class=\"sub\">run <code>{e(s['run_id'])}</code> · {e(s['timestamp'])} · "
            f"{e(str(s['backend']))} / {e(str(s['model']))} · {s['images_evaluated']} images · "
            f"{e(s['generated_dir'])}</div>",
-           f"<div class=\"verdict\"><div class=\"big\" style=\"background:{GRADE_COLORS[grade]}\">"
-           f"{grade}</div><div><b>{e(verdict_line(s, code=''))}</b>"]
+           f"<div class=\"verdict\"><div class=\"big\" style=\"background:{GRADE_COLORS[badge]}\">"
+           f"{badge}</div><div>"]
+    for label, text in headline(s, code=""):
+        out.append(f"<div class=\"hl\"><b>{e(label)}:</b> {e(text)}</div>")
     if comparison and not comparison.get("refused"):
-        out.append(f"<br>Against {e(str(comparison['lora_version']))} "
-                   f"(<code>{e(str(comparison['run_id']))}</code>): grade "
-                   f"{e(str(comparison['old_grade']))}"
-                   f" &rarr; {e(str(comparison['new_grade']))}, identity "
-                   f"{_signed(comparison['deltas'].get('face_similarity_mean'))}: "
-                   f"<b>{e(comparison['verdict'])}</b>")
+        out.append(f"<div class=\"hl\"><b>Against {e(str(comparison['lora_version']))}</b> "
+                   f"(<code>{e(str(comparison['run_id']))}</code>): "
+                   f"<b>{e(comparison['verdict'])}</b>"
+                   + (f": {e(str(comparison['why']))}" if comparison.get("why") else "")
+                   + "</div>")
     if notes:
-        out.append(f"<br><span class=\"sub\">Notes: {e(notes)}</span>")
+        out.append(f"<div class=\"sub\">Notes: {e(notes)}</div>")
     out.append("</div></div><div class=\"stats\">")
     for label, value in (
+        ("best config grade", f"{s['best_config_grade'] or '-'}"),
+        ("sweep grade (context)", s["overall_grade"]),
         ("identity (mean sim.)", _f(s["face_similarity_mean"])),
         ("threshold", _f(s["threshold"])),
         ("reference ceiling", _f(s["reference_ceiling"])),
         ("skin realism", _f(s["skin_realism_mean"])),
         ("faces found", _pct(s["detection_rate"])),
-        ("score", _f(s["score"], 2)),
+        ("failed images", str(s["images_failed"])),
     ):
         out.append(f"<div class=\"stat\">{e(label)}<b>{e(value)}</b></div>")
     out.append("</div><h2>Configs, ranked</h2><table><tr><th>#</th><th class=\"l\">config</th>"
-               "<th>images</th><th>faces</th><th>similarity</th><th>pass</th><th>realism</th>"
-               "<th class=\"l\">score</th><th>grade</th></tr>")
+               "<th>grade</th><th class=\"l\">rests on</th><th>similarity</th><th>pass</th>"
+               "<th>realism</th><th class=\"l\">score (95% interval)</th></tr>")
     for row in s["configs"]:
         width = int(round(100 * row["score"]))
+        extra = " <span class=\"sub\">(baseline)</span>" if row["baseline"] else ""
         out.append(
             f"<tr><td>{row['rank']}</td><td class=\"l\"><a href=\"#{_anchor(row['config'])}\">"
-            f"{e(row['config'])}</a></td><td>{row['images']}</td>"
-            f"<td>{_pct(row['detection_rate'])}</td>"
+            f"{e(row['config'])}</a>{extra}</td><td>{_grade_badge(row['grade'])}</td>"
+            f"<td class=\"l\">{e(row['grade_basis'])}</td>"
             f"<td>{_f(row['similarity_mean'])}</td><td>{_pct(row['pass_rate'])}</td>"
             f"<td>{_f(row['realism_mean'])}</td><td class=\"l\"><span class=\"bar\" "
-            f"style=\"width:{width}px\"></span> {row['score']:.2f}</td>"
-            f"<td>{_grade_badge(row['grade'])}</td></tr>")
+            f"style=\"width:{width}px\"></span> {row['score']:.2f} "
+            f"<span class=\"sub\">({_range(row['score_interval'], lambda v: _f(v, 2))})</span>"
+            "</td></tr>")
     out.append("</table>")
-    for grid in strength_cfg_grids(s["configs"]):
+    strength_axis, cfg_axis = schema.by_key.get("strength"), schema.by_key.get("cfg")
+    for grid in strength_cfg_grids(s["configs"], schema):
         out.append(f"<h2>Strength x CFG ({e(grid['title'])})</h2>"
                    "<table class=\"grid\"><tr><th></th>")
-        cfgs = sorted(grid["cfgs"])
-        for cfg in cfgs:
-            out.append(f"<th>{e(grid['cfgs'][cfg])}</th>")
+        for cfg in grid["cfgs"]:
+            out.append(f"<th>cfg{e(format_number(cfg, cfg_axis.decimals))}</th>")
         out.append("</tr>")
-        for strength in sorted(grid["strengths"]):
-            out.append(f"<tr><th>{e(grid['strengths'][strength])}</th>")
-            for cfg in cfgs:
+        for strength in grid["strengths"]:
+            out.append(f"<tr><th>str{e(format_number(strength, strength_axis.decimals))}</th>")
+            for cfg in grid["cfgs"]:
                 row = grid["cells"].get((strength, cfg))
                 if row is None:
                     out.append("<td class=\"sub\">-</td>")
                     continue
-                best = max(by_config.get(row["config"], []), default=None,
-                           key=lambda image: (image["identity"], image["realism"] or 0.0))
-                thumb = thumbs.get(best["path"]) if best else None
+                best_image = max((image for image in by_config.get(row["config"], [])
+                                  if not image.get("error")), default=None,
+                                 key=lambda image: (image["identity"], image["realism"] or 0.0))
+                thumb = thumbs.get(best_image["path"]) if best_image else None
                 image_html = f"<img src=\"{thumb}\" width=\"120\" alt=\"\">" if thumb else ""
                 out.append(f"<td><a href=\"#{_anchor(row['config'])}\">{image_html}</a>"
                            f"{_grade_badge(row['grade'])} {row['score']:.2f}<br>"
                            f"<span class=\"sub\">id {_f(row['similarity_mean'])} · "
-                           f"real {_f(row['realism_mean'], 2)}</span></td>")
+                           f"real {_f(row['realism_mean'], 2)} · {row['images']} img</span></td>")
             out.append("</tr>")
         out.append("</table>")
     out.append("<h2>Contact sheets</h2><div class=\"sub\">Border: green = identity at or above "
-               f"the threshold ({_f(s['threshold'])}), red = below, grey = no face found. "
-               "Best identity first.</div>")
+               f"the threshold ({_f(s['threshold'])}), red = below, grey = no face found or "
+               "unreadable (both count as failed). Best identity first.</div>")
     threshold = s["threshold"]
     for row in s["configs"]:
         out.append(f"<div class=\"config\" id=\"{_anchor(row['config'])}\"><h3>#{row['rank']} "
                    f"{e(row['config'])} {_grade_badge(row['grade'])}</h3><div class=\"sub\">score "
                    f"{row['score']:.2f} · similarity {_f(row['similarity_mean'])} · realism "
-                   f"{_f(row['realism_mean'])} · faces {row['faces_found']}/{row['images']}</div>"
+                   f"{_f(row['realism_mean'])} · {e(row['grade_basis'])}</div>"
                    "<div class=\"sheet\">")
         members = sorted(by_config.get(row["config"], []),
                          key=lambda image: (-image["identity"], image["path"]))
         for image in members:
-            if not image["detected"]:
+            if image.get("error"):
+                state = "noface"
+                identity = f"<span class=\"bad-t\">unreadable: {e(str(image['error']))}</span>"
+            elif not image["detected"]:
                 state, identity = "noface", "<span class=\"bad-t\">no face found</span>"
             else:
                 passed = image["similarity"] is not None and image["similarity"] >= threshold
@@ -1018,19 +1896,23 @@ def render_html(scorecard: dict, details: dict, comparison: dict | None, generat
                        f"<div>realism {_f(image['realism'] if image['detected'] else None, 2)}"
                        "</div></div>")
         out.append("</div></div>")
+    if s["excluded_images"]:
+        out.append("<h2>Excluded: identical to a training photo</h2><ul class=\"w\">")
+        out += [f"<li>{e(item['path'])} = {e(str(item['identical_to_reference']))}</li>"
+                for item in s["excluded_images"]]
+        out.append("</ul>")
     if s["warnings"]:
         out.append("<h2>Warnings</h2><ul class=\"w\">")
         out += [f"<li>{e(message)}</li>" for message in s["warnings"]]
         out.append("</ul>")
     out.append("<p class=\"sub\">score = identity x (0.4 + 0.6 x relative realism); identity "
-               "is 0.5 at the threshold, 1 at the reference ceiling, 0 without a face; "
-               "grade A &ge; 0.80, B &ge; 0.65, C &ge; 0.50, D &ge; 0.35; capped at C when mean "
-               "similarity is below the threshold, at D when too few faces are found.</p>")
+               "is 0.5 at the threshold, 1 at the reference ceiling, 0 without a face or when "
+               "unreadable; grade A &ge; 0.80, B &ge; 0.65, C &ge; 0.50, D &ge; 0.35; capped at C "
+               "when mean similarity is below the threshold, at D when too few faces are found. "
+               "Intervals: 95% percentile bootstrap over each config's images.</p>")
     out.append("</body></html>\n")
     return "\n".join(out)
 
-
-# --------------------------------------------------------------------------- evaluators
 
 _EVALUATORS = None
 
@@ -1048,14 +1930,16 @@ def load_evaluators():
 
 
 def run_evals(generated: Path, reference: Path, *, backend: str, threshold: float | None,
-              model_pack: str, device: str, cache_dir: Path | None, show_progress: bool
-              ) -> tuple[dict, dict]:
-    """Both evals' result dicts; their InputError becomes UsageError."""
+              model_pack: str, device: str, cache_dir: Path | None, show_progress: bool,
+              download_pack: bool = False) -> tuple[dict, dict]:
+    """Both evals' result dicts; their InputError becomes UsageError. Their warnings are
+    collected (and printed once, at the end, by main)."""
     fse, sre = load_evaluators()
     try:
         face = fse.evaluate(generated, reference, threshold=threshold, backend=backend,
                             model_pack=model_pack, device=device, cache_dir=cache_dir,
-                            show_progress=show_progress)
+                            show_progress=show_progress, download_pack=download_pack,
+                            print_warnings=False)
         skin = sre.evaluate(generated, reference, show_progress=show_progress)
     except (fse.InputError, sre.InputError) as error:
         raise UsageError(str(error)) from error
@@ -1177,24 +2061,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "download)")
     parser.add_argument("--model-pack", default="buffalo_l",
                         help="insightface model pack (default: buffalo_l)")
+    parser.add_argument("--download-pack", action="store_true",
+                        help="fetch a missing insightface pack with insightface's own downloader "
+                        "into ~/.insightface/models/NAME (default: off, nothing is downloaded)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="embedding cache folder for the face eval (default: its own default; "
-                        "OUT_DIR/cache with --demo)")
+                        "OUT_DIR/cache with --demo); an unwritable one is a warning")
+    parser.add_argument("--config-key", action="append", default=[], metavar="KEY",
+                        help="also read KEY<number> tokens of the file names as a config setting, "
+                        "e.g. --config-key v for ohwx_v3 (repeatable; default: the known keys "
+                        "only)")
     parser.add_argument("--training-params", type=Path,
                         help="JSON file of training parameters stored with the run (default: none)")
     parser.add_argument("--notes", default="",
                         help="free text stored with the run (default: empty)")
     parser.add_argument("--history", type=Path, default=None,
                         help=f"append-only history (default: {DEFAULT_HISTORY}, beside this "
-                        "script)")
+                        "script); per-image sidecars go to runs/ beside it")
     parser.add_argument("--report", type=Path, default=None,
                         help=f"Markdown report (default: {DEFAULT_REPORT}, beside this script)")
     parser.add_argument("--html", type=Path, default=None,
                         help="also write a self-contained HTML contact sheet here (default: none)")
     parser.add_argument("--compare-to", metavar="VERSION_OR_RUN_ID",
-                        help="compare with the newest run of this run id or lora version; exit 1 "
-                        "on a significant identity regression (default: no gate)")
+                        help="compare like with like with the newest run of this run id or lora "
+                        "version; exit 1 when clearly worse, 2 when it cannot decide (default: "
+                        "no gate)")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the scorecard JSON to this file (default: stdout only)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
@@ -1229,6 +2121,9 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             if not folder.is_dir():
                 parser.error(f"{flag} {folder} is not a folder")
     args.backend = args.backend or "insightface"
+    if args.download_pack and args.backend != "insightface":
+        parser.error(f"--download-pack applies only to --backend insightface, not --backend "
+                     f"{args.backend}")
     if not str(args.lora_version).strip():
         parser.error("--lora-version must not be empty")
     if args.run_id is not None and not RUN_ID_RE.match(args.run_id):
@@ -1236,8 +2131,14 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
                      "(it names a file), up to 128 characters")
     if args.threshold is not None and not -1.0 <= args.threshold <= 1.0:
         parser.error(f"--threshold {args.threshold} is not a cosine similarity in [-1, 1]")
+    for key in args.config_key:
+        if not CONFIG_KEY_RE.match(key):
+            parser.error(f"--config-key {key!r}: a key is letters only (it is read as "
+                         "KEY<number> in file names)")
     args.history = (args.history or DEFAULT_HISTORY).resolve()
     args.report = (args.report or DEFAULT_REPORT).resolve()
+    args.html = args.html.resolve() if args.html is not None else None
+    args.json = args.json.resolve() if args.json is not None else None
 
 
 def default_run_id(lora_version: str, now: dt.datetime) -> str:
@@ -1252,7 +2153,7 @@ def main(argv: list[str] | None = None) -> int:
     training_params = None
     if args.training_params is not None:
         try:
-            training_params = json.loads(args.training_params.read_text(encoding="utf-8"))
+            training_params = json.loads(args.training_params.read_text(encoding="utf-8-sig"))
         except (OSError, ValueError) as error:
             parser.error(f"--training-params {args.training_params}: not a readable JSON file "
                          f"({error})")
@@ -1261,15 +2162,29 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OutputError as error:
+        print(f"error: {error}; this run was not recorded in the history", file=sys.stderr)
+        return 2
 
 
 def _run(args: argparse.Namespace, training_params) -> int:
     history: Path = args.history
-    records = read_history(history)
+    schema = ConfigSchema(args.config_key)
     now = dt.datetime.now(dt.timezone.utc)
     run_id = args.run_id or default_run_id(args.lora_version, now)
+    sidecar = sidecar_path(history, run_id)
+    # Every output is checked before anything is read: a bad path costs nothing.
+    check_outputs([("--history", history, True), ("--history", lock_path_for(history), True),
+                   ("--history (its runs/ sidecar folder)", sidecar, False),
+                   ("--report", args.report, False), ("--html", args.html, False),
+                   ("--json", args.json, False),
+                   ("--demo", args.demo / "sweep" / "probe.png" if args.demo else None, False)])
+    records = read_history(history)
     if any(str(record.get("run_id")) == run_id for record in records):
         raise UsageError(f"--run-id {run_id} is already in {history}; choose another id")
+    if sidecar.exists() or sidecar.is_symlink():
+        raise UsageError(f"--run-id {run_id}: its per-image file {sidecar} already exists (it is "
+                         "never overwritten); choose another id")
     target = None
     if args.compare_to:
         target = find_run(records, args.compare_to)
@@ -1294,11 +2209,11 @@ def _run(args: argparse.Namespace, training_params) -> int:
 
     face, skin = run_evals(generated, reference, backend=args.backend, threshold=args.threshold,
                            model_pack=args.model_pack, device=args.device, cache_dir=args.cache_dir,
-                           show_progress=not args.no_progress)
+                           show_progress=not args.no_progress, download_pack=args.download_pack)
     timestamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     scorecard, details = build_scorecard(face, skin, generated_dir=generated,
                                          reference_dir=reference, lora_version=args.lora_version,
-                                         run_id=run_id, timestamp=timestamp)
+                                         run_id=run_id, timestamp=timestamp, schema=schema)
     if target is not None and not same_scorer(scorecard, target):
         raise UsageError(f"--compare-to {args.compare_to}: run {target['run_id']} was scored by "
                          f"{target.get('backend')}/{target.get('model')}, this run by "
@@ -1312,14 +2227,14 @@ def _run(args: argparse.Namespace, training_params) -> int:
         previous = earlier[-1] if earlier else None
     if previous is not None:
         if same_scorer(scorecard, previous):
-            comparison = compare_runs(scorecard, details, previous, load_details(history, previous))
+            comparison = compare_runs(scorecard, clean_json(details), previous,
+                                      load_details(history, previous), schema=schema)
         else:
             comparison = {"refused": "The newest run of another version "
                           f"({previous.get('run_id')}) was scored by {previous.get('backend')}/"
                           f"{previous.get('model')}; not comparable."}
     scorecard["comparison"] = comparison
 
-    sidecar = sidecar_path(history, run_id)
     record = dict(scorecard)
     record["training_params"] = training_params
     record["notes"] = args.notes
@@ -1327,33 +2242,44 @@ def _run(args: argparse.Namespace, training_params) -> int:
                              "skin_realism": skin.get("summary")}
     record["details"] = sidecar.relative_to(history.parent).as_posix()
     record = clean_json(record)
-    append_history(history, record, sidecar,
-                   json.dumps(clean_json(details), indent=1, ensure_ascii=False) + "\n")
-    write_atomic(args.report, render_report(record, comparison, notes=args.notes,
-                                            training_params=training_params))
-    if args.html is not None:
-        write_atomic(args.html, render_html(record, details, comparison, generated,
-                                            notes=args.notes))
     text = json.dumps(record, indent=2, ensure_ascii=False)
+    outputs = [("--report", args.report, render_report(record, comparison, notes=args.notes,
+                                                       training_params=training_params))]
+    if args.html is not None:
+        outputs.append(("--html", args.html, render_html(record, details, comparison, generated,
+                                                         notes=args.notes)))
     if args.json is not None:
-        write_atomic(args.json, text + "\n")
+        outputs.append(("--json", args.json, text + "\n"))
+    sidecar_text = json.dumps(clean_json(details), indent=1, ensure_ascii=False) + "\n"
+    # Reports and sidecar first, the history line last (one write); see append_history.
+    append_history(history, record, sidecar, sidecar_text, outputs)
     print(text)
     for message in record["warnings"]:
         warn(message)
-    written = [str(history), str(args.report)] + [str(p) for p in (args.html, args.json) if p]
-    print(f"grade {record['overall_grade']}, best {record['best_config']}, worst "
-          f"{record['worst_config']}; wrote {', '.join(written)}", file=sys.stderr)
-    if comparison and comparison.get("significant_regression") and target is not None:
-        print(f"REGRESSION: identity fell against {target['run_id']} beyond noise "
-              f"(interval {comparison['interval'][0]:+.3f} .. {comparison['interval'][1]:+.3f})",
-              file=sys.stderr)
+    written = [str(path) for _, path, _ in outputs] + [str(sidecar), str(history)]
+    best = record.get("recommendation")
+    if best:
+        print(f"recommendation: {best['words']} ({best['config']}), grade {best['grade']} on "
+              f"{best['images']} images ({best['how_sure']}); sweep grade "
+              f"{record['overall_grade']}; wrote {', '.join(written)}", file=sys.stderr)
+    else:
+        print(f"no LoRA config to recommend; sweep grade {record['overall_grade']}; wrote "
+              f"{', '.join(written)}", file=sys.stderr)
+    if target is None or comparison is None:
+        return 0
+    if comparison["verdict"] == "clearly worse":
+        print(f"REGRESSION against {target['run_id']}: {comparison['why']}", file=sys.stderr)
         return 1
-    if comparison and target is not None and comparison["verdict"].startswith("unknown"):
+    if comparison["verdict"] == "cannot decide":
+        needed = (f"; it needs at least {comparison['images_needed']} more image(s) per best "
+                  "config" if comparison.get("images_needed") else "")
         # A gate that cannot decide must not read as a pass.
         print(f"error: --compare-to {args.compare_to}: cannot decide against {target['run_id']}: "
-              f"{comparison['verdict']}; this run was recorded, the comparison was not made",
+              f"{comparison['why']}{needed}; this run was recorded, the comparison was not made",
               file=sys.stderr)
         return 2
+    print(f"against {target['run_id']}: {comparison['verdict']} ({comparison['why']})",
+          file=sys.stderr)
     return 0
 
 

@@ -18,8 +18,10 @@ Usage:
 Exit codes: 0 evaluation completed (scores are information, not a pass/fail), 2 usage or input
 error (missing or empty folder, fewer than 3 usable reference photos, no readable generated image).
 Inputs: folders are searched recursively (.jpg .jpeg .png .webp .bmp .tif .tiff, any case), EXIF
-orientation is applied, non-ASCII paths work; unreadable files are listed in the table and under
-"errors" in the JSON and counted, without stopping the run.
+orientation is applied, non-ASCII paths work; unreadable files, dangling symbolic links and
+degenerate images (refused from the header before decoding: a side under 32 px, an aspect ratio
+beyond 1:20, above 64 MP) are listed in the table and under "errors" in the JSON and counted,
+without stopping the run. --json is checked before any image is read (exit 2 naming the flag).
 
 Method (every constant below is also in the JSON under "method"):
 1. Region. Faces are found with OpenCV's bundled Haar cascade (haarcascade_frontalface_alt2.xml,
@@ -115,12 +117,15 @@ def list_images(folder: Path) -> list[Path]:
 
 
 # Copied from evals/face_similarity_eval.py:load_image
-def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS, min_side: int = 32,
+               max_aspect: float = 20.0) -> np.ndarray:
     """Decode `path` to an 8-bit BGR array (H, W, 3), EXIF orientation applied.
 
     Reads the bytes through pathlib so non-ASCII paths work on Windows too. Grayscale, palette,
     RGBA (composited on white) and 16-bit images are converted. Raises ImageLoadError with the
-    reason for a file that is not a usable image or is larger than `max_pixels`.
+    reason for a file that is not a usable image, or whose header (read before any pixel is
+    decoded, so nothing large is allocated) gives a side under `min_side` px, an aspect ratio
+    beyond 1:`max_aspect` or more than `max_pixels` pixels.
     """
     try:
         data = Path(path).read_bytes()
@@ -128,12 +133,18 @@ def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
         raise ImageLoadError(f"cannot read file: {error.strerror or error}") from error
     try:
         with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
+            width, height = image.size  # from the header: Image.open decodes no pixels
             if width * height > max_pixels:
                 raise ImageLoadError(
                     f"image is {width}x{height} = {width * height / 1e6:.0f} MP, above the "
                     f"{max_pixels / 1e6:.0f} MP limit; downscale it first"
                 )
+            if min(width, height) < min_side:
+                raise ImageLoadError(f"image is {width}x{height} px: a side under {min_side} px "
+                                     "cannot hold a face")
+            if max(width, height) > max_aspect * min(width, height):
+                raise ImageLoadError(f"image is {width}x{height} px: aspect ratio beyond "
+                                     f"1:{max_aspect:g} (a banner or strip, not a portrait)")
             if image.getexif().get(0x0112, 1) != 1:  # EXIF orientation; skips a copy when upright
                 image = ImageOps.exif_transpose(image)
             rgb = _to_rgb8(image)
@@ -147,6 +158,33 @@ def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     bgr = np.empty(rgb.shape, dtype=np.uint8)
     bgr[:, :, 0], bgr[:, :, 1], bgr[:, :, 2] = rgb[:, :, 2], rgb[:, :, 1], rgb[:, :, 0]
     return bgr
+
+
+# Copied from evals/face_similarity_eval.py:dangling_links
+def dangling_links(folder: Path) -> list[Path]:
+    """Symbolic links under `folder` with an image extension whose target is missing.
+
+    list_images() skips them (they are not files); the evals list them as error rows instead of
+    letting an image silently drop out of the figures.
+    """
+    found = [
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_symlink() and not path.exists()
+    ]
+    return sorted(found, key=lambda path: path.relative_to(folder).as_posix())
+
+
+# Copied from evals/face_similarity_eval.py:unreadable_reason
+def unreadable_reason(path: Path, error: OSError) -> str:
+    """The error-row text for a file that cannot be opened (a dangling link says where it led)."""
+    if path.is_symlink() and not path.exists():
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return f"dangling symbolic link (its target {target} does not exist)"
+    return f"cannot read file: {error.strerror or error}"
 
 
 # Copied from evals/face_similarity_eval.py:_to_rgb8
@@ -476,7 +514,7 @@ def measure_file(path: Path, reencode_jpeg_quality: int | None = None) -> dict:
         identity = (stat.st_dev, stat.st_ino) if stat.st_ino else str(path.resolve())
         key = (identity, stat.st_size, stat.st_mtime_ns, reencode_jpeg_quality)
     except OSError as error:
-        raise ImageLoadError(f"cannot read file: {error.strerror or error}") from error
+        raise ImageLoadError(unreadable_reason(path, error)) from error
     with _MEASUREMENTS_LOCK:
         cached = _MEASUREMENTS.get(key)
         if cached is not None:
@@ -599,11 +637,11 @@ def _images_in(folder, role: str) -> tuple[Path, list[Path]]:
         raise InputError(f"{role} folder {folder} does not exist")
     if not folder.is_dir():
         raise InputError(f"{role} folder {folder} is not a folder")
-    images = list_images(folder)
+    images = list_images(folder) + dangling_links(folder)  # a dangling link is an error row
     if not images:
         raise InputError(f"{role} folder {folder} holds no images (searched recursively for "
                          f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return folder, images
+    return folder, sorted(images, key=lambda path: path.relative_to(folder).as_posix())
 
 
 def _progress(items, description: str, show: bool, total: int | None = None):
@@ -774,6 +812,43 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+# Copied from evals/scorecard.py:output_path_problem
+def output_path_problem(path: Path, in_place: bool = False) -> str | None:
+    """Why a file cannot be written at `path`, or None: checked before any work is done.
+
+    `path` must not be a folder or a dangling link; the nearest existing folder above it must be
+    a folder in which a file can be created (probed with a temporary file: permission bits do not
+    tell the truth to root or on a read-only mount). With `in_place` (a file appended to, not
+    replaced) an existing file must also open for appending. Nothing is created or changed.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return "is a folder; give a file path"
+    if path.is_symlink() and not path.exists():
+        return "is a dangling symbolic link"
+    if path.exists():
+        if not path.is_file():
+            return "exists and is not a regular file"
+        if in_place:
+            try:
+                with open(path, "ab"):
+                    pass
+            except OSError as error:
+                return f"cannot be written ({error.strerror or error})"
+    folder = path.parent
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        return f"no file can be created in {folder} ({error.strerror or error})"
+    return None
+
+
 # Copied from evals/scorecard.py:write_atomic
 def write_atomic(path: Path, text: str) -> None:
     """Write a text file via a temp file in the same folder and os.replace."""
@@ -817,8 +892,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.reencode_jpeg is not None and not 1 <= args.reencode_jpeg <= 100:
         parser.error(f"--reencode-jpeg must be 1-100, got {args.reencode_jpeg}")
-    if args.json is not None and args.json.is_dir():
-        parser.error(f"--json {args.json} is a folder; give a file path")
+    if args.json is not None:
+        problem = output_path_problem(args.json)
+        if problem is not None:  # found before any image is measured
+            parser.error(f"--json {args.json}: {problem}")
     try:
         result = evaluate(args.generated, args.reference, reencode_jpeg_quality=args.reencode_jpeg,
                           show_progress=not args.no_progress)

@@ -583,7 +583,9 @@ def test_dlib_cli_holdout_exit_codes(faces_dir, dlib_cache, tmp_path):
 @pytest.mark.slow
 def test_dlib_tight_crops_are_found(faces_dir, dlib_cache):
     crops = faces_dir / "crops"
-    report = fse.evaluate(crops, crops, backend="dlib", cache_dir=dlib_cache, show_progress=False)
+    # Against the photos: a crop scored against itself would be excluded as a copy.
+    report = fse.evaluate(crops, faces_dir / "photos", backend="dlib", cache_dir=dlib_cache,
+                          show_progress=False)
     rows = report["images"]
     assert len(rows) == 25 and all(row["detected"] for row in rows), \
         [row["path"] for row in rows if not row["detected"]]
@@ -648,7 +650,155 @@ def test_dlib_largest_and_best_face_in_a_group_picture(faces_dir, dlib_cache, tm
 
 def test_load_image_keeps_a_dark_16_bit_image_dark(tmp_path):
     """A 16-bit image whose values all sit below 256 is still 16-bit: 200/65535 is near black."""
-    Image.fromarray(np.full((8, 8), 200, np.uint16)).save(tmp_path / "dark16.png")
+    Image.fromarray(np.full((40, 40), 200, np.uint16)).save(tmp_path / "dark16.png")
     assert Image.open(tmp_path / "dark16.png").mode.startswith("I")
     image = fse.load_image(tmp_path / "dark16.png")
-    assert image.shape == (8, 8, 3) and image.dtype == np.uint8 and int(image.max()) <= 1
+    assert image.shape == (40, 40, 3) and image.dtype == np.uint8 and int(image.max()) <= 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Hostile inputs: degenerate images, dangling links, copies of the references, output paths
+# ----------------------------------------------------------------------------------------------
+
+
+def test_degenerate_images_and_dangling_links_are_error_rows(tiny_pack, identity_dirs, tmp_path):
+    gen, ref = identity_dirs
+    Image.new("RGB", (1000, 1), "white").save(gen / "banner.png")
+    Image.new("RGB", (5000, 5), "white").save(gen / "strip.png")
+    Image.new("RGB", (2000, 40), "white").save(gen / "ribbon.png")
+    Image.new("RGB", (31, 400), "white").save(gen / "narrow.png")
+    Image.new("1", (1, 100000)).save(gen / "tall.png")
+    Image.new("1", (64_000_000, 1)).save(gen / "wide.png")
+    Image.new("RGB", (32, 640), "white").save(gen / "edge_ok.png")  # 1:20, 32 px: allowed
+    (gen / "gone.png").symlink_to(tmp_path / "deleted.png")
+    report = run_tiny(gen, ref, tiny_pack, None, use_cache=False, min_detection_rate=0.1)
+    rows = by_path(report)
+    assert "under 32 px" in rows["banner.png"]["error"]
+    assert "under 32 px" in rows["strip.png"]["error"]
+    assert "1:20" in rows["ribbon.png"]["error"] and "2000x40" in rows["ribbon.png"]["error"]
+    assert "under 32 px" in rows["narrow.png"]["error"]
+    assert "1x100000" in rows["tall.png"]["error"]
+    assert "64000000x1" in rows["wide.png"]["error"]
+    assert rows["edge_ok.png"]["error"] is None and not rows["edge_ok.png"]["detected"]
+    assert "dangling symbolic link" in rows["gone.png"]["error"]
+    summary = report["summary"]
+    # Every image counts: 10 images, 3 with a face; the errors count 0 in the mean.
+    assert summary["images"] == 11 and summary["errors"] == 7 and summary["faces_found"] == 3
+    assert summary["mean"] == pytest.approx(
+        sum(row["similarity"] or 0 for row in rows.values()) / 11, abs=1e-5)
+
+
+def test_huge_allocations_are_gone_under_an_address_space_limit(tiny_pack, identity_dirs,
+                                                                  tmp_path):
+    """1x100000 and 64,000,000x1 PNGs made this eval allocate 56 GiB and 8 PiB: under a 4 GiB
+    address-space limit the CLI now finishes, listing them as errors."""
+    if sys.platform != "linux":
+        pytest.skip("the address-space limit needs Linux")
+    import resource
+    import subprocess
+
+    gen, ref = identity_dirs
+    Image.new("1", (1, 100000)).save(gen / "tall.png")
+    Image.new("1", (64_000_000, 1)).save(gen / "wide.png")
+    limit = 4 << 30
+    result = subprocess.run(
+        [sys.executable, str(Path(fse.__file__)), "--generated", str(gen), "--reference", str(ref),
+         "--model-pack", str(tiny_pack), "--no-cache", "--device", "cpu"],
+        capture_output=True, text=True, encoding="utf-8", timeout=600,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    assert result.returncode in (0, 1), result.stderr
+    assert "Traceback" not in result.stderr and "MemoryError" not in result.stderr
+    assert "tall.png" in result.stderr and "wide.png" in result.stderr
+    assert "ERROR: image is 1x100000 px" in result.stdout
+
+
+def test_copies_of_references_are_flagged_and_excluded(tiny_pack, identity_dirs, tmp_path):
+    gen, ref = identity_dirs
+    shutil.copyfile(ref / "r1.png", gen / "byte_copy.png")
+    Image.open(ref / "r2.png").save(gen / "pixel_copy.bmp")  # other bytes, the same pixels
+    report = run_tiny(gen, ref, tiny_pack, None, use_cache=False)
+    rows = by_path(report)
+    assert rows["byte_copy.png"]["identical_to_reference"] == "r1.png"
+    assert rows["pixel_copy.bmp"]["identical_to_reference"] == "r2.png"
+    assert rows["byte_copy.png"]["excluded"] and rows["pixel_copy.bmp"]["excluded"]
+    assert not rows["same_a.png"]["excluded"]
+    summary = report["summary"]
+    assert summary["images"] == 3 and summary["excluded"] == 2
+    counted = [row["similarity"] for row in report["images"] if not row["excluded"]]
+    assert summary["mean"] == pytest.approx(np.mean(counted), abs=1e-5)
+    assert any("identical to a reference" in warning for warning in report["warnings"])
+    # Cached embeddings keep the pixel digest: a second run finds the copies again.
+    cache = tmp_path / "cache"
+    run_tiny(gen, ref, tiny_pack, cache)
+    again = run_tiny(gen, ref, tiny_pack, cache)
+    assert again["stats"]["cache_misses"] == 0 and again["summary"]["excluded"] == 2
+
+
+def test_all_copies_is_exit_2(tiny_pack, identity_dirs, tmp_path):
+    _, ref = identity_dirs
+    result = run_script(SCRIPT, "--generated", ref, "--reference", ref, "--model-pack", tiny_pack,
+                        "--no-cache")
+    assert result.returncode == 2
+    assert "identical to reference images" in result.stderr.strip().splitlines()[-1]
+
+
+def test_bad_json_path_is_exit_2_before_any_image_is_read(tiny_pack, identity_dirs, tmp_path):
+    gen, ref = identity_dirs
+    regular = tmp_path / "regular.txt"
+    regular.write_text("x", encoding="utf-8")
+    for target in (regular / "report.json", tmp_path):
+        result = run_script(SCRIPT, "--generated", gen, "--reference", ref, "--model-pack",
+                            tiny_pack, "--cache-dir", tmp_path / "cache", "--json", target)
+        assert result.returncode == 2 and "error: --json" in result.stderr
+        assert result.stdout == "" and not (tmp_path / "cache").exists()
+
+
+def test_unwritable_cache_is_one_warning_and_the_run_goes_on(tiny_pack, identity_dirs, tmp_path):
+    gen, ref = identity_dirs
+    blocker = tmp_path / "cache_is_a_file"
+    blocker.write_text("x", encoding="utf-8")
+    result = run_script(SCRIPT, "--generated", gen, "--reference", ref, "--model-pack", tiny_pack,
+                        "--cache-dir", blocker)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("embedding cache") == 1 and "cannot be written" in result.stderr
+
+
+def test_download_pack_is_opt_in_and_uses_insightfaces_downloader(tmp_path):
+    """Offline by default (the downloader is never reached); --download-pack calls
+    insightface.utils.storage.download for real, which goes through a local refusing proxy."""
+    from local_proxy import RefusingProxy
+
+    home = tmp_path / "home"
+    home.mkdir()
+    ref, gen = tmp_path / "ref", tmp_path / "gen"
+    save_bgr(face_image(1), ref / "r.png")
+    save_bgr(face_image(1), gen / "g.png")
+    common = ["--generated", gen, "--reference", ref, "--model-pack", "buffalo_l", "--no-cache"]
+    url = "https://github.com/deepinsight/insightface/releases/download/model-zoo/buffalo_l.zip"
+    with RefusingProxy() as proxy:
+        env = {"HOME": str(home), "USERPROFILE": str(home), **proxy.env}
+        offline = run_script(SCRIPT, *common, env=env)
+        assert offline.returncode == 2
+        message = offline.stderr.strip()
+        assert len(message.splitlines()) == 1
+        assert "--download-pack" in message and f"unzip {url}" in message
+        assert "--model-pack /path/to/pack_folder" in message
+        assert proxy.requests == [] and not (home / ".insightface").exists()
+        fetched = run_script(SCRIPT, *common, "--download-pack", env=env)
+        assert fetched.returncode == 2, fetched.stderr
+        assert proxy.requests[0].startswith("CONNECT github.com:443")
+        assert url in fetched.stderr and "could not fetch" in fetched.stderr
+        assert fetched.stdout == ""  # the downloader's own print went to stderr
+        # A pack folder left empty by a broken download: offline says how, and the flag retries.
+        empty = home / ".insightface" / "models" / "buffalo_l"
+        empty.mkdir(parents=True)
+        offline = run_script(SCRIPT, *common, env=env)
+        assert offline.returncode == 2 and "no .onnx files" in offline.stderr
+        assert "--download-pack" in offline.stderr
+        before = len(proxy.requests)
+        retried = run_script(SCRIPT, *common, "--download-pack", env=env)
+        assert retried.returncode == 2 and len(proxy.requests) == before + 1
+    dlib = run_script(SCRIPT, "--generated", gen, "--reference", ref, "--backend", "dlib",
+                      "--download-pack")
+    assert dlib.returncode == 2
+    assert "error: --download-pack applies only to --backend insightface" in dlib.stderr

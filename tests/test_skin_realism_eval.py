@@ -330,3 +330,45 @@ def test_large_image_without_face_is_measured_in_blocks(skin):
     assert raw["image_size"] == [2600, 2000]
     assert all(np.isfinite(raw[name]) and raw[name] > 0 for name in skin.TEXTURE_METRICS)
     assert measurement["hist"].sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_degenerate_images_and_dangling_links_are_error_rows(tmp_path, skin, photo_paths):
+    """Banners that crashed OpenCV (1000x1, 5000x5), a 2000x40 ribbon, 1x100000 and
+    64,000,000x1 PNGs and a dangling link are error rows; the smallest allowed shapes (32 px,
+    1:20) are measured without a crash."""
+    for path in photo_paths[:3]:
+        link_or_copy(path, tmp_path / "ref" / path.name)
+    gen = tmp_path / "gen"
+    link_or_copy(photo_paths[5], gen / "portrait.jpg")
+    Image.new("RGB", (1000, 1), "white").save(gen / "banner.png")
+    Image.new("RGB", (5000, 5), "white").save(gen / "strip.png")
+    Image.new("RGB", (2000, 40), "white").save(gen / "ribbon.png")
+    Image.new("1", (1, 100000)).save(gen / "tall.png")
+    Image.new("1", (64_000_000, 1)).save(gen / "wide.png")
+    rng = np.random.default_rng(1)
+    for name, size in (("edge_32x640.png", (32, 640)), ("edge_640x32.png", (640, 32)),
+                       ("edge_32x32.png", (32, 32))):
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(
+            gen / name)
+    (gen / "gone.png").symlink_to(tmp_path / "deleted.png")
+    result = skin.evaluate(gen, tmp_path / "ref", show_progress=False)
+    rows = {row["path"]: row for row in result["images"]}
+    assert "under 32 px" in rows["banner.png"]["error"]
+    assert "under 32 px" in rows["strip.png"]["error"]
+    assert "aspect ratio beyond 1:20" in rows["ribbon.png"]["error"]
+    assert "1x100000" in rows["tall.png"]["error"] and "64000000x1" in rows["wide.png"]["error"]
+    assert "dangling symbolic link" in rows["gone.png"]["error"]
+    for name in ("edge_32x640.png", "edge_640x32.png", "edge_32x32.png", "portrait.jpg"):
+        assert rows[name]["error"] is None and 0.0 <= rows[name]["overall_realism_score"] <= 1.0
+    assert result["summary"]["errors"] == 6 and result["summary"]["scored"] == 4
+
+
+def test_cli_bad_json_path_is_exit_2_before_measuring(tmp_path):
+    regular = tmp_path / "regular.txt"
+    regular.write_text("x", encoding="utf-8")
+    (tmp_path / "gen").mkdir()
+    for target in (regular / "skin.json", tmp_path / "gen"):
+        completed = run_script(SCRIPT, "--generated", tmp_path / "gen", "--reference", tmp_path,
+                               "--json", target)
+        assert completed.returncode == 2 and "error: --json" in completed.stderr
+        assert completed.stdout == ""
