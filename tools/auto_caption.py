@@ -70,12 +70,15 @@ def list_images(folder: Path) -> list[Path]:
 
 
 # Copied from evals/face_similarity_eval.py:load_image
-def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS, min_side: int = 32,
+               max_aspect: float = 20.0) -> np.ndarray:
     """Decode `path` to an 8-bit BGR array (H, W, 3), EXIF orientation applied.
 
     Reads the bytes through pathlib so non-ASCII paths work on Windows too. Grayscale, palette,
     RGBA (composited on white) and 16-bit images are converted. Raises ImageLoadError with the
-    reason for a file that is not a usable image or is larger than `max_pixels`.
+    reason for a file that is not a usable image, or whose header (read before any pixel is
+    decoded, so nothing large is allocated) gives a side under `min_side` px, an aspect ratio
+    beyond 1:`max_aspect` or more than `max_pixels` pixels.
     """
     try:
         data = Path(path).read_bytes()
@@ -83,12 +86,18 @@ def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
         raise ImageLoadError(f"cannot read file: {error.strerror or error}") from error
     try:
         with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
+            width, height = image.size  # from the header: Image.open decodes no pixels
             if width * height > max_pixels:
                 raise ImageLoadError(
                     f"image is {width}x{height} = {width * height / 1e6:.0f} MP, above the "
                     f"{max_pixels / 1e6:.0f} MP limit; downscale it first"
                 )
+            if min(width, height) < min_side:
+                raise ImageLoadError(f"image is {width}x{height} px: a side under {min_side} px "
+                                     "cannot hold a face")
+            if max(width, height) > max_aspect * min(width, height):
+                raise ImageLoadError(f"image is {width}x{height} px: aspect ratio beyond "
+                                     f"1:{max_aspect:g} (a banner or strip, not a portrait)")
             if image.getexif().get(0x0112, 1) != 1:  # EXIF orientation; skips a copy when upright
                 image = ImageOps.exif_transpose(image)
             rgb = _to_rgb8(image)
