@@ -712,6 +712,16 @@ def resolve_dtype(name: str, device: str):
     return name, {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
 
 
+def error_summary(error: BaseException, limit: int = 300) -> str:
+    """`Type: first line` of an exception, plus the next line when the first ends with a colon."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if text.endswith(":") and len(lines) > 1:
+        text = f"{text} {lines[1]}"
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def load_pipeline(base: Base, config: Path | None, torch_dtype):
     from diffusers import StableDiffusionXLPipeline
 
@@ -728,9 +738,9 @@ def load_pipeline(base: Base, config: Path | None, torch_dtype):
         return StableDiffusionXLPipeline.from_single_file(
             str(base.path), torch_dtype=torch_dtype, local_files_only=config is not None, **kwargs)
     except Exception as error:  # diffusers raises many kinds; each is "cannot load this base"
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        hint = "" if config else " (a single file needs its config files: pass --config DIR offline)"
-        raise InputError(f"cannot load --base-model {base.path}: {type(error).__name__}: {first}{hint}") from error
+        hint = "" if config or base.kind == "diffusers" else (
+            " (a single file needs its pipeline's config files: offline, pass --config DIR)")
+        raise InputError(f"cannot load --base-model {base.path}: {error_summary(error)}{hint}") from error
 
 
 def set_sampler(pipe, name: str) -> None:
@@ -758,9 +768,8 @@ def load_lora(pipe, checkpoint: Checkpoint) -> None:
         pipe.load_lora_weights(str(checkpoint.path.parent), weight_name=checkpoint.path.name,
                                adapter_name=checkpoint.adapter)
     except Exception as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise InputError(f"{checkpoint.path}: its keys do not fit the base model "
-                         f"({type(error).__name__}: {first})") from error
+                         f"({error_summary(error)})") from error
     landed = injected_modules(pipe, checkpoint.adapter)
     if landed != checkpoint.modules:
         with contextlib.suppress(Exception):
