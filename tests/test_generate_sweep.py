@@ -533,3 +533,17 @@ def test_foreign_image_and_symlink_at_planned_names(demo, tmp_path, capsys):
     assert not link.is_symlink() and pixels(victim)[0, 0].tolist() == [9, 9, 9]
     with Image.open(foreign) as image:
         assert image.size == (64, 64) and "generate_sweep" in image.info
+
+
+def test_loras_loaded_one_at_a_time_give_the_same_images(sweep, demo, tmp_path, capsys, monkeypatch):
+    """Over the keep-loaded budget each LoRA is loaded at its turn and deleted after: same pixels."""
+    monkeypatch.setattr(gs, "KEEP_LORAS_BYTES", 0)
+    out = tmp_path / "one_at_a_time"
+    args = sweep_args(demo, out)
+    args[args.index("--seeds") + 1] = "1"
+    assert gs.main(args) == 0
+    assert "loaded one at a time" in capsys.readouterr().err
+    names = sorted(path.name for path in out.glob("*.png"))
+    assert len(names) == 10
+    for name in names:
+        assert np.array_equal(pixels(out / name), pixels(sweep["out"] / name)), name

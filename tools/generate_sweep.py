@@ -96,6 +96,8 @@ SAMPLERS = {
 }
 DEFAULT_SAMPLER = "dpmpp_2m_karras"
 TILING_ABOVE_PIXELS = 1024 * 1024
+# LoRAs (file bytes, all checkpoints of a sweep together) that stay loaded side by side.
+KEEP_LORAS_BYTES = 2 * 1024**3
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 LORA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha", ".dora_scale")
 STEP_NAME = re.compile(r"^(?P<name>.+)-step(?P<step>\d+)$")
@@ -918,10 +920,22 @@ def generate(args, base, checkpoints, plan, todo, settings, hashes, cache, devic
     if args.width * args.height > TILING_ABOVE_PIXELS:
         pipe.vae.enable_tiling()
     needed = [c for c in checkpoints if any(e.checkpoint is c for e in todo)]
-    # Every LoRA that will be used is loaded and checked once before the first image.
+    # Every LoRA that will be used is loaded and checked before the first image. The baseline is
+    # made on the bare base (no LoRA layers at all), then the LoRAs are loaded again: all of them
+    # side by side when they are small together (a switch is then set_adapters alone), else one
+    # at a time, unloaded after its images.
+    keep = sum(c.path.stat().st_size for c in needed) <= KEEP_LORAS_BYTES
+    baseline_todo = any(e.checkpoint is None for e in todo)
     for checkpoint in needed:
         load_lora(pipe, checkpoint)
-        pipe.delete_adapters(checkpoint.adapter)
+    loaded: list[Checkpoint] = list(needed)
+    if needed and (baseline_todo or not keep):
+        pipe.unload_lora_weights()
+        loaded = []
+    if needed:
+        mode = "kept loaded side by side" if keep else (
+            f"loaded one at a time (together over {KEEP_LORAS_BYTES >> 20} MiB)")
+        print(f"{len(needed)} LoRA(s) checked: every module lands on the base; {mode}", file=sys.stderr)
     if args.cpu_offload:
         pipe.enable_model_cpu_offload()
     else:
@@ -929,22 +943,29 @@ def generate(args, base, checkpoints, plan, todo, settings, hashes, cache, devic
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     load_seconds = time.perf_counter() - load_start
+    versions = library_versions()
 
     made = failed = 0
     interrupted = False
     active: Checkpoint | None = None
+    applied = None  # (adapter, strength) last given to set_adapters
     bar = tqdm(total=len(todo), unit="img", file=sys.stderr, dynamic_ncols=True,
                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]")
     try:
         for entry in todo:
-            if entry.checkpoint is not active:
-                if active is not None:
-                    pipe.delete_adapters(active.adapter)
+            if entry.checkpoint is not active or (active is None and loaded):
                 active = entry.checkpoint
-                if active is not None:
-                    load_lora(pipe, active)
-            if active is not None:
+                if active is None or not keep:
+                    if loaded:
+                        pipe.unload_lora_weights()
+                        loaded, applied = [], None
+                if active is not None and active not in loaded:
+                    for checkpoint in (needed if keep else [active]):
+                        load_lora(pipe, checkpoint)
+                    loaded = list(needed) if keep else [active]
+            if active is not None and applied != (active.adapter, entry.strength):
                 pipe.set_adapters([active.adapter], adapter_weights=[entry.strength])
+                applied = (active.adapter, entry.strength)
             bar.set_description(entry.config, refresh=False)
             generator = torch.Generator("cpu").manual_seed(entry.seed)
             try:
@@ -972,7 +993,7 @@ def generate(args, base, checkpoints, plan, todo, settings, hashes, cache, devic
                           "prompt_index": entry.prompt_index, "model": base.name,
                           "lora": entry.checkpoint.path.name if entry.checkpoint else None,
                           "checkpoint": entry.checkpoint.label if entry.checkpoint else None,
-                          "device": device, "versions": library_versions()})
+                          "device": device, "versions": versions})
             try:
                 save_png(args.out / entry.file, to_uint8(image),
                          a1111_parameters(entry, settings, base, hashes), facts)
