@@ -12,6 +12,9 @@ Usage (on the pod):
     python3 tools/generate_sweep.py --base-model BASE --lora-dir DIR --trigger ohwx --out OUT \\
         --strengths 0.6,0.8,1.0 --cfg 4,7 --seeds 1,2,3 --steps 30 --size 1024 --checkpoints last
     python3 tools/generate_sweep.py ... --dry-run      # the plan, one line per image; loads nothing
+Unattended, after each training (what tools/run_full_cycle.py --generate runs; the baseline and
+earlier checkpoints already in --out are skipped, only the newest checkpoint is made):
+    python3 tools/generate_sweep.py --base-model BASE --lora-dir DIR --trigger ohwx --out OUT --checkpoints last
 Offline (no hub access): a single file needs its pipeline's config files; pass a folder that has
 them (a diffusers SDXL folder, weights not needed) with --config DIR. Without --config, diffusers
 downloads the JSON/txt files of stabilityai/stable-diffusion-xl-base-1.0 once (a few hundred KB:
@@ -780,6 +783,18 @@ def load_lora(pipe, checkpoint: Checkpoint) -> None:
                          f"match layers of the base model; it was trained on another model")
 
 
+def warn_long_prompts(pipe, settings: dict) -> None:
+    """Once per prompt: CLIP reads 77 tokens; the rest of a longer prompt is ignored."""
+    tokenizer = pipe.tokenizer
+    limit = tokenizer.model_max_length
+    texts = [(f"prompt {n}", text) for n, text in enumerate(settings["prompts"], start=1)]
+    texts.append(("--negative", settings["negative"]))
+    for name, text in texts:
+        count = len(tokenizer(text, truncation=False).input_ids)
+        if count > limit:
+            warn(f"{name} is {count} CLIP tokens; only the first {limit} are read: {text[:60]!r}...")
+
+
 def to_uint8(array):
     import numpy as np
 
@@ -908,15 +923,26 @@ def run(args) -> int:
 
 def generate(args, base, checkpoints, plan, todo, settings, hashes, cache, device, torch_dtype,
              sweep_path: Path, started: float) -> int:
+    import warnings
+
     import numpy as np
     import torch
+    from diffusers.utils import logging as diffusers_logging
     from tqdm import tqdm
+    from transformers.utils import logging as transformers_logging
 
+    # diffusers and transformers warn per call (a truncated prompt on every image, "no LoRA keys
+    # for the text encoder" for every U-Net-only LoRA, peft's "multiple adapters"); the checks
+    # here say the same once, or more precisely.
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
     print(f"loading {base.path} ({base.kind}, {settings['dtype']} on {device})...", file=sys.stderr)
     load_start = time.perf_counter()
     pipe = load_pipeline(base, args.config, torch_dtype)
     set_sampler(pipe, args.sampler)
     pipe.set_progress_bar_config(disable=True)
+    warn_long_prompts(pipe, settings)
     if args.width * args.height > TILING_ABOVE_PIXELS:
         pipe.vae.enable_tiling()
     needed = [c for c in checkpoints if any(e.checkpoint is c for e in todo)]
