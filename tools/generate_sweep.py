@@ -17,9 +17,13 @@ earlier checkpoints already in --out are skipped, only the newest checkpoint is 
     python3 tools/generate_sweep.py --base-model BASE --lora-dir DIR --trigger ohwx --out OUT --checkpoints last
 Offline (no hub access): a single file needs its pipeline's config files; pass a folder that has
 them (a diffusers SDXL folder, weights not needed) with --config DIR. Without --config, diffusers
-downloads the JSON/txt files of stabilityai/stable-diffusion-xl-base-1.0 once (a few hundred KB:
-model_index.json, each component's config, the two CLIP tokenizers' vocab and merges) into the
-Hugging Face cache; no weights are downloaded. A diffusers folder as --base-model needs nothing.
+downloads the *.json and *.txt files of stabilityai/stable-diffusion-xl-base-1.0 once (about 3 MB:
+model_index.json, each component's config, the two CLIP tokenizers' vocab.json and merges.txt)
+into the Hugging Face cache (HF_HOME), and later runs read them from there (HF_HUB_OFFLINE=1
+works then); no weights are downloaded. A config folder for the pod, made where the hub is reached:
+    huggingface-cli download stabilityai/stable-diffusion-xl-base-1.0 --include "*.json" "*.txt" \
+        --local-dir /workspace/models/sdxl_config
+A diffusers folder as --base-model needs nothing.
 Tiny CPU run (a random-weight SDXL and LoRAs built by the tests; the images are noise):
     python3 -c "import sys; sys.path.insert(0, 'tests'); import tiny_sdxl; \\
         tiny_sdxl.build_demo('/tmp/tiny_sweep')"
