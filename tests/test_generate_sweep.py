@@ -547,3 +547,84 @@ def test_loras_loaded_one_at_a_time_give_the_same_images(sweep, demo, tmp_path, 
     assert len(names) == 10
     for name in names:
         assert np.array_equal(pixels(out / name), pixels(sweep["out"] / name)), name
+
+
+def test_interrupted_run_continues_where_it_stopped(demo, hf_env, tmp_path):
+    """Ctrl-C mid-sweep: exit 1, the images so far are complete, no temp file; a rerun finishes."""
+    import signal
+
+    out = tmp_path / "interrupted"
+    env = dict(os.environ, PYTHONIOENCODING="utf-8", **hf_env)
+    process = subprocess.Popen([sys.executable, str(REPO_ROOT / SCRIPT), *sweep_args(demo, out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    written = [process.stdout.readline().strip() for _ in range(3)]
+    process.send_signal(signal.SIGINT)
+    rest, error = process.communicate(timeout=300)
+    written += rest.split()
+    assert process.returncode == 1, error[-2000:]
+    assert "interrupted: run the same command again to continue" in error
+    assert sorted(path.name for path in out.glob("*.png")) == sorted(written)
+    assert 3 <= len(written) < 20 and not list(out.glob(".*.part"))
+    for name in written:  # each one is a complete PNG with its facts
+        with Image.open(out / name) as image:
+            image.load()
+            assert json.loads(image.info["generate_sweep"])["file"] == name
+    record = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
+    assert sum(image["status"] == "done" for image in record["images"]) == len(written)
+    again = run_script(SCRIPT, *sweep_args(demo, out), env=hf_env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"skipped (already there, same plan entry): {len(written)}" in again.stderr
+    assert {path.name for path in out.glob("*.png")} == expected_files()
+
+
+def test_a_new_checkpoint_with_last_makes_only_its_images(sweep, demo, tmp_path, capsys):
+    """The cycle's call after each training: --checkpoints last adds the newest LoRA's images."""
+    import tiny_sdxl
+
+    lora_dir = tmp_path / "lora"
+    shutil.copytree(demo["lora_dir"], lora_dir)
+    pipe = tiny_sdxl.build_pipeline()
+    tiny_sdxl.write_kohya_lora(lora_dir / "v3-step00000750.safetensors",
+                               tiny_sdxl.kohya_lora_modules(pipe, unet=True), seed=9,
+                               metadata=tiny_sdxl.sd_scripts_metadata(steps=750, epoch=3))
+    out = tmp_path / "sweep"
+    shutil.copytree(sweep["out"], out)
+    args = sweep_args(demo, out, "--checkpoints", "last")
+    args[args.index("--lora-dir") + 1] = str(lora_dir)
+    assert gs.main(args) == 0
+    captured = capsys.readouterr()
+    made = sorted(captured.out.split())
+    assert made == sorted(name for name in expected_files(labels=("step750",), baseline=False))
+    assert "skipped (already there, same plan entry): 4" in captured.err  # the baseline
+    assert len(list(out.glob("step250_*.png"))) == 8  # earlier checkpoints untouched
+
+
+def test_base_that_looks_like_sdxl_but_does_not_load_exits_2(demo, tmp_path, capsys):
+    fake = write_header_only(tmp_path / "fake_sdxl.safetensors", {
+        "conditioner.embedders.1.model.positional_embedding": (2, 2),
+        "model.diffusion_model.out.2.weight": (2,)})
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 7)
+    for base, message in ((fake, "cannot load --base-model"), (broken, "not a safetensors file")):
+        code = gs.main(["--base-model", str(base), "--config", str(demo["config"]),
+                        "--lora-dir", str(demo["lora_dir"]), "--trigger", "ohwx",
+                        "--out", str(tmp_path / "out"), "--prompts", str(demo["prompts"]),
+                        "--seeds", "1", "--cfg", "4", "--strengths", "1", "--size", "64",
+                        "--steps", "1", "--device", "cpu"])
+        error = capsys.readouterr().err
+        assert code == 2 and message in error and base.name in error, error
+        assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_non_ascii_prompt_and_trigger_survive_in_the_png(demo, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("portrait de {trigger}, café au lait\n", encoding="utf-8")
+    out = tmp_path / "out ünïcode"
+    code = gs.main(["--base-model", str(demo["diffusers"]), "--lora-dir", str(demo["lora_dir"]),
+                    "--trigger", "ohwx", "--out", str(out), "--prompts", str(prompts), "--seeds", "1",
+                    "--cfg", "4", "--strengths", "1", "--size", "64", "--steps", "1", "--device", "cpu",
+                    "--checkpoints", "last", "--no-baseline"])
+    assert code == 0, capsys.readouterr().err
+    with Image.open(out / "step500_str1.00_cfg4.0_p01_seed1.png") as image:
+        assert image.info["parameters"].startswith("portrait de ohwx, café au lait <lora:v3:1.00>")
+        assert json.loads(image.info["generate_sweep"])["prompt"] == "portrait de ohwx, café au lait"
