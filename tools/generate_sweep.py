@@ -742,10 +742,13 @@ def load_pipeline(base: Base, config: Path | None, torch_dtype):
                 variant = "fp16"
             return StableDiffusionXLPipeline.from_pretrained(
                 base.path, torch_dtype=torch_dtype, use_safetensors=True, local_files_only=True,
-                variant=variant)
+                variant=variant, add_watermarker=False)
         kwargs = {"config": str(config)} if config else {}
+        # add_watermarker=False: where the invisible-watermark package happens to be installed,
+        # diffusers would otherwise stamp every image (pixels that differ between machines).
         return StableDiffusionXLPipeline.from_single_file(
-            str(base.path), torch_dtype=torch_dtype, local_files_only=config is not None, **kwargs)
+            str(base.path), torch_dtype=torch_dtype, local_files_only=config is not None,
+            add_watermarker=False, **kwargs)
     except Exception as error:  # diffusers raises many kinds; each is "cannot load this base"
         hint = "" if config or base.kind == "diffusers" else (
             " (a single file needs its pipeline's config files: offline, pass --config DIR)")
