@@ -628,3 +628,14 @@ def test_non_ascii_prompt_and_trigger_survive_in_the_png(demo, tmp_path, capsys)
     with Image.open(out / "step500_str1.00_cfg4.0_p01_seed1.png") as image:
         assert image.info["parameters"].startswith("portrait de ohwx, café au lait <lora:v3:1.00>")
         assert json.loads(image.info["generate_sweep"])["prompt"] == "portrait de ohwx, café au lait"
+
+
+def test_a_second_run_into_the_same_folder_is_refused(demo, tmp_path, capsys):
+    from filelock import FileLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with FileLock(str(out / ".generate_sweep.lock"), timeout=0):
+        assert run_main(demo, demo["lora_dir"], out) == 2
+        assert "another generate_sweep.py run is writing there" in capsys.readouterr().err
+    assert not list(out.glob("*.png"))

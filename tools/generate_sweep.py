@@ -41,7 +41,8 @@ Each PNG carries A1111-style `parameters` text and a `generate_sweep` JSON chunk
 facts; `sweep.json` beside the images records the plan. An image already there for the same plan
 entry (same prompt, seed, strength, CFG, steps, size, sampler, dtype, base and LoRA hashes) is
 skipped, so an interrupted run continues where it stopped; an image of another plan at a planned
-name is refused (exit 2) unless --overwrite. Same plan, same seed: same image on the same hardware
+name is refused (exit 2) unless --overwrite; a second run into the same --out while one is
+running is refused too (an OS file lock, `.generate_sweep.lock`). Same plan, same seed: same image on the same hardware
 and library versions (the noise comes from a CPU generator, so it does not depend on the GPU).
 
 On CUDA the default dtype is fp16 (SDXL's VAE decodes in fp32, diffusers upcasts it), attention
@@ -111,6 +112,7 @@ STEP_NAME = re.compile(r"^(?P<name>.+)-step(?P<step>\d+)$")
 EPOCH_NAME = re.compile(r"^(?P<name>.+)-(?P<epoch>\d{6})$")
 PART_FILE = re.compile(r"^\..+\.png\.\d+\.part$")
 PNG_JSON_KEY = "generate_sweep"
+LOCK_NAME = ".generate_sweep.lock"
 
 
 class InputError(Exception):
@@ -878,6 +880,25 @@ def run(args) -> int:
         raise InputError(f"--out {out}: cannot create ({error.strerror or error})") from error
     if not out.is_dir():
         raise InputError(f"--out {out}: not a folder")
+    from filelock import FileLock, Timeout
+
+    # One run per output folder: a second one would make the same images twice. The OS lock goes
+    # with the process, so a killed run leaves no stale lock.
+    lock = FileLock(str(out / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise InputError(f"--out {out}: another generate_sweep.py run is writing there "
+                         f"({LOCK_NAME} is locked); wait for it or use another --out") from None
+    except OSError as error:
+        raise InputError(f"--out {out}: cannot create its lock file ({error.strerror or error})") from error
+    try:
+        return run_locked(args, base, checkpoints, plan, prompts, out, sweep_path)
+    finally:
+        lock.release()
+
+
+def run_locked(args, base, checkpoints, plan, prompts, out: Path, sweep_path: Path) -> int:
     previous = load_previous_sweep(sweep_path)
     cache = previous.get("hash_cache") if isinstance(previous.get("hash_cache"), dict) else {}
     print(f"hashing {base.path.name} and {len(checkpoints)} LoRA(s)...", file=sys.stderr)
