@@ -41,9 +41,9 @@ Each PNG carries A1111-style `parameters` text and a `generate_sweep` JSON chunk
 facts; `sweep.json` beside the images records the plan. An image already there for the same plan
 entry (same prompt, seed, strength, CFG, steps, size, sampler, dtype, base and LoRA hashes) is
 skipped, so an interrupted run continues where it stopped; an image of another plan at a planned
-name is refused (exit 2) unless --overwrite; a second run into the same --out while one is
-running is refused too (an OS file lock, `.generate_sweep.lock`). Same plan, same seed: same image on the same hardware
-and library versions (the noise comes from a CPU generator, so it does not depend on the GPU).
+name is refused (exit 2) unless --overwrite, and so is a second run into an --out that a run is
+writing (an OS file lock, `.generate_sweep.lock`). Same plan, same seed: same image on the same
+hardware and library versions (the noise comes from a CPU generator, not from the GPU's).
 
 On CUDA the default dtype is fp16 (SDXL's VAE decodes in fp32, diffusers upcasts it), attention
 runs through PyTorch's scaled_dot_product_attention (flash / memory-efficient kernels), VAE tiling
