@@ -1,4 +1,4 @@
-"""Benchmark tools/generate_sweep.py on the tiny SDXL: overhead over bare pipeline calls, checkpoint switch cost.
+"""Benchmark tools/generate_sweep.py on the tiny SDXL: overhead over bare calls, checkpoint switch cost.
 
 Usage:
     .venv/bin/python benchmarks/bench_generate_sweep.py                      # 40 images, best of 3
@@ -93,7 +93,8 @@ def median_time(function, repeats: int) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side, best kept (default: 3)")
     parser.add_argument("--steps", type=int, default=4, help="sampling steps per image (default: 4)")
     args = parser.parse_args(argv)

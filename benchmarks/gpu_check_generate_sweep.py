@@ -51,7 +51,8 @@ def pixels(path: Path):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="copy sweep.json files and a summary here")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                         help="cpu: the same checks on CPU in fp32, no offload run, to try the check "
@@ -119,9 +120,10 @@ def main(argv=None) -> int:
                 tail = f"cfg4.0_p{p:02d}_seed1.png"
                 if not (first / f"baseline_{tail}").exists():
                     continue
-                if not (pixels(first / f"{label}_str0.00_{tail}") == pixels(first / f"baseline_{tail}")).all():
+                baseline = pixels(first / f"baseline_{tail}")
+                if not (pixels(first / f"{label}_str0.00_{tail}") == baseline).all():
                     failures.append(f"strength 0 differs from the baseline: {label} p{p:02d}")
-                if (pixels(first / f"{label}_str1.00_{tail}") == pixels(first / f"baseline_{tail}")).all():
+                if (pixels(first / f"{label}_str1.00_{tail}") == baseline).all():
                     failures.append(f"strength 1 equals the baseline (LoRA not applied): {label} p{p:02d}")
         for path in sorted(first.glob("*.png")):
             other = runs["second"] / path.name

@@ -136,7 +136,7 @@ def build_pipeline(seed: int = 0):
     return StableDiffusionXLPipeline(**build_components(seed))
 
 
-# ----------------------------------------------------------------------------- diffusers -> SDXL original keys
+# ----------------------------------------------------------------------------- diffusers -> SDXL keys
 
 def _resnet_ldm(name: str) -> str:
     for diffusers_part, ldm_part in (("norm1", "in_layers.0"), ("conv1", "in_layers.2"),

@@ -1,4 +1,4 @@
-"""Generate a LoRA sweep: fixed prompts x seeds per checkpoint, strength and CFG, plus a no-LoRA baseline.
+"""Generate a LoRA sweep: fixed prompts x seeds per checkpoint x strength x CFG, plus a baseline.
 
 The base model loads once (an SDXL `.safetensors` file through diffusers' `from_single_file`, or a
 diffusers folder); every kohya sd-scripts LoRA in --lora-dir is swapped in without reloading the
@@ -14,7 +14,8 @@ Usage (on the pod):
     python3 tools/generate_sweep.py ... --dry-run      # the plan, one line per image; loads nothing
 Unattended, after each training (what tools/run_full_cycle.py --generate runs; the baseline and
 earlier checkpoints already in --out are skipped, only the newest checkpoint is made):
-    python3 tools/generate_sweep.py --base-model BASE --lora-dir DIR --trigger ohwx --out OUT --checkpoints last
+    python3 tools/generate_sweep.py --base-model BASE --lora-dir DIR --trigger ohwx --out OUT \\
+        --checkpoints last
 Offline (no hub access): a single file needs its pipeline's config files; pass a folder that has
 them (a diffusers SDXL folder, weights not needed) with --config DIR. Without --config, diffusers
 downloads the *.json and *.txt files of stabilityai/stable-diffusion-xl-base-1.0 once (about 3 MB:
@@ -226,7 +227,8 @@ def base_family_of_keys(keys) -> str | None:
 
 
 PIPELINE_FAMILIES = {"StableDiffusionXLPipeline": "sdxl", "FluxPipeline": "flux",
-                     "StableDiffusionPipeline": "sd1", "StableDiffusionXLImg2ImgPipeline": "sdxl_refiner"}
+                     "StableDiffusionPipeline": "sd1",
+                     "StableDiffusionXLImg2ImgPipeline": "sdxl_refiner"}
 
 
 @dataclasses.dataclass
@@ -555,8 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "bases are recognised and refused")
     parser.add_argument("--lora-dir", type=Path, required=True,
                         help="folder of sd-scripts LoRA .safetensors files (required)")
-    parser.add_argument("--trigger", required=True, help="trigger word put where prompts say {trigger} (required)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the images and sweep.json (required)")
+    parser.add_argument("--trigger", required=True,
+                        help="trigger word put where prompts say {trigger} (required)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="folder for the images and sweep.json (required)")
     parser.add_argument("--config", type=Path, default=None,
                         help="diffusers-format folder with the pipeline's config and tokenizer files, "
                              "for a single-file base without hub access (default: diffusers fetches "
@@ -615,7 +619,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if not args.trigger.strip() or any(c in args.trigger for c in "\r\n{}"):
         parser.error("--trigger must be a non-empty word without newlines or braces")
     if args.device == "cpu" and args.dtype in ("fp16", "bf16"):
-        parser.error(f"--dtype {args.dtype} with --device cpu: CPU inference runs in fp32 (--dtype fp32 or auto)")
+        parser.error(f"--dtype {args.dtype} with --device cpu: CPU inference runs in fp32 "
+                     f"(--dtype fp32 or auto)")
     if args.device == "cpu" and args.cpu_offload:
         parser.error("--cpu-offload with --device cpu: offload moves models to a GPU and back")
     if args.config is not None and not args.config.is_dir():
@@ -937,7 +942,8 @@ def run_locked(args, base, checkpoints, plan, prompts, out: Path, sweep_path: Pa
         write_atomic(sweep_path, json.dumps(sweep_record(args, base, checkpoints, plan, settings,
                                                          hashes, cache), indent=2) + "\n")
     except OSError as error:
-        raise InputError(f"--out {out}: cannot write {sweep_path.name} ({error.strerror or error})") from error
+        raise InputError(f"--out {out}: cannot write {sweep_path.name} "
+                         f"({error.strerror or error})") from error
     todo = [entry for entry in plan if entry.status != "done"]
     done_before = len(plan) - len(todo)
     if done_before:
@@ -1053,7 +1059,8 @@ def generate(args, base, checkpoints, plan, todo, settings, hashes, cache, devic
                          a1111_parameters(entry, settings, base, hashes), facts)
             except OSError as error:
                 bar.close()
-                raise InputError(f"cannot write {args.out / entry.file}: {error.strerror or error}") from error
+                raise InputError(f"cannot write {args.out / entry.file}: "
+                                 f"{error.strerror or error}") from error
             entry.status = "done"
             made += 1
             print(entry.file, flush=True)
