@@ -639,3 +639,69 @@ def test_a_second_run_into_the_same_folder_is_refused(demo, tmp_path, capsys):
         assert run_main(demo, demo["lora_dir"], out) == 2
         assert "another generate_sweep.py run is writing there" in capsys.readouterr().err
     assert not list(out.glob("*.png"))
+
+
+# SDXL base 1.0's U-Net and text encoder shapes (its unet/config.json and text_encoder*/config.json).
+SDXL_UNET = dict(
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816)
+
+
+def test_kohya_names_of_the_real_sdxl_size_all_land_on_real_layers():
+    """At SDXL's real architecture (empty weights): the sgm layout and kohya's names are right.
+
+    The U-Net state dict goes to the original SDXL layout and back through diffusers' own
+    converter unchanged; kohya's names for it (722 U-Net modules = 70 transformer blocks x 10
+    linears + 11 Transformer2DModels x 2 projections; 72 + 192 text-encoder modules for CLIP-L's 12
+    and bigG's 32 layers) go through diffusers' kohya conversion, the one load_lora_weights runs,
+    and every one names a Linear layer of the model.
+    """
+    from types import SimpleNamespace
+
+    import torch
+    import tiny_sdxl
+    from accelerate import init_empty_weights
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+    from diffusers.utils import (convert_state_dict_to_diffusers, convert_state_dict_to_peft,
+                                 convert_unet_state_dict_to_peft)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel(**SDXL_UNET)
+        te1 = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072,
+                                           num_hidden_layers=12, num_attention_heads=12))
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig(
+            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+            projection_dim=1280))
+    state = unet.state_dict()
+    assert set(convert_ldm_unet_checkpoint(tiny_sdxl.sdxl_unet_to_ldm(state, unet.config),
+                                           unet.config)) == set(state)
+    pipe = SimpleNamespace(unet=unet, text_encoder=te1, text_encoder_2=te2)
+    names = tiny_sdxl.kohya_lora_modules(pipe, unet=True, text_encoders=True)
+    assert sum(n.startswith("lora_unet_") for n in names) == 722
+    assert sum(n.startswith("lora_te1_") for n in names) == 72
+    assert sum(n.startswith("lora_te2_") for n in names) == 192
+    assert "lora_unet_output_blocks_5_1_transformer_blocks_1_attn2_to_k" in names
+    assert "lora_unet_middle_block_1_transformer_blocks_9_ff_net_2" in names
+    fake = {}
+    for name in names:
+        fake.update({f"{name}.lora_down.weight": torch.zeros(1, 1),
+                     f"{name}.lora_up.weight": torch.zeros(1, 1), f"{name}.alpha": torch.tensor(1.0)})
+    converted, _ = StableDiffusionXLPipeline.lora_state_dict(fake, unet_config=unet.config)
+    unet_part = convert_unet_state_dict_to_peft(
+        {k[len("unet."):]: v for k, v in converted.items() if k.startswith("unet.")})
+    modules = {"unet": dict(unet.named_modules()), "text_encoder": dict(te1.named_modules()),
+               "text_encoder_2": dict(te2.named_modules())}
+    targets = {("unet", key.rsplit(".lora_", 1)[0]) for key in unet_part}
+    for component in ("text_encoder", "text_encoder_2"):  # as diffusers' _load_lora_into_text_encoder
+        part = {k[len(component) + 1:]: v for k, v in converted.items() if k.startswith(component + ".")}
+        part = convert_state_dict_to_peft(convert_state_dict_to_diffusers(part))
+        targets |= {(component, key.rsplit(".lora_", 1)[0]) for key in part}
+    assert len(targets) == 722 + 72 + 192
+    missing = [t for t in targets if not isinstance(modules[t[0]].get(t[1]), torch.nn.Linear)]
+    assert missing == []
