@@ -249,27 +249,36 @@ def test_diffusers_folder_base_gives_the_same_images(sweep, demo, hf_env, tmp_pa
 
 # --------------------------------------------------------------------------- the scorecard side
 
-def scorecard_configs(out: Path) -> dict[str, str]:
-    scorecard = load_script("evals/scorecard.py")
-    return {path.name: scorecard.image_config(out, path.name)[0] for path in sorted(out.glob("*.png"))}
+SCORECARD = load_script("evals/scorecard.py")
+# The scorecard of issue 14 (ConfigSchema) groups `p03` as an index token and names the baseline's
+# config; the one before it returns (name, tokens) and keeps p03 in the config name.
+SCORECARD_GROUPS_SWEEP_NAMES = hasattr(SCORECARD, "ConfigSchema")
 
 
-def test_scorecard_reads_step_strength_and_cfg_tokens_today(sweep):
-    """What evals/scorecard.py on this branch already parses from the names: step, str, cfg."""
-    scorecard = load_script("evals/scorecard.py")
-    _, tokens = scorecard.image_config(sweep["out"], "step1500_str0.80_cfg4.0_p03_seed2.png")
-    assert tokens[:3] == [("step", "1500"), ("str", "0.80"), ("cfg", "4.0")]
+def scorecard_config_name(out: Path, name: str) -> str:
+    result = SCORECARD.image_config(out, name)
+    config = getattr(result, "config", None)
+    return config.name if config is not None else result[0]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "AGREED BEHAVIOUR, needs the scorecard change of issue 14 (another branch): the prompt index "
-    "token p03 must be an index token and 'baseline' must name its config. Today's scorecard "
-    "groups step1500_str0.80_cfg4.0_p03_seed2.png as step1500_str0.80_cfg4.0_p03 and the baseline "
-    "as cfg4.0_p03. Remove this mark after merging issue 14."))
+def test_scorecard_reads_step_strength_and_cfg_from_the_names(sweep):
+    result = SCORECARD.image_config(sweep["out"], "step1500_str0.80_cfg4.0_p03_seed2.png")
+    config = getattr(result, "config", None)
+    if config is not None:
+        assert config.values == (("step", 1500.0), ("strength", 0.8), ("cfg", 4.0))
+        assert not config.baseline
+    else:
+        assert result[1][:3] == [("step", "1500"), ("str", "0.80"), ("cfg", "4.0")]
+
+
+@pytest.mark.xfail(not SCORECARD_GROUPS_SWEEP_NAMES, strict=True, reason=(
+    "needs the scorecard of issue 14 (p03 an index token, 'baseline' a config); this branch's "
+    "scorecard groups step1500_str0.80_cfg4.0_p03_seed2.png as step1500_str0.80_cfg4.0_p03 and "
+    "the baseline as cfg4.0_p03. With issue 14's scorecard the test runs normally."))
 def test_scorecard_groups_the_sweep_by_step_strength_and_cfg(sweep):
-    configs = scorecard_configs(sweep["out"])
-    expected = {name: name.rsplit("_p", 1)[0] for name in expected_files()}
-    assert configs == expected
+    configs = {path.name: scorecard_config_name(sweep["out"], path.name)
+               for path in sorted(sweep["out"].glob("*.png"))}
+    assert configs == {name: name.rsplit("_p", 1)[0] for name in expected_files()}
     assert len(set(configs.values())) == 5
 
 
