@@ -54,10 +54,13 @@ The safety envelope, enforced here rather than left to the agent:
     4 with the agent's stop reason on its last line.
 
 The default agent command is Claude Code headless: `claude -p PROMPT --permission-mode dontAsk
---tools Bash,Read,Edit,Write --allowedTools <AGENT_RULES> --disallowedTools <AGENT_DENIED_RULES>
---max-turns N --max-budget-usd X --setting-sources project --strict-mcp-config`, with N and X read
-from the contract's Budgets table (rows `| Tool calls | 100 |` and `| Money | USD 5.00 ...|`) and
-the interpreter for the agent's scripts passed as PISTACHIO_PYTHON and spelled out in the prompt.
+--tools Bash,Read,Edit,Write,Glob,Grep --allowedTools <AGENT_RULES> --disallowedTools
+<AGENT_DENIED_RULES> --max-turns N --max-budget-usd X --setting-sources project
+--strict-mcp-config`, with N and X read from the contract's Budgets table (rows `| Tool calls |
+100 |` and `| Money | USD 5.00 ...|`) and the interpreter for the agent's scripts passed as
+PISTACHIO_PYTHON and spelled out in the prompt. The contract's "What you may run" section lists
+the same tools, files and commands (tests/test_cycle_contract.py keeps the two lists equal).
+The cycle's own commits have a subject starting `LifeOS cycle ` (the contract tells the agent so).
 
 Exit 0 the cycle completed, 1 a step failed (or the cycle was interrupted), 2 usage error,
 3 another cycle holds the lock (or the lock file is unreadable), 4 the cycle completed but the
@@ -117,7 +120,11 @@ AGENT_GIT_COMMANDS = ("git status", "git log", "git diff", "git show")
 AGENT_WRITABLE = ("autonomous-research/briefing-{date}.md", "PROGRESS.md")
 # Narrower still: `git diff/log/show --output=FILE` would write a file; a push is never allowed.
 AGENT_DENIED_RULES = ("Bash(git *--output*)", "Bash(git push:*)")
-AGENT_TOOLS = "Bash,Read,Edit,Write"
+AGENT_TOOLS = "Bash,Read,Edit,Write,Glob,Grep"
+# The tools that read (any file); allowed as whole tools.
+AGENT_READ_TOOLS = ("Read", "Glob", "Grep")
+# The subject of every commit the cycle makes starts with this (the contract says so to the agent).
+COMMIT_PREFIX = "LifeOS cycle "
 
 # ---------------------------------------------------------------- what the other steps may write
 PROMOTE_WRITES = ("autonomous-research/pending-tasks.md", "autonomous-research/memory.md",
@@ -1333,8 +1340,9 @@ def agent_commands(python: str) -> list[str]:
 
 
 def agent_allowed_rules(python: str, today: str) -> list[str]:
-    """Claude Code permission rules: read anything, run the commands above, edit two files."""
-    return (["Read"] + [f"Bash({command}:*)" for command in agent_commands(python)]
+    """Claude Code permission rules: read and search anything (Read, Glob, Grep), run the
+    commands above, write two files (an Edit rule covers Write too)."""
+    return (list(AGENT_READ_TOOLS) + [f"Bash({command}:*)" for command in agent_commands(python)]
             + [f"Edit(/{path.format(date=today)})" for path in AGENT_WRITABLE])
 
 
@@ -1346,10 +1354,11 @@ def agent_prompt(python: str, today: str, budgets: Budgets) -> str:
             f"contract for this run. Today is {today}. Budgets for this run: at most "
             f"{budgets.tool_calls} tool calls and USD {budgets.usd:.2f}. Run every Python script "
             f"with this interpreter (also in the environment as PISTACHIO_PYTHON): {python}. "
-            f"The only commands you may run are: {commands}. You may read any file, and write "
-            f"only {briefing} and PROGRESS.md: the runner fails the cycle on any other change. "
-            f"Finish by writing {briefing} in the v3 schema and running its self-check: "
-            f"{python} tools/promote_findings.py --project-root . --check {briefing}")
+            f"The only commands you may run are: {commands}. You may read any file (Read, Glob, "
+            f"Grep), and write only {briefing} and PROGRESS.md: the runner fails the cycle on any "
+            f"other change. Finish by writing {briefing} in the v3 schema and running its "
+            f"self-check: {python} tools/promote_findings.py --project-root . --check --strict "
+            f"{briefing}")
 
 
 def default_agent_command(today: str, budgets: Budgets, python: str = sys.executable) -> list[str]:
@@ -1586,6 +1595,7 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
     py = sys.executable
     today = dt.date.today().isoformat()
     briefing_rel = f"{BRIEFING_DIR}/briefing-{today}.md"
+    agent_may_write = {path.format(date=today) for path in AGENT_WRITABLE}  # the briefing included
     briefing = root / briefing_rel
     tools, evals = root / "tools", root / "evals"
     timeout = args.step_timeout
@@ -1620,7 +1630,7 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
             raise StepFailed("1 preflight", [], None, [], f"detect-secrets is not installed ({error}); "
                              f"the commit's secret scan needs it: pip install detect-secrets==1.5.0 "
                              f"(or run with --no-commit)") from None
-    owned = [briefing_rel, "PROGRESS.md", *PROMOTE_WRITES,
+    owned = [*sorted(agent_may_write), *PROMOTE_WRITES,
              *(SCORECARD_WRITES if args.sweep_dir is not None else ())]
     dirty = dirty_paths(root, owned)
     if dirty:
@@ -1672,7 +1682,7 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
                               "run `claude` once and log in (or set ANTHROPIC_API_KEY), then run "
                               "the cycle again")
         try:
-            check_envelope(root, cycle_start, {briefing_rel, "PROGRESS.md"}, failure.step, lock, log)
+            check_envelope(root, cycle_start, agent_may_write, failure.step, lock, log)
         except StepFailed as outside:
             outside.reason += f"; and the agent itself {failure.reason}"
             outside.code, outside.command = failure.code, failure.command
@@ -1680,7 +1690,7 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
         raise
     finally:
         lock.set_agent(None)
-    written, state = check_envelope(root, cycle_start, {briefing_rel, "PROGRESS.md"}, "5 agent",
+    written, state = check_envelope(root, cycle_start, agent_may_write, "5 agent",
                                     lock, log)
     if briefing_rel not in written:
         raise StepFailed("5 agent", agent_command, 0, [],
@@ -1716,7 +1726,7 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
     if args.no_commit:
         log.line("==> step 8 commit: skipped (--no-commit)")
     else:
-        commit = commit_cycle(log, root, sorted(written), briefing, scored, scanner)
+        commit = commit_cycle(log, root, sorted(written), briefing, scored, scanner, today)
     pushes = find_pushes(cycle_start, snapshot(root))
     if pushes:
         raise StepFailed("8 commit", [], None, pushes, "a push happened during the cycle: "
@@ -1748,8 +1758,14 @@ def check_envelope(root: Path, before: RepoState, allowed: set[str], step: str,
     return written, after
 
 
+def commit_message(today: str, briefing: Path, scored: str, written: list[str]) -> str:
+    """The cycle's commit message; its subject starts with COMMIT_PREFIX."""
+    return (f"{COMMIT_PREFIX}{today}: briefing {briefing.name} promoted; {scored}\n\n"
+            "Files written by tools/run_full_cycle.py:\n" + "\n".join(f"- {path}" for path in written))
+
+
 def commit_cycle(log: CycleLog, root: Path, written: list[str], briefing: Path, scored: str,
-                 scanner: SecretScanner) -> str | None:
+                 scanner: SecretScanner, today: str | None = None) -> str | None:
     never = [path for path in written if path in NEVER_COMMITTED]
     if never:
         raise StepFailed("8 commit", [], None, [], f"refusing to commit {', '.join(never)} "
@@ -1757,8 +1773,7 @@ def commit_cycle(log: CycleLog, root: Path, written: list[str], briefing: Path, 
     if not written:
         log.line("==> step 8 commit: nothing to commit")
         return None
-    message = (f"LifeOS cycle {dt.date.today().isoformat()}: briefing {briefing.name} promoted; {scored}\n\n"
-               "Files written by tools/run_full_cycle.py:\n" + "\n".join(f"- {path}" for path in written))
+    message = commit_message(today or dt.date.today().isoformat(), briefing, scored, written)
     commit = commit_paths(log, root, written, message, scanner, append_only=(HISTORY,))
     extra = verify_commit(root, commit, written)
     if extra:
