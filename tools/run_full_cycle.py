@@ -89,6 +89,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
+from stat import S_ISREG
+from typing import Callable
 
 DEFAULT_STEP_TIMEOUT = 3600
 TAIL_LINES = 25
@@ -1411,33 +1413,100 @@ def read_briefing_status(briefing: Path) -> tuple[str, str]:
     return status, reason
 
 
-def last_history_time(history: Path) -> dt.datetime | None:
-    """Timestamp of the last valid line of the scorecard history (corrupt lines are skipped)."""
+# Copied from evals/scorecard.py:parse_timestamp
+def parse_timestamp(text) -> tuple[dt.datetime | None, str | None]:
+    """(aware datetime, None) for an ISO timestamp; a zone-less one is read as UTC with a note;
+    (None, reason) when it is not a timestamp."""
+    if not isinstance(text, str) or not text.strip():
+        return None, "no timestamp"
+    try:
+        moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z",
+                                                                                     "+00:00"))
+    except ValueError:
+        return None, f"timestamp {text!r} is not ISO 8601"
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=dt.timezone.utc), (f"timestamp {text!r} has no time zone; "
+                                                         "read as UTC")
+    return moment, None
+
+
+def last_history_time(history: Path) -> tuple[dt.datetime | None, list[str]]:
+    """(the latest timestamp in the scorecard history, warnings).
+
+    Read like evals/scorecard.py reads it: a UTF-8 BOM is skipped; a torn last line, a corrupt
+    line or a line without a run_id is skipped, and an unreadable timestamp ignored, each with a
+    warning; a timestamp without a zone is read as UTC (a warning). Nothing is rewritten.
+    """
+    notes: list[str] = []
     if not history.is_file():
-        return None
+        return None, notes
     latest = None
-    for line in history.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            stamp = json.loads(line).get("timestamp", "")
-            moment = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-        except (ValueError, AttributeError, TypeError):
+    try:
+        handle = history.open("rb")
+    except OSError as error:
+        return None, [f"{history}: cannot read ({error.strerror or error}); taken as no history"]
+    with handle:
+        number = 0
+        for raw in handle:
+            number += 1
+            if raw.startswith(b"\xef\xbb\xbf"):
+                notes.append(f"{history}:{number}: a UTF-8 byte order mark (BOM) was skipped")
+                raw = raw[3:]
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as error:
+                torn = not raw.endswith(b"\n")  # only the last line can lack its newline
+                notes.append(f"{history}:{number}: " + (
+                    "torn last line skipped (no newline: an interrupted write?)" if torn
+                    else f"corrupt history line skipped ({type(error).__name__})"))
+                continue
+            if not isinstance(record, dict) or "run_id" not in record:
+                notes.append(f"{history}:{number}: history line without a run_id skipped")
+                continue
+            if "timestamp" not in record:
+                continue
+            moment, note = parse_timestamp(record.get("timestamp"))
+            if note:
+                notes.append(f"{history}:{number}: {note}")
+            if moment is not None and (latest is None or moment > latest):
+                latest = moment
+    return latest, notes
+
+
+def sweep_has_new_images(sweep: Path, history: Path) -> tuple[bool, str, list[str]]:
+    """(whether the sweep has an image newer than the last history entry, why, warnings).
+
+    Only files count (a dangling link or a folder named like an image is skipped, with a
+    warning). The history stores whole seconds, so an image counts as newer from the second
+    after the last entry's.
+    """
+    latest_image, count, notes = None, 0, []
+    for path in sweep.rglob("*"):
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
             continue
-        latest = moment if latest is None or moment > latest else latest
-    return latest
-
-
-def sweep_has_new_images(sweep: Path, history: Path) -> tuple[bool, str]:
-    images = [path for path in sweep.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS]
-    if not images:
-        return False, f"no images in {sweep}"
-    newest = max(path.stat().st_mtime for path in images)
-    newest_time = dt.datetime.fromtimestamp(newest, dt.timezone.utc)
-    last = last_history_time(history)
+        try:
+            info = path.stat()
+        except OSError as error:
+            notes.append(f"{path}: skipped ({'a dangling link' if path.is_symlink() else 'unreadable'}"
+                         f": {error.strerror or error})")
+            continue
+        if not S_ISREG(info.st_mode):
+            continue
+        count += 1
+        latest_image = info.st_mtime if latest_image is None else max(latest_image, info.st_mtime)
+    if not count:
+        return False, f"no images in {sweep}", notes
+    newest_time = dt.datetime.fromtimestamp(latest_image, dt.timezone.utc)
+    last, history_notes = last_history_time(history)
+    notes += history_notes
     if last is None:
-        return True, f"{len(images)} images, no history entry yet"
-    if newest_time > last:
-        return True, f"{len(images)} images, newest {newest_time:%Y-%m-%d %H:%M} after last entry {last:%Y-%m-%d %H:%M}"
-    return False, f"no image newer than the last history entry ({last:%Y-%m-%d %H:%M} UTC)"
+        return True, f"{count} images, no history entry yet", notes
+    if newest_time >= last + dt.timedelta(seconds=1):
+        return True, (f"{count} images, newest {newest_time:%Y-%m-%d %H:%M:%S} after the last "
+                      f"entry {last:%Y-%m-%d %H:%M:%S} UTC"), notes
+    return False, f"no image newer than the last history entry ({last:%Y-%m-%d %H:%M:%S} UTC)", notes
 
 
 @dataclass
@@ -1451,6 +1520,8 @@ class PostStep:
     command: list[str]
     writes: tuple[str, ...]
     skip_reason: str | None = None  # set: the step is logged as skipped, not run
+    # Decided right before the step runs (after the steps before it): (run?, why, warnings).
+    decide: Callable[[], tuple[bool, str, list[str]]] | None = None
 
 
 def post_agent_steps(args, root: Path, briefing: Path) -> list[PostStep]:
@@ -1461,12 +1532,13 @@ def post_agent_steps(args, root: Path, briefing: Path) -> list[PostStep]:
     if args.sweep_dir is None:
         steps.append(PostStep("7 scorecard", [], SCORECARD_WRITES, "no --sweep-dir"))
     else:
+        sweep = args.sweep_dir.resolve()
         scorecard = [py, str(root / "evals" / "scorecard.py"), "--generated",
-                     str(args.sweep_dir.resolve()), "--reference", str(args.reference_dir.resolve()),
+                     str(sweep), "--reference", str(args.reference_dir.resolve()),
                      "--lora-version", args.lora_version, "--backend", args.backend,
                      "--history", str(history), "--report", str(root / "evals" / "latest_report.md")]
-        new, why = sweep_has_new_images(args.sweep_dir, history)
-        steps.append(PostStep("7 scorecard", scorecard, SCORECARD_WRITES, None if new else why))
+        steps.append(PostStep("7 scorecard", scorecard, SCORECARD_WRITES,
+                              decide=lambda: sweep_has_new_images(sweep, history)))
     return steps
 
 
@@ -1654,8 +1726,13 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
         for step in post_agent_steps(args, root, briefing):
             if step.skip_reason:
                 log.line(f"  {step.name}: skipped ({step.skip_reason})")
-            else:
-                log.line(f"  {step.name}: {shlex.join(step.command)}")
+                continue
+            log.line(f"  {step.name}: {shlex.join(step.command)}")
+            if step.decide is not None:
+                run, why, notes = step.decide()
+                for note in notes:
+                    log.line(f"    warning: {note}")
+                log.line(f"    ({'would run' if run else 'would be skipped'}: {why})")
         if args.no_commit:
             log.line("  8 commit: skipped (--no-commit)")
         else:
@@ -1703,10 +1780,19 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
     # files, compared with the state the previous step left.
     scored = "no sweep given"
     for step in steps:
-        if step.skip_reason:
-            log.line(f"==> step {step.name}: skipped ({step.skip_reason})")
-            if step.name.startswith("7"):
-                scored = f"sweep skipped ({step.skip_reason})"
+        skip = step.skip_reason
+        if skip is None and step.decide is not None:
+            run, why, notes = step.decide()  # now: after the steps before it
+            for note in notes:
+                log.line(f"warning: {note}")
+            if run:
+                log.line(f"step {step.name} runs: {why}")
+            else:
+                skip = why
+        if skip:
+            log.line(f"==> step {step.name}: skipped ({skip})")
+            if step.name == "7 scorecard":
+                scored = f"sweep skipped ({skip})"
             continue
         run_step(log, step.name, step.command, root, timeout)
         after = snapshot(root)
@@ -1718,7 +1804,7 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
         written += [path for path in changed if path not in written]
         if step.name.startswith("5"):
             status, stop_reason = read_briefing_status(briefing)
-        if step.name.startswith("7"):
+        if step.name == "7 scorecard":
             scored = f"scored sweep {args.sweep_dir.name} as {args.lora_version}"
 
     # Step 8: commit exactly what the cycle wrote.
