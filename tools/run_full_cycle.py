@@ -12,9 +12,13 @@ Steps:
                      afterwards the repository is compared with a snapshot taken before it, and
                      today's briefing must exist and pass `promote_findings.py --check`
   6 promote          tools/promote_findings.py on that briefing
+  7 generate         with --generate only: tools/generate_sweep.py makes the sweep of the newest
+                     checkpoint in --lora-dir (and the no-LoRA baseline, once) into --sweep-dir;
+                     images already there for the same plan are skipped. Its plan is checked at
+                     step 1 (generate_sweep.py --dry-run), before the agent spends anything
   7 scorecard        evals/scorecard.py, when --sweep-dir has images newer than the last history
-                     entry (by file time: a sweep copied with its times kept, e.g. rsync -a, reads
-                     as old; score it by hand or touch its files)
+                     entry, decided after 7 generate (by file time: a sweep copied with its times
+                     kept, e.g. rsync -a, reads as old; score it by hand or touch its files)
   8 commit           a local commit of exactly the files the cycle wrote; never pushes
 
 Usage:
@@ -23,12 +27,19 @@ Usage:
     python3 tools/run_full_cycle.py --project-root . --sweep-dir /workspace/sweep_results \\
         --reference-dir /workspace/training_images --lora-version v3
     python3 tools/run_full_cycle.py --project-root . --agent-cmd "python3 my_agent.py" --no-commit
+Unattended on the pod, after a training: sweep and score its newest checkpoint (the sweep folder
+must lie outside the repository; --sweep-config for a single-file base without hub access):
+    python3 tools/run_full_cycle.py --project-root . --generate \\
+        --base-model /workspace/models/sd_xl_base_1.0.safetensors --lora-dir /workspace/lora_v3 \\
+        --trigger ohwx --sweep-config /workspace/models/sdxl_config \\
+        --sweep-dir /workspace/sweep_results --reference-dir /workspace/training_images --lora-version v3
+    ... --generate-args "--strengths 0.8,1.0 --seeds 1,2"   # more generate_sweep.py options
 
---dry-run runs steps 1-4 for real (the same checks as a real run; they only read) and prints the
-exact commands of steps 5-8 without running them. Every step's output is streamed and kept in a
-cycle log (.cycle-logs/cycle-<time>.log under the project root, ignored by git). On failure the
-step, its command, its exit code and the last lines of its output are printed; later steps do not
-run and nothing is committed.
+--dry-run runs steps 1-4 for real (the same checks as a real run, --generate's plan check
+included; they only read) and prints the exact commands of steps 5-8 without running them. Every
+step's output is streamed and kept in a cycle log (.cycle-logs/cycle-<time>.log under the project
+root, ignored by git). On failure the step, its command, its exit code and the last lines of its
+output are printed; later steps do not run and nothing is committed.
 
 The safety envelope, enforced here rather than left to the agent:
   - The agent may create or change only today's briefing (PISTACHIO_BRIEFING) and PROGRESS.md.
@@ -62,6 +73,16 @@ PISTACHIO_PYTHON and spelled out in the prompt. The contract's "What you may run
 the same tools, files and commands (tests/test_cycle_contract.py keeps the two lists equal).
 The cycle's own commits have a subject starting `LifeOS cycle ` (the contract tells the agent so).
 
+Tiny CPU run of --generate (a random-weight SDXL from tests/tiny_sdxl.py; the images are noise;
+a dry run, with a stand-in --agent-cmd that it never starts, so no Claude Code CLI is needed):
+    python3 -c "import sys; sys.path.insert(0, 'tests'); import tiny_sdxl; \\
+        tiny_sdxl.build_demo('/tmp/tiny_sweep')"
+    python3 tools/run_full_cycle.py --project-root . --dry-run --agent-cmd "python3 -c pass" --generate \\
+        --base-model /tmp/tiny_sweep/tiny_sdxl.safetensors --sweep-config /tmp/tiny_sweep/tiny_sdxl_config \\
+        --lora-dir /tmp/tiny_sweep/lora --trigger ohwx --generate-device cpu \\
+        --generate-args "--size 64 --steps 2 --seeds 1 --cfg 4 --strengths 1" \\
+        --sweep-dir /tmp/tiny_sweep/out --reference-dir /tmp/tiny_sweep --lora-version tiny
+
 Exit 0 the cycle completed, 1 a step failed (or the cycle was interrupted), 2 usage error,
 3 another cycle holds the lock (or the lock file is unreadable), 4 the cycle completed but the
 agent's briefing says Status stopped or failed.
@@ -89,8 +110,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
-from stat import S_ISREG
 from typing import Callable
+from stat import S_ISREG
 
 DEFAULT_STEP_TIMEOUT = 3600
 TAIL_LINES = 25
@@ -127,6 +148,13 @@ AGENT_TOOLS = "Bash,Read,Edit,Write,Glob,Grep"
 AGENT_READ_TOOLS = ("Read", "Glob", "Grep")
 # The subject of every commit the cycle makes starts with this (the contract says so to the agent).
 COMMIT_PREFIX = "LifeOS cycle "
+
+# ---------------------------------------------------------------- --generate
+GENERATE_SCRIPT = "tools/generate_sweep.py"
+# generate_sweep.py options the cycle sets itself; --generate-args may not give them (nor any
+# abbreviation argparse would expand to one of them).
+GENERATE_RESERVED = ("--base-model", "--lora-dir", "--trigger", "--out", "--config",
+                     "--checkpoints", "--device", "--dry-run", "--overwrite", "--help")
 
 # ---------------------------------------------------------------- what the other steps may write
 PROMOTE_WRITES = ("autonomous-research/pending-tasks.md", "autonomous-research/memory.md",
@@ -220,8 +248,10 @@ class CycleLog:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.handle = path.open("a", encoding="utf-8")
 
-    def line(self, text: str = "") -> None:
-        print(text, flush=True)
+    def line(self, text: str = "", echo: bool = True) -> None:
+        """One line to the log file, and to stdout unless `echo` is false."""
+        if echo:
+            print(text, flush=True)
         if self.handle:
             self.handle.write(text + "\n")
             self.handle.flush()
@@ -597,10 +627,11 @@ def _linux_now_ticks() -> int:
 
 
 def run_step(log: CycleLog, step: str, command: list[str], cwd: Path, timeout: float,
-             env: dict | None = None, on_start=None) -> list[str]:
+             env: dict | None = None, on_start=None, echo=None) -> list[str]:
     """Run one step, streaming its output; raise StepFailed on a non-zero exit or a timeout.
 
-    Whatever happens, the step's process group (job) is killed before this returns.
+    `echo(line) -> bool`, when given, picks the lines shown on stdout; every line goes to the log
+    file. Whatever happens, the step's process group (job) is killed before this returns.
     """
     log.line(f"==> step {step}: {shlex.join(command)}")
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
@@ -616,7 +647,7 @@ def run_step(log: CycleLog, step: str, command: list[str], cwd: Path, timeout: f
         for raw in running.process.stdout:
             text = raw.rstrip("\r\n")
             tail.append(text)
-            log.line(f"    {text}")
+            log.line(f"    {text}", echo=echo is None or bool(echo(text)))
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
@@ -1513,8 +1544,7 @@ def sweep_has_new_images(sweep: Path, history: Path) -> tuple[bool, str, list[st
 class PostStep:
     """A step after the agent: its command, and the repo paths (fnmatch patterns) it may write.
 
-    run_cycle runs these in order; a new step (say, sweep generation before the scorecard) is one
-    more entry in post_agent_steps().
+    run_cycle runs these in order; a new step is one more entry in post_agent_steps().
     """
     name: str
     command: list[str]
@@ -1524,11 +1554,25 @@ class PostStep:
     decide: Callable[[], tuple[bool, str, list[str]]] | None = None
 
 
+def generate_command(args, root: Path) -> list[str]:
+    """tools/generate_sweep.py with the cycle's --generate flags: the newest checkpoint only."""
+    command = [sys.executable, str(root / GENERATE_SCRIPT), "--base-model", str(args.base_model),
+               "--lora-dir", str(args.lora_dir), "--trigger", args.trigger,
+               "--out", str(args.sweep_dir), "--checkpoints", "last",
+               "--device", args.generate_device or "cuda"]
+    if args.sweep_config is not None:
+        command += ["--config", str(args.sweep_config)]
+    return command + split_command(args.generate_args or "")
+
+
 def post_agent_steps(args, root: Path, briefing: Path) -> list[PostStep]:
     py = sys.executable
     history = root / HISTORY
     steps = [PostStep("6 promote", [py, str(root / "tools" / "promote_findings.py"), "--project-root",
                                     str(root), "--briefing", str(briefing)], PROMOTE_WRITES)]
+    if getattr(args, "generate", False):
+        # Writes only into --sweep-dir, which lies outside the repository: nothing in it may change.
+        steps.append(PostStep("7 generate", generate_command(args, root), ()))
     if args.sweep_dir is None:
         steps.append(PostStep("7 scorecard", [], SCORECARD_WRITES, "no --sweep-dir"))
     else:
@@ -1548,8 +1592,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--project-root", type=Path, default=Path("."),
                         help="repository root (default: the current folder)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="run steps 1-4 (the same checks as a real run), print steps 5-8 "
-                             "without running them")
+                        help="run steps 1-4 (the same checks as a real run, with --generate its "
+                             "plan check too), print steps 5-8 without running them")
     parser.add_argument("--agent-cmd", metavar="CMD",
                         help="command line that replaces the default agent (default: claude -p "
                              "with agents/pistachio-agent-v3.md as the contract)")
@@ -1560,10 +1604,87 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lora-version", metavar="V", help="LoRA version label (required with --sweep-dir)")
     parser.add_argument("--backend", choices=("insightface", "dlib"), default="insightface",
                         help="face backend for the scorecard (default: insightface)")
+    sweep = parser.add_argument_group(
+        "--generate: make the sweep before scoring it (step 7 generate, tools/generate_sweep.py)")
+    sweep.add_argument("--generate", action="store_true",
+                       help="before the scorecard, generate the sweep of the newest checkpoint in "
+                            "--lora-dir (plus the no-LoRA baseline, once) into --sweep-dir, which "
+                            "must lie outside the repository; needs --base-model, --lora-dir, "
+                            "--trigger, --sweep-dir, --reference-dir and --lora-version "
+                            "(default: off, the sweep is made elsewhere)")
+    sweep.add_argument("--base-model", type=Path, metavar="PATH",
+                       help="SDXL base for --generate: a .safetensors file or a diffusers folder")
+    sweep.add_argument("--lora-dir", type=Path, metavar="DIR",
+                       help="folder of sd-scripts LoRA files for --generate; its newest is swept")
+    sweep.add_argument("--trigger", metavar="WORD", help="trigger word for --generate's prompts")
+    sweep.add_argument("--sweep-config", type=Path, metavar="DIR",
+                       help="generate_sweep.py --config: a diffusers config folder for a "
+                            "single-file base without hub access (default: none)")
+    sweep.add_argument("--generate-device", choices=("cuda", "cpu", "auto"), default=None,
+                       help="generate_sweep.py --device (default: cuda; cpu for a tiny test run)")
+    sweep.add_argument("--generate-args", metavar="ARGS",
+                       help="more generate_sweep.py options as one string (strengths, CFG, "
+                            "seeds, steps, size, prompts: see Usage above; write "
+                            "--generate-args=OPTION for a single option); relative paths in it "
+                            "are read from --project-root; the options the cycle sets itself ("
+                            + ", ".join(GENERATE_RESERVED) + ") are refused (default: none)")
     parser.add_argument("--no-commit", action="store_true", help="skip step 8 (default: commit locally)")
     parser.add_argument("--step-timeout", type=float, default=DEFAULT_STEP_TIMEOUT, metavar="S",
                         help=f"seconds before a step is stopped (default: {DEFAULT_STEP_TIMEOUT})")
     return parser
+
+
+def check_generate_args(parser: argparse.ArgumentParser, args, root: Path) -> None:
+    """--generate and its companions, right after parsing (parser.error: exit 2). Paths become
+    absolute; `root` is the resolved project root."""
+    companions = (("--base-model", args.base_model), ("--lora-dir", args.lora_dir),
+                  ("--trigger", args.trigger))
+    optional = (("--sweep-config", args.sweep_config), ("--generate-device", args.generate_device),
+                ("--generate-args", args.generate_args))
+    if not args.generate:
+        given = [flag for flag, value in companions + optional if value is not None]
+        if given:
+            parser.error(f"{', '.join(given)} only make{'s' if len(given) == 1 else ''} sense "
+                         "with --generate")
+        return
+    missing = [flag for flag, value in companions + (("--sweep-dir", args.sweep_dir),
+                                                      ("--reference-dir", args.reference_dir),
+                                                      ("--lora-version", args.lora_version))
+               if not value]
+    if missing:
+        parser.error(f"--generate needs {', '.join(missing)}")
+    if not args.base_model.exists():
+        parser.error(f"--base-model {args.base_model} does not exist (a .safetensors file or a "
+                     "diffusers folder)")
+    if not args.lora_dir.is_dir():
+        parser.error(f"--lora-dir {args.lora_dir} is not a folder")
+    if args.sweep_config is not None and not args.sweep_config.is_dir():
+        parser.error(f"--sweep-config {args.sweep_config} is not a folder")
+    if not args.trigger.strip():
+        parser.error("--trigger is empty")
+    if args.sweep_dir.exists() and not args.sweep_dir.is_dir():
+        parser.error(f"--sweep-dir {args.sweep_dir} is not a folder")
+    sweep = args.sweep_dir.resolve()
+    if sweep == root or root in sweep.parents:
+        parser.error(f"--sweep-dir {args.sweep_dir} lies inside the repository ({root}): "
+                     "--generate writes its images there, and the cycle commits only the files it "
+                     "owns and fails on any other new file; pass a folder outside the repository "
+                     "(e.g. /workspace/sweep_results)")
+    try:
+        extra = split_command(args.generate_args or "")
+    except ValueError as error:
+        parser.error(f"--generate-args: cannot split it ({error})")
+    for token in extra:
+        name = token.split("=", 1)[0]
+        if name == "-h" or (name.startswith("--") and len(name) > 2 and " " not in name
+                            and any(flag.startswith(name) for flag in GENERATE_RESERVED)):
+            parser.error(f"--generate-args: {token} is set by the cycle itself; use the cycle's "
+                         "own flag (--base-model, --lora-dir, --trigger, --sweep-dir, "
+                         "--sweep-config, --generate-device)")
+    args.base_model, args.lora_dir = args.base_model.resolve(), args.lora_dir.resolve()
+    args.sweep_dir = sweep
+    if args.sweep_config is not None:
+        args.sweep_config = args.sweep_config.resolve()
 
 
 def _raise_interrupted(signum, _frame) -> None:
@@ -1577,12 +1698,13 @@ def main(argv: list[str] | None = None) -> int:
     if not root.is_dir():
         parser.error(f"--project-root {root} is not a folder; pass the repository root")
     root = root.resolve()
+    check_generate_args(parser, args, root)
     if args.sweep_dir is not None:
         missing = [flag for flag, value in (("--reference-dir", args.reference_dir),
                                             ("--lora-version", args.lora_version)) if not value]
         if missing:
             parser.error(f"--sweep-dir needs {' and '.join(missing)}")
-        if not args.sweep_dir.is_dir():
+        if not args.sweep_dir.is_dir() and not (args.generate and not args.sweep_dir.exists()):
             parser.error(f"--sweep-dir {args.sweep_dir} is not a folder")
         if not args.reference_dir.is_dir():
             parser.error(f"--reference-dir {args.reference_dir} is not a folder")
@@ -1713,6 +1835,12 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
              + (f"budgets {budgets.tool_calls} tool calls / USD {budgets.usd:.2f}, " if budgets else "")
              + ("detect-secrets ready, " if scanner else "")
              + "the files the cycle writes are clean")
+    if args.generate:
+        # The sweep's plan, checked now (no torch, no model: it only reads the files' headers), so
+        # a wrong path or option stops the cycle before the agent spends anything.
+        plan = generate_command(args, root) + ["--dry-run"]
+        run_step(log, "1 preflight (sweep plan)", plan, root, timeout,
+                 echo=lambda text: "\t" not in text)  # the plan's lines go to the log only
 
     for name, script in (("2 freshness", tools / "lifeos_freshness_check.py"),
                          ("3 context budget", tools / "lifeos_context_budget.py"),
@@ -1729,10 +1857,14 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
                 continue
             log.line(f"  {step.name}: {shlex.join(step.command)}")
             if step.decide is not None:
-                run, why, notes = step.decide()
-                for note in notes:
-                    log.line(f"    warning: {note}")
-                log.line(f"    ({'would run' if run else 'would be skipped'}: {why})")
+                if args.generate:
+                    log.line("    (runs if the sweep has images newer than the last history entry "
+                             "once 7 generate has run)")
+                else:
+                    run, why, notes = step.decide()
+                    for note in notes:
+                        log.line(f"    warning: {note}")
+                    log.line(f"    ({'would run' if run else 'would be skipped'}: {why})")
         if args.no_commit:
             log.line("  8 commit: skipped (--no-commit)")
         else:
@@ -1782,7 +1914,7 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
     for step in steps:
         skip = step.skip_reason
         if skip is None and step.decide is not None:
-            run, why, notes = step.decide()  # now: after the steps before it
+            run, why, notes = step.decide()  # now: after the steps before it (7 generate)
             for note in notes:
                 log.line(f"warning: {note}")
             if run:
@@ -1792,7 +1924,8 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
         if skip:
             log.line(f"==> step {step.name}: skipped ({skip})")
             if step.name == "7 scorecard":
-                scored = f"sweep skipped ({skip})"
+                scored = (f"generated sweep {args.sweep_dir.name}, scoring skipped ({skip})"
+                          if args.generate else f"sweep skipped ({skip})")
             continue
         run_step(log, step.name, step.command, root, timeout)
         after = snapshot(root)
@@ -1805,7 +1938,8 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
         if step.name.startswith("5"):
             status, stop_reason = read_briefing_status(briefing)
         if step.name == "7 scorecard":
-            scored = f"scored sweep {args.sweep_dir.name} as {args.lora_version}"
+            scored = (f"{'generated and ' if args.generate else ''}scored sweep "
+                      f"{args.sweep_dir.name} as {args.lora_version}")
 
     # Step 8: commit exactly what the cycle wrote.
     commit = None
