@@ -81,9 +81,10 @@ def test_a_cli_that_is_not_logged_in_stops_the_cycle_at_step_5(clone, cli_env):
 
 
 def test_the_default_agent_runs_headless_within_its_permissions(cycle, clone, cli_env):
-    """The real CLI's own permission checks on the default command: the preflight, git status and
-    the self-check run; a push, other writes, other Python and `git diff --output` are denied;
-    the briefing is written, promoted and committed."""
+    """The real CLI's own permission checks on the default command: the preflight, git status,
+    the self-check, Glob and Grep run; a push, other writes, other Python and `git diff --output`
+    are denied, and a tool outside --tools is not there to call; the briefing is written,
+    promoted and committed."""
     work = add_user_work(clone)
     py = cycle.python_spelling(sys.executable)
     briefing = f"autonomous-research/briefing-{today()}.md"
@@ -109,8 +110,16 @@ def test_the_default_agent_runs_headless_within_its_permissions(cycle, clone, cl
         ("Bash", {"command": f"{py} tools/lifeos_preflight.py --project-root . && touch pwned",
                   "description": "k"}),
         ("Bash", {"command": f"{py} evals/known_failures.py --project-root .", "description": "l"}),
+        # The contract's way to find files and text: Glob and Grep, allowed as whole tools.
+        ("Glob", {"pattern": "autonomous-research/briefing-*.md"}),
+        ("Grep", {"pattern": "Tool calls", "path": "agents", "output_mode": "files_with_matches"}),
+        ("Grep", {"pattern": "def main", "glob": "tools/*.py", "output_mode": "count"}),
+        # A tool the runner does not offer is not there to call.
+        ("WebFetch", {"url": "http://127.0.0.1:9/", "prompt": "x"}),
+        ("NotebookEdit", {"notebook_path": str(clone / "x.ipynb"), "new_source": "x"}),
     ]
-    allowed = {0, 1, 2, 3, 10, 11, 13, 15}
+    allowed = {0, 1, 2, 3, 10, 11, 13, 15, 16, 17, 18}
+    not_offered = {19, 20}
     env = dict(cli_env, ANTHROPIC_API_KEY="test-key-not-a-real-one")
     with FakeModel(script) as model:
         env["ANTHROPIC_BASE_URL"] = model.url
@@ -122,13 +131,22 @@ def test_the_default_agent_runs_headless_within_its_permissions(cycle, clone, cl
         what = f"{index} {tool} {arguments.get('command') or arguments.get('file_path')}"
         if index in allowed:
             assert "denied" not in result["text"].lower(), f"{what}: {result['text'][:200]}"
+            if tool in ("Glob", "Grep"):  # (a Bash command may be allowed and still exit 1)
+                assert not result["is_error"], f"{what}: {result['text'][:200]}"
+        elif index in not_offered:
+            assert result["is_error"], f"{what}: {result['text'][:200]}"
+            print(f"{what}: {result['text'][:200]}")
         else:
             assert result["is_error"] and "denied" in result["text"], f"{what}: {result['text'][:200]}"
     assert "PASS preflight" in model.result(0)["text"]
     assert "valid v3 briefing" in model.result(11)["text"]
+    assert f"briefing-{today()}.md" in model.result(16)["text"], "Glob found today's briefing"
+    assert "pistachio-agent-v3.md" in model.result(17)["text"], "Grep searched the contract"
+    assert "run_full_cycle.py" in model.result(18)["text"]
     tools = set(model.tool_lists[0])
-    assert {"Bash", "Read", "Edit", "Write"} <= tools <= {"Bash", "Read", "Edit", "Write",
-                                                          "DeferredToolPlaceholder"}, tools
+    offered = set(cycle.AGENT_TOOLS.split(","))
+    assert offered == {"Bash", "Read", "Edit", "Write", "Glob", "Grep"}
+    assert offered <= tools <= offered | {"DeferredToolPlaceholder"}, tools
     assert any(py in text and f"Today is {today()}" in text for text in model.prompts), \
         "the prompt spells out the interpreter and the date"
     assert not (clone / "pwned").exists()

@@ -208,7 +208,7 @@ def test_default_agent_command_is_built_from_one_list():
     assert command[:2] == ["claude", "-p"]
     allowed = command[command.index("--allowedTools") + 1:command.index("--disallowedTools")]
     assert allowed == [
-        "Read",
+        "Read", "Glob", "Grep",
         "Bash(/opt/py/bin/python3 tools/lifeos_preflight.py:*)",
         "Bash(/opt/py/bin/python3 tools/lifeos_freshness_check.py:*)",
         "Bash(/opt/py/bin/python3 tools/lifeos_context_budget.py:*)",
@@ -221,8 +221,13 @@ def test_default_agent_command_is_built_from_one_list():
     assert command[command.index("--max-turns") + 1] == "100"
     assert command[command.index("--max-budget-usd") + 1] == "5.00"
     assert command[command.index("--permission-mode") + 1] == "dontAsk"
+    assert command[command.index("--tools") + 1] == "Bash,Read,Edit,Write,Glob,Grep"
     prompt = command[2]
     assert "/opt/py/bin/python3 tools/lifeos_preflight.py" in prompt and "2026-12-02" in prompt
+    # The self-check the prompt names is the contract's: --check --strict.
+    assert prompt.endswith("self-check: /opt/py/bin/python3 tools/promote_findings.py --project-root "
+                           ". --check --strict autonomous-research/briefing-2026-12-02.md"), prompt
+    assert "Read, Glob, Grep" in prompt
     assert "\n" not in prompt and '"' not in prompt and "%" not in prompt, "safe through a .cmd shim"
 
 

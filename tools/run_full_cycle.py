@@ -12,9 +12,13 @@ Steps:
                      afterwards the repository is compared with a snapshot taken before it, and
                      today's briefing must exist and pass `promote_findings.py --check`
   6 promote          tools/promote_findings.py on that briefing
+  7 generate         with --generate only: tools/generate_sweep.py makes the sweep of the newest
+                     checkpoint in --lora-dir (and the no-LoRA baseline, once) into --sweep-dir;
+                     images already there for the same plan are skipped. Its plan is checked at
+                     step 1 (generate_sweep.py --dry-run), before the agent spends anything
   7 scorecard        evals/scorecard.py, when --sweep-dir has images newer than the last history
-                     entry (by file time: a sweep copied with its times kept, e.g. rsync -a, reads
-                     as old; score it by hand or touch its files)
+                     entry, decided after 7 generate (by file time: a sweep copied with its times
+                     kept, e.g. rsync -a, reads as old; score it by hand or touch its files)
   8 commit           a local commit of exactly the files the cycle wrote; never pushes
 
 Usage:
@@ -23,12 +27,19 @@ Usage:
     python3 tools/run_full_cycle.py --project-root . --sweep-dir /workspace/sweep_results \\
         --reference-dir /workspace/training_images --lora-version v3
     python3 tools/run_full_cycle.py --project-root . --agent-cmd "python3 my_agent.py" --no-commit
+Unattended on the pod, after a training: sweep and score its newest checkpoint (the sweep folder
+must lie outside the repository; --sweep-config for a single-file base without hub access):
+    python3 tools/run_full_cycle.py --project-root . --generate \\
+        --base-model /workspace/models/sd_xl_base_1.0.safetensors --lora-dir /workspace/lora_v3 \\
+        --trigger ohwx --sweep-config /workspace/models/sdxl_config \\
+        --sweep-dir /workspace/sweep_results --reference-dir /workspace/training_images --lora-version v3
+    ... --generate-args "--strengths 0.8,1.0 --seeds 1,2"   # more generate_sweep.py options
 
---dry-run runs steps 1-4 for real (the same checks as a real run; they only read) and prints the
-exact commands of steps 5-8 without running them. Every step's output is streamed and kept in a
-cycle log (.cycle-logs/cycle-<time>.log under the project root, ignored by git). On failure the
-step, its command, its exit code and the last lines of its output are printed; later steps do not
-run and nothing is committed.
+--dry-run runs steps 1-4 for real (the same checks as a real run, --generate's plan check
+included; they only read) and prints the exact commands of steps 5-8 without running them. Every
+step's output is streamed and kept in a cycle log (.cycle-logs/cycle-<time>.log under the project
+root, ignored by git). On failure the step, its command, its exit code and the last lines of its
+output are printed; later steps do not run and nothing is committed.
 
 The safety envelope, enforced here rather than left to the agent:
   - The agent may create or change only today's briefing (PISTACHIO_BRIEFING) and PROGRESS.md.
@@ -54,10 +65,23 @@ The safety envelope, enforced here rather than left to the agent:
     4 with the agent's stop reason on its last line.
 
 The default agent command is Claude Code headless: `claude -p PROMPT --permission-mode dontAsk
---tools Bash,Read,Edit,Write --allowedTools <AGENT_RULES> --disallowedTools <AGENT_DENIED_RULES>
---max-turns N --max-budget-usd X --setting-sources project --strict-mcp-config`, with N and X read
-from the contract's Budgets table (rows `| Tool calls | 100 |` and `| Money | USD 5.00 ...|`) and
-the interpreter for the agent's scripts passed as PISTACHIO_PYTHON and spelled out in the prompt.
+--tools Bash,Read,Edit,Write,Glob,Grep --allowedTools <AGENT_RULES> --disallowedTools
+<AGENT_DENIED_RULES> --max-turns N --max-budget-usd X --setting-sources project
+--strict-mcp-config`, with N and X read from the contract's Budgets table (rows `| Tool calls |
+100 |` and `| Money | USD 5.00 ...|`) and the interpreter for the agent's scripts passed as
+PISTACHIO_PYTHON and spelled out in the prompt. The contract's "What you may run" section lists
+the same tools, files and commands (tests/test_cycle_contract.py keeps the two lists equal).
+The cycle's own commits have a subject starting `LifeOS cycle ` (the contract tells the agent so).
+
+Tiny CPU run of --generate (a random-weight SDXL from tests/tiny_sdxl.py; the images are noise;
+a dry run, with a stand-in --agent-cmd that it never starts, so no Claude Code CLI is needed):
+    python3 -c "import sys; sys.path.insert(0, 'tests'); import tiny_sdxl; \\
+        tiny_sdxl.build_demo('/tmp/tiny_sweep')"
+    python3 tools/run_full_cycle.py --project-root . --dry-run --agent-cmd "python3 -c pass" --generate \\
+        --base-model /tmp/tiny_sweep/tiny_sdxl.safetensors --sweep-config /tmp/tiny_sweep/tiny_sdxl_config \\
+        --lora-dir /tmp/tiny_sweep/lora --trigger ohwx --generate-device cpu \\
+        --generate-args "--size 64 --steps 2 --seeds 1 --cfg 4 --strengths 1" \\
+        --sweep-dir /tmp/tiny_sweep/out --reference-dir /tmp/tiny_sweep --lora-version tiny
 
 Exit 0 the cycle completed, 1 a step failed (or the cycle was interrupted), 2 usage error,
 3 another cycle holds the lock (or the lock file is unreadable), 4 the cycle completed but the
@@ -86,6 +110,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
+from typing import Callable
+from stat import S_ISREG
 
 DEFAULT_STEP_TIMEOUT = 3600
 TAIL_LINES = 25
@@ -117,7 +143,18 @@ AGENT_GIT_COMMANDS = ("git status", "git log", "git diff", "git show")
 AGENT_WRITABLE = ("autonomous-research/briefing-{date}.md", "PROGRESS.md")
 # Narrower still: `git diff/log/show --output=FILE` would write a file; a push is never allowed.
 AGENT_DENIED_RULES = ("Bash(git *--output*)", "Bash(git push:*)")
-AGENT_TOOLS = "Bash,Read,Edit,Write"
+AGENT_TOOLS = "Bash,Read,Edit,Write,Glob,Grep"
+# The tools that read (any file); allowed as whole tools.
+AGENT_READ_TOOLS = ("Read", "Glob", "Grep")
+# The subject of every commit the cycle makes starts with this (the contract says so to the agent).
+COMMIT_PREFIX = "LifeOS cycle "
+
+# ---------------------------------------------------------------- --generate
+GENERATE_SCRIPT = "tools/generate_sweep.py"
+# generate_sweep.py options the cycle sets itself; --generate-args may not give them (nor any
+# abbreviation argparse would expand to one of them).
+GENERATE_RESERVED = ("--base-model", "--lora-dir", "--trigger", "--out", "--config",
+                     "--checkpoints", "--device", "--dry-run", "--overwrite", "--help")
 
 # ---------------------------------------------------------------- what the other steps may write
 PROMOTE_WRITES = ("autonomous-research/pending-tasks.md", "autonomous-research/memory.md",
@@ -211,8 +248,10 @@ class CycleLog:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.handle = path.open("a", encoding="utf-8")
 
-    def line(self, text: str = "") -> None:
-        print(text, flush=True)
+    def line(self, text: str = "", echo: bool = True) -> None:
+        """One line to the log file, and to stdout unless `echo` is false."""
+        if echo:
+            print(text, flush=True)
         if self.handle:
             self.handle.write(text + "\n")
             self.handle.flush()
@@ -588,10 +627,11 @@ def _linux_now_ticks() -> int:
 
 
 def run_step(log: CycleLog, step: str, command: list[str], cwd: Path, timeout: float,
-             env: dict | None = None, on_start=None) -> list[str]:
+             env: dict | None = None, on_start=None, echo=None) -> list[str]:
     """Run one step, streaming its output; raise StepFailed on a non-zero exit or a timeout.
 
-    Whatever happens, the step's process group (job) is killed before this returns.
+    `echo(line) -> bool`, when given, picks the lines shown on stdout; every line goes to the log
+    file. Whatever happens, the step's process group (job) is killed before this returns.
     """
     log.line(f"==> step {step}: {shlex.join(command)}")
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
@@ -607,7 +647,7 @@ def run_step(log: CycleLog, step: str, command: list[str], cwd: Path, timeout: f
         for raw in running.process.stdout:
             text = raw.rstrip("\r\n")
             tail.append(text)
-            log.line(f"    {text}")
+            log.line(f"    {text}", echo=echo is None or bool(echo(text)))
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
@@ -1333,8 +1373,9 @@ def agent_commands(python: str) -> list[str]:
 
 
 def agent_allowed_rules(python: str, today: str) -> list[str]:
-    """Claude Code permission rules: read anything, run the commands above, edit two files."""
-    return (["Read"] + [f"Bash({command}:*)" for command in agent_commands(python)]
+    """Claude Code permission rules: read and search anything (Read, Glob, Grep), run the
+    commands above, write two files (an Edit rule covers Write too)."""
+    return (list(AGENT_READ_TOOLS) + [f"Bash({command}:*)" for command in agent_commands(python)]
             + [f"Edit(/{path.format(date=today)})" for path in AGENT_WRITABLE])
 
 
@@ -1346,10 +1387,11 @@ def agent_prompt(python: str, today: str, budgets: Budgets) -> str:
             f"contract for this run. Today is {today}. Budgets for this run: at most "
             f"{budgets.tool_calls} tool calls and USD {budgets.usd:.2f}. Run every Python script "
             f"with this interpreter (also in the environment as PISTACHIO_PYTHON): {python}. "
-            f"The only commands you may run are: {commands}. You may read any file, and write "
-            f"only {briefing} and PROGRESS.md: the runner fails the cycle on any other change. "
-            f"Finish by writing {briefing} in the v3 schema and running its self-check: "
-            f"{python} tools/promote_findings.py --project-root . --check {briefing}")
+            f"The only commands you may run are: {commands}. You may read any file (Read, Glob, "
+            f"Grep), and write only {briefing} and PROGRESS.md: the runner fails the cycle on any "
+            f"other change. Finish by writing {briefing} in the v3 schema and running its "
+            f"self-check: {python} tools/promote_findings.py --project-root . --check --strict "
+            f"{briefing}")
 
 
 def default_agent_command(today: str, budgets: Budgets, python: str = sys.executable) -> list[str]:
@@ -1402,46 +1444,125 @@ def read_briefing_status(briefing: Path) -> tuple[str, str]:
     return status, reason
 
 
-def last_history_time(history: Path) -> dt.datetime | None:
-    """Timestamp of the last valid line of the scorecard history (corrupt lines are skipped)."""
+# Copied from evals/scorecard.py:parse_timestamp
+def parse_timestamp(text) -> tuple[dt.datetime | None, str | None]:
+    """(aware datetime, None) for an ISO timestamp; a zone-less one is read as UTC with a note;
+    (None, reason) when it is not a timestamp."""
+    if not isinstance(text, str) or not text.strip():
+        return None, "no timestamp"
+    try:
+        moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z",
+                                                                                     "+00:00"))
+    except ValueError:
+        return None, f"timestamp {text!r} is not ISO 8601"
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=dt.timezone.utc), (f"timestamp {text!r} has no time zone; "
+                                                         "read as UTC")
+    return moment, None
+
+
+def last_history_time(history: Path) -> tuple[dt.datetime | None, list[str]]:
+    """(the latest timestamp in the scorecard history, warnings).
+
+    Read like evals/scorecard.py reads it: a UTF-8 BOM is skipped; a torn last line, a corrupt
+    line or a line without a run_id is skipped, and an unreadable timestamp ignored, each with a
+    warning; a timestamp without a zone is read as UTC (a warning). Nothing is rewritten.
+    """
+    notes: list[str] = []
     if not history.is_file():
-        return None
+        return None, notes
     latest = None
-    for line in history.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            stamp = json.loads(line).get("timestamp", "")
-            moment = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-        except (ValueError, AttributeError, TypeError):
+    try:
+        handle = history.open("rb")
+    except OSError as error:
+        return None, [f"{history}: cannot read ({error.strerror or error}); taken as no history"]
+    with handle:
+        number = 0
+        for raw in handle:
+            number += 1
+            if raw.startswith(b"\xef\xbb\xbf"):
+                notes.append(f"{history}:{number}: a UTF-8 byte order mark (BOM) was skipped")
+                raw = raw[3:]
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as error:
+                torn = not raw.endswith(b"\n")  # only the last line can lack its newline
+                notes.append(f"{history}:{number}: " + (
+                    "torn last line skipped (no newline: an interrupted write?)" if torn
+                    else f"corrupt history line skipped ({type(error).__name__})"))
+                continue
+            if not isinstance(record, dict) or "run_id" not in record:
+                notes.append(f"{history}:{number}: history line without a run_id skipped")
+                continue
+            if "timestamp" not in record:
+                continue
+            moment, note = parse_timestamp(record.get("timestamp"))
+            if note:
+                notes.append(f"{history}:{number}: {note}")
+            if moment is not None and (latest is None or moment > latest):
+                latest = moment
+    return latest, notes
+
+
+def sweep_has_new_images(sweep: Path, history: Path) -> tuple[bool, str, list[str]]:
+    """(whether the sweep has an image newer than the last history entry, why, warnings).
+
+    Only files count (a dangling link or a folder named like an image is skipped, with a
+    warning). The history stores whole seconds, so an image counts as newer from the second
+    after the last entry's.
+    """
+    latest_image, count, notes = None, 0, []
+    for path in sweep.rglob("*"):
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
             continue
-        latest = moment if latest is None or moment > latest else latest
-    return latest
-
-
-def sweep_has_new_images(sweep: Path, history: Path) -> tuple[bool, str]:
-    images = [path for path in sweep.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS]
-    if not images:
-        return False, f"no images in {sweep}"
-    newest = max(path.stat().st_mtime for path in images)
-    newest_time = dt.datetime.fromtimestamp(newest, dt.timezone.utc)
-    last = last_history_time(history)
+        try:
+            info = path.stat()
+        except OSError as error:
+            notes.append(f"{path}: skipped ({'a dangling link' if path.is_symlink() else 'unreadable'}"
+                         f": {error.strerror or error})")
+            continue
+        if not S_ISREG(info.st_mode):
+            continue
+        count += 1
+        latest_image = info.st_mtime if latest_image is None else max(latest_image, info.st_mtime)
+    if not count:
+        return False, f"no images in {sweep}", notes
+    newest_time = dt.datetime.fromtimestamp(latest_image, dt.timezone.utc)
+    last, history_notes = last_history_time(history)
+    notes += history_notes
     if last is None:
-        return True, f"{len(images)} images, no history entry yet"
-    if newest_time > last:
-        return True, f"{len(images)} images, newest {newest_time:%Y-%m-%d %H:%M} after last entry {last:%Y-%m-%d %H:%M}"
-    return False, f"no image newer than the last history entry ({last:%Y-%m-%d %H:%M} UTC)"
+        return True, f"{count} images, no history entry yet", notes
+    if newest_time >= last + dt.timedelta(seconds=1):
+        return True, (f"{count} images, newest {newest_time:%Y-%m-%d %H:%M:%S} after the last "
+                      f"entry {last:%Y-%m-%d %H:%M:%S} UTC"), notes
+    return False, f"no image newer than the last history entry ({last:%Y-%m-%d %H:%M:%S} UTC)", notes
 
 
 @dataclass
 class PostStep:
     """A step after the agent: its command, and the repo paths (fnmatch patterns) it may write.
 
-    run_cycle runs these in order; a new step (say, sweep generation before the scorecard) is one
-    more entry in post_agent_steps().
+    run_cycle runs these in order; a new step is one more entry in post_agent_steps().
     """
     name: str
     command: list[str]
     writes: tuple[str, ...]
     skip_reason: str | None = None  # set: the step is logged as skipped, not run
+    # Decided right before the step runs (after the steps before it): (run?, why, warnings).
+    decide: Callable[[], tuple[bool, str, list[str]]] | None = None
+
+
+def generate_command(args, root: Path) -> list[str]:
+    """tools/generate_sweep.py with the cycle's --generate flags: the newest checkpoint only."""
+    command = [sys.executable, str(root / GENERATE_SCRIPT), "--base-model", str(args.base_model),
+               "--lora-dir", str(args.lora_dir), "--trigger", args.trigger,
+               "--out", str(args.sweep_dir), "--checkpoints", "last",
+               "--device", args.generate_device or "cuda"]
+    if args.sweep_config is not None:
+        command += ["--config", str(args.sweep_config)]
+    return command + split_command(args.generate_args or "")
 
 
 def post_agent_steps(args, root: Path, briefing: Path) -> list[PostStep]:
@@ -1449,15 +1570,19 @@ def post_agent_steps(args, root: Path, briefing: Path) -> list[PostStep]:
     history = root / HISTORY
     steps = [PostStep("6 promote", [py, str(root / "tools" / "promote_findings.py"), "--project-root",
                                     str(root), "--briefing", str(briefing)], PROMOTE_WRITES)]
+    if getattr(args, "generate", False):
+        # Writes only into --sweep-dir, which lies outside the repository: nothing in it may change.
+        steps.append(PostStep("7 generate", generate_command(args, root), ()))
     if args.sweep_dir is None:
         steps.append(PostStep("7 scorecard", [], SCORECARD_WRITES, "no --sweep-dir"))
     else:
+        sweep = args.sweep_dir.resolve()
         scorecard = [py, str(root / "evals" / "scorecard.py"), "--generated",
-                     str(args.sweep_dir.resolve()), "--reference", str(args.reference_dir.resolve()),
+                     str(sweep), "--reference", str(args.reference_dir.resolve()),
                      "--lora-version", args.lora_version, "--backend", args.backend,
                      "--history", str(history), "--report", str(root / "evals" / "latest_report.md")]
-        new, why = sweep_has_new_images(args.sweep_dir, history)
-        steps.append(PostStep("7 scorecard", scorecard, SCORECARD_WRITES, None if new else why))
+        steps.append(PostStep("7 scorecard", scorecard, SCORECARD_WRITES,
+                              decide=lambda: sweep_has_new_images(sweep, history)))
     return steps
 
 
@@ -1467,8 +1592,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--project-root", type=Path, default=Path("."),
                         help="repository root (default: the current folder)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="run steps 1-4 (the same checks as a real run), print steps 5-8 "
-                             "without running them")
+                        help="run steps 1-4 (the same checks as a real run, with --generate its "
+                             "plan check too), print steps 5-8 without running them")
     parser.add_argument("--agent-cmd", metavar="CMD",
                         help="command line that replaces the default agent (default: claude -p "
                              "with agents/pistachio-agent-v3.md as the contract)")
@@ -1479,10 +1604,87 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lora-version", metavar="V", help="LoRA version label (required with --sweep-dir)")
     parser.add_argument("--backend", choices=("insightface", "dlib"), default="insightface",
                         help="face backend for the scorecard (default: insightface)")
+    sweep = parser.add_argument_group(
+        "--generate: make the sweep before scoring it (step 7 generate, tools/generate_sweep.py)")
+    sweep.add_argument("--generate", action="store_true",
+                       help="before the scorecard, generate the sweep of the newest checkpoint in "
+                            "--lora-dir (plus the no-LoRA baseline, once) into --sweep-dir, which "
+                            "must lie outside the repository; needs --base-model, --lora-dir, "
+                            "--trigger, --sweep-dir, --reference-dir and --lora-version "
+                            "(default: off, the sweep is made elsewhere)")
+    sweep.add_argument("--base-model", type=Path, metavar="PATH",
+                       help="SDXL base for --generate: a .safetensors file or a diffusers folder")
+    sweep.add_argument("--lora-dir", type=Path, metavar="DIR",
+                       help="folder of sd-scripts LoRA files for --generate; its newest is swept")
+    sweep.add_argument("--trigger", metavar="WORD", help="trigger word for --generate's prompts")
+    sweep.add_argument("--sweep-config", type=Path, metavar="DIR",
+                       help="generate_sweep.py --config: a diffusers config folder for a "
+                            "single-file base without hub access (default: none)")
+    sweep.add_argument("--generate-device", choices=("cuda", "cpu", "auto"), default=None,
+                       help="generate_sweep.py --device (default: cuda; cpu for a tiny test run)")
+    sweep.add_argument("--generate-args", metavar="ARGS",
+                       help="more generate_sweep.py options as one string (strengths, CFG, "
+                            "seeds, steps, size, prompts: see Usage above; write "
+                            "--generate-args=OPTION for a single option); relative paths in it "
+                            "are read from --project-root; the options the cycle sets itself ("
+                            + ", ".join(GENERATE_RESERVED) + ") are refused (default: none)")
     parser.add_argument("--no-commit", action="store_true", help="skip step 8 (default: commit locally)")
     parser.add_argument("--step-timeout", type=float, default=DEFAULT_STEP_TIMEOUT, metavar="S",
                         help=f"seconds before a step is stopped (default: {DEFAULT_STEP_TIMEOUT})")
     return parser
+
+
+def check_generate_args(parser: argparse.ArgumentParser, args, root: Path) -> None:
+    """--generate and its companions, right after parsing (parser.error: exit 2). Paths become
+    absolute; `root` is the resolved project root."""
+    companions = (("--base-model", args.base_model), ("--lora-dir", args.lora_dir),
+                  ("--trigger", args.trigger))
+    optional = (("--sweep-config", args.sweep_config), ("--generate-device", args.generate_device),
+                ("--generate-args", args.generate_args))
+    if not args.generate:
+        given = [flag for flag, value in companions + optional if value is not None]
+        if given:
+            parser.error(f"{', '.join(given)} only make{'s' if len(given) == 1 else ''} sense "
+                         "with --generate")
+        return
+    missing = [flag for flag, value in companions + (("--sweep-dir", args.sweep_dir),
+                                                      ("--reference-dir", args.reference_dir),
+                                                      ("--lora-version", args.lora_version))
+               if not value]
+    if missing:
+        parser.error(f"--generate needs {', '.join(missing)}")
+    if not args.base_model.exists():
+        parser.error(f"--base-model {args.base_model} does not exist (a .safetensors file or a "
+                     "diffusers folder)")
+    if not args.lora_dir.is_dir():
+        parser.error(f"--lora-dir {args.lora_dir} is not a folder")
+    if args.sweep_config is not None and not args.sweep_config.is_dir():
+        parser.error(f"--sweep-config {args.sweep_config} is not a folder")
+    if not args.trigger.strip():
+        parser.error("--trigger is empty")
+    if args.sweep_dir.exists() and not args.sweep_dir.is_dir():
+        parser.error(f"--sweep-dir {args.sweep_dir} is not a folder")
+    sweep = args.sweep_dir.resolve()
+    if sweep == root or root in sweep.parents:
+        parser.error(f"--sweep-dir {args.sweep_dir} lies inside the repository ({root}): "
+                     "--generate writes its images there, and the cycle commits only the files it "
+                     "owns and fails on any other new file; pass a folder outside the repository "
+                     "(e.g. /workspace/sweep_results)")
+    try:
+        extra = split_command(args.generate_args or "")
+    except ValueError as error:
+        parser.error(f"--generate-args: cannot split it ({error})")
+    for token in extra:
+        name = token.split("=", 1)[0]
+        if name == "-h" or (name.startswith("--") and len(name) > 2 and " " not in name
+                            and any(flag.startswith(name) for flag in GENERATE_RESERVED)):
+            parser.error(f"--generate-args: {token} is set by the cycle itself; use the cycle's "
+                         "own flag (--base-model, --lora-dir, --trigger, --sweep-dir, "
+                         "--sweep-config, --generate-device)")
+    args.base_model, args.lora_dir = args.base_model.resolve(), args.lora_dir.resolve()
+    args.sweep_dir = sweep
+    if args.sweep_config is not None:
+        args.sweep_config = args.sweep_config.resolve()
 
 
 def _raise_interrupted(signum, _frame) -> None:
@@ -1496,12 +1698,13 @@ def main(argv: list[str] | None = None) -> int:
     if not root.is_dir():
         parser.error(f"--project-root {root} is not a folder; pass the repository root")
     root = root.resolve()
+    check_generate_args(parser, args, root)
     if args.sweep_dir is not None:
         missing = [flag for flag, value in (("--reference-dir", args.reference_dir),
                                             ("--lora-version", args.lora_version)) if not value]
         if missing:
             parser.error(f"--sweep-dir needs {' and '.join(missing)}")
-        if not args.sweep_dir.is_dir():
+        if not args.sweep_dir.is_dir() and not (args.generate and not args.sweep_dir.exists()):
             parser.error(f"--sweep-dir {args.sweep_dir} is not a folder")
         if not args.reference_dir.is_dir():
             parser.error(f"--reference-dir {args.reference_dir} is not a folder")
@@ -1586,6 +1789,7 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
     py = sys.executable
     today = dt.date.today().isoformat()
     briefing_rel = f"{BRIEFING_DIR}/briefing-{today}.md"
+    agent_may_write = {path.format(date=today) for path in AGENT_WRITABLE}  # the briefing included
     briefing = root / briefing_rel
     tools, evals = root / "tools", root / "evals"
     timeout = args.step_timeout
@@ -1620,7 +1824,7 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
             raise StepFailed("1 preflight", [], None, [], f"detect-secrets is not installed ({error}); "
                              f"the commit's secret scan needs it: pip install detect-secrets==1.5.0 "
                              f"(or run with --no-commit)") from None
-    owned = [briefing_rel, "PROGRESS.md", *PROMOTE_WRITES,
+    owned = [*sorted(agent_may_write), *PROMOTE_WRITES,
              *(SCORECARD_WRITES if args.sweep_dir is not None else ())]
     dirty = dirty_paths(root, owned)
     if dirty:
@@ -1631,6 +1835,12 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
              + (f"budgets {budgets.tool_calls} tool calls / USD {budgets.usd:.2f}, " if budgets else "")
              + ("detect-secrets ready, " if scanner else "")
              + "the files the cycle writes are clean")
+    if args.generate:
+        # The sweep's plan, checked now (no torch, no model: it only reads the files' headers), so
+        # a wrong path or option stops the cycle before the agent spends anything.
+        plan = generate_command(args, root) + ["--dry-run"]
+        run_step(log, "1 preflight (sweep plan)", plan, root, timeout,
+                 echo=lambda text: "\t" not in text)  # the plan's lines go to the log only
 
     for name, script in (("2 freshness", tools / "lifeos_freshness_check.py"),
                          ("3 context budget", tools / "lifeos_context_budget.py"),
@@ -1644,8 +1854,17 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
         for step in post_agent_steps(args, root, briefing):
             if step.skip_reason:
                 log.line(f"  {step.name}: skipped ({step.skip_reason})")
-            else:
-                log.line(f"  {step.name}: {shlex.join(step.command)}")
+                continue
+            log.line(f"  {step.name}: {shlex.join(step.command)}")
+            if step.decide is not None:
+                if args.generate:
+                    log.line("    (runs if the sweep has images newer than the last history entry "
+                             "once 7 generate has run)")
+                else:
+                    run, why, notes = step.decide()
+                    for note in notes:
+                        log.line(f"    warning: {note}")
+                    log.line(f"    ({'would run' if run else 'would be skipped'}: {why})")
         if args.no_commit:
             log.line("  8 commit: skipped (--no-commit)")
         else:
@@ -1672,7 +1891,7 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
                               "run `claude` once and log in (or set ANTHROPIC_API_KEY), then run "
                               "the cycle again")
         try:
-            check_envelope(root, cycle_start, {briefing_rel, "PROGRESS.md"}, failure.step, lock, log)
+            check_envelope(root, cycle_start, agent_may_write, failure.step, lock, log)
         except StepFailed as outside:
             outside.reason += f"; and the agent itself {failure.reason}"
             outside.code, outside.command = failure.code, failure.command
@@ -1680,7 +1899,7 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
         raise
     finally:
         lock.set_agent(None)
-    written, state = check_envelope(root, cycle_start, {briefing_rel, "PROGRESS.md"}, "5 agent",
+    written, state = check_envelope(root, cycle_start, agent_may_write, "5 agent",
                                     lock, log)
     if briefing_rel not in written:
         raise StepFailed("5 agent", agent_command, 0, [],
@@ -1693,10 +1912,20 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
     # files, compared with the state the previous step left.
     scored = "no sweep given"
     for step in steps:
-        if step.skip_reason:
-            log.line(f"==> step {step.name}: skipped ({step.skip_reason})")
-            if step.name.startswith("7"):
-                scored = f"sweep skipped ({step.skip_reason})"
+        skip = step.skip_reason
+        if skip is None and step.decide is not None:
+            run, why, notes = step.decide()  # now: after the steps before it (7 generate)
+            for note in notes:
+                log.line(f"warning: {note}")
+            if run:
+                log.line(f"step {step.name} runs: {why}")
+            else:
+                skip = why
+        if skip:
+            log.line(f"==> step {step.name}: skipped ({skip})")
+            if step.name == "7 scorecard":
+                scored = (f"generated sweep {args.sweep_dir.name}, scoring skipped ({skip})"
+                          if args.generate else f"sweep skipped ({skip})")
             continue
         run_step(log, step.name, step.command, root, timeout)
         after = snapshot(root)
@@ -1708,15 +1937,16 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
         written += [path for path in changed if path not in written]
         if step.name.startswith("5"):
             status, stop_reason = read_briefing_status(briefing)
-        if step.name.startswith("7"):
-            scored = f"scored sweep {args.sweep_dir.name} as {args.lora_version}"
+        if step.name == "7 scorecard":
+            scored = (f"{'generated and ' if args.generate else ''}scored sweep "
+                      f"{args.sweep_dir.name} as {args.lora_version}")
 
     # Step 8: commit exactly what the cycle wrote.
     commit = None
     if args.no_commit:
         log.line("==> step 8 commit: skipped (--no-commit)")
     else:
-        commit = commit_cycle(log, root, sorted(written), briefing, scored, scanner)
+        commit = commit_cycle(log, root, sorted(written), briefing, scored, scanner, today)
     pushes = find_pushes(cycle_start, snapshot(root))
     if pushes:
         raise StepFailed("8 commit", [], None, pushes, "a push happened during the cycle: "
@@ -1748,8 +1978,14 @@ def check_envelope(root: Path, before: RepoState, allowed: set[str], step: str,
     return written, after
 
 
+def commit_message(today: str, briefing: Path, scored: str, written: list[str]) -> str:
+    """The cycle's commit message; its subject starts with COMMIT_PREFIX."""
+    return (f"{COMMIT_PREFIX}{today}: briefing {briefing.name} promoted; {scored}\n\n"
+            "Files written by tools/run_full_cycle.py:\n" + "\n".join(f"- {path}" for path in written))
+
+
 def commit_cycle(log: CycleLog, root: Path, written: list[str], briefing: Path, scored: str,
-                 scanner: SecretScanner) -> str | None:
+                 scanner: SecretScanner, today: str | None = None) -> str | None:
     never = [path for path in written if path in NEVER_COMMITTED]
     if never:
         raise StepFailed("8 commit", [], None, [], f"refusing to commit {', '.join(never)} "
@@ -1757,8 +1993,7 @@ def commit_cycle(log: CycleLog, root: Path, written: list[str], briefing: Path, 
     if not written:
         log.line("==> step 8 commit: nothing to commit")
         return None
-    message = (f"LifeOS cycle {dt.date.today().isoformat()}: briefing {briefing.name} promoted; {scored}\n\n"
-               "Files written by tools/run_full_cycle.py:\n" + "\n".join(f"- {path}" for path in written))
+    message = commit_message(today or dt.date.today().isoformat(), briefing, scored, written)
     commit = commit_paths(log, root, written, message, scanner, append_only=(HISTORY,))
     extra = verify_commit(root, commit, written)
     if extra:
