@@ -72,6 +72,10 @@ def pod(tmp_path: Path) -> dict:
         "args = sys.argv[1:]\n"
         "out = Path(args[args.index('--output_dir') + 1])\n"
         "(out / 'argv.json').write_text(json.dumps(args), encoding='utf-8')\n"
+        "(out / 'cwd.txt').write_text(str(Path.cwd()), encoding='utf-8')\n"
+        "if not __import__('os').environ.get('FAKE_TRAIN_NO_LORA'):  # what a finished run saves\n"
+        "    name = args[args.index('--output_name') + 1]\n"
+        "    (out / (name + '.safetensors')).write_bytes(b'a LoRA')\n"
         "sys.exit(int(__import__('os').environ.get('FAKE_TRAIN_EXIT', '0')))\n"
     )
     for name in ("sdxl_train_network.py", "flux_train_network.py"):
@@ -132,12 +136,14 @@ def test_print_cmd_needs_no_pod_and_writes_nothing(tmp_path):
 
 
 def test_print_cmd_flux_uses_flux_script_and_flags(tmp_path):
-    result = run_script(SCRIPT, "--print-cmd", *base_args(tmp_path, "flux"))
+    result = run_script(SCRIPT, "--print-cmd", *base_args(tmp_path, "flux"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     launcher, options = options_of(shlex.split(result.stdout))
     assert launcher[-1].endswith("flux_train_network.py")
     assert options["network_module"] == ["networks.lora_flux"]
-    assert options["clip_l"] == ["c.safetensors"] and options["ae"] == ["ae.safetensors"]
+    # relative paths are made absolute: sd-scripts runs in its checkout
+    assert options["clip_l"] == [str(tmp_path / "c.safetensors")]
+    assert options["ae"] == [str(tmp_path / "ae.safetensors")]
     assert options["timestep_sampling"] == ["shift"] and options["model_prediction_type"] == ["raw"]
     for flag in ("sdpa", "fp8_base", "network_train_unet_only", "cache_text_encoder_outputs"):
         assert options[flag] == [], flag
@@ -188,6 +194,49 @@ def test_training_failure_exits_1(pod):
                         env={"FAKE_TRAIN_EXIT": "3"})
     assert result.returncode == 1
     assert "exited with code 3" in result.stderr
+
+
+def test_relative_paths_name_the_same_files_when_sd_scripts_runs_in_its_checkout(pod, tmp_path):
+    """A careless user passes relative paths; sd-scripts runs with its checkout as working folder."""
+    args = ["--base-model", "base.safetensors", "--images", "training images", "--trigger", "ohwx",
+            "--output", "lora out", "--sd-scripts", "sd-scripts", "--launcher", "python"]
+    result = run_script(SCRIPT, *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (pod["out"] / "argv.json").is_file(), "the LoRA must land in ./lora out, not in sd-scripts/"
+    assert Path((pod["out"] / "cwd.txt").read_text(encoding="utf-8")) == pod["sd_scripts"]
+    _, options = options_of(shlex.split(result.stdout.strip()))
+    assert options["pretrained_model_name_or_path"] == [str(pod["base"])]
+    assert options["output_dir"] == [str(pod["out"])]
+    assert options["dataset_config"] == [str(pod["out"] / "dataset_v3.toml")]
+    dataset = tomllib.loads((pod["out"] / "dataset_v3.toml").read_text(encoding="utf-8"))
+    assert dataset["datasets"][0]["subsets"][0]["image_dir"] == str(pod["images"])
+    params = json.loads((pod["out"] / "training_params.json").read_text(encoding="utf-8"))
+    assert params["images_dir"] == str(pod["images"]) and params["output_dir"] == str(pod["out"])
+
+
+def test_relative_flux_inputs_and_python_become_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    settings = retrain.resolve_settings(retrain.build_parser().parse_args(
+        [*base_args(tmp_path, "flux"), "--python", "venv/bin/python", "--base-model", "org/hub-id"]))
+    for name in ("clip_l", "t5xxl", "ae"):
+        assert Path(settings[name]).is_absolute() and Path(settings[name]).parent == tmp_path, name
+    assert settings["python"] == str(tmp_path / "venv" / "bin" / "python")
+    assert settings["base_model"] == "org/hub-id", "a name that is not a file stays as given (hub id)"
+
+
+def test_sd_scripts_exiting_0_without_a_lora_file_is_a_failure(pod):
+    """sd-scripts returns 0 after 'No data found' (or any early stop): that is no finished training."""
+    result = run_script(SCRIPT, *pod_args(pod), "--launcher", "python", env={"FAKE_TRAIN_NO_LORA": "1"})
+    assert result.returncode == 1, result.stderr
+    assert "wrote no LoRA file (ohwx_v3_sdxl*.safetensors)" in result.stderr
+    assert "training finished" not in result.stderr
+    result = run_script(SCRIPT, *pod_args(pod), "--launcher", "python")
+    assert result.returncode == 0, result.stderr
+    assert "training finished" in result.stderr and "ohwx_v3_sdxl.safetensors" in result.stderr
+    # A second run that writes nothing new does not count the first run's file.
+    result = run_script(SCRIPT, *pod_args(pod), "--launcher", "python", env={"FAKE_TRAIN_NO_LORA": "1"})
+    assert result.returncode == 1, result.stderr
 
 
 def test_config_file_toml_and_json_with_command_line_winning(pod, tmp_path):
@@ -508,6 +557,38 @@ def test_cli_runs_the_command_through_sd_scripts_before_launch(upstream, model_t
     assert result.returncode == 0, result.stderr
     assert "sd-scripts accepts the command" in result.stderr and "3 training images" in result.stderr
     assert f"{model_type}_train_network.py" in result.stdout
+
+
+@pytest.mark.slow
+def test_relative_images_are_found_by_sd_scripts_itself(upstream):
+    """The check runs sd-scripts in its checkout: relative --images/--output must still count."""
+    import os
+
+    root = upstream["root"]
+    args = ["--base-model", "base.safetensors", "--images", "images", "--trigger", "ohwx",
+            "--output", "out_relative", "--sd-scripts", os.path.relpath(upstream["sd_scripts"], root),
+            "--python", sys.executable]
+    result = run_script(SCRIPT, "--print-cmd", *args, cwd=root, env=upstream["env"])
+    assert result.returncode == 0, result.stderr
+    assert "(3 training images found)" in result.stderr
+    assert not (root / "out_relative").exists()
+
+
+@pytest.mark.slow
+def test_a_folder_sd_scripts_reads_no_image_from_is_refused(upstream, tmp_path):
+    """Names sd-scripts' glob skips (hidden, mixed-case suffix): it would log 'No data found' and
+    exit 0 after minutes of setup, so the check refuses it (exit 2) instead of reporting success."""
+    images = tmp_path / "odd images"
+    images.mkdir()
+    Image.new("RGB", (128, 128), (90, 60, 40)).save(images / ".hidden.png")
+    Image.new("RGB", (128, 128), (90, 60, 40)).save(images / "face.Png", format="PNG")
+    args = upstream_args(upstream, "sdxl")
+    args[args.index("--images") + 1] = str(images)
+    for mode in ("--print-cmd", "--dry-run"):
+        result = run_script(SCRIPT, mode, *args, env=upstream["env"])
+        assert result.returncode == 2, result.stderr
+        assert "sd-scripts finds no training image in --images" in result.stderr
+        assert "No data found" in result.stderr and result.stdout == ""
 
 
 @pytest.mark.slow

@@ -47,8 +47,10 @@ pass --python PATH; the project was checked against sd-scripts commit SD_SCRIPTS
 and does not launch. --launcher python runs the sd-scripts file with this Python, without accelerate.
 Config file (--config): TOML (Python 3.11+, or `pip install tomli` on 3.10) or JSON, a flat table
 whose keys are the flag names (dashes or underscores); flags on the command line win.
-Exit codes: 0 launched and training finished (or --print-cmd/--dry-run), 1 training failed,
-2 usage error, a conflicting flag pair, or a missing input.
+Relative paths are made absolute first (sd-scripts runs with its checkout as working folder).
+Exit codes: 0 launched and training finished with a LoRA file written (or --print-cmd/--dry-run),
+1 training failed or sd-scripts exited 0 without writing a LoRA file, 2 usage error, a conflicting
+flag pair, a missing input, or an image folder in which sd-scripts finds no training image.
 """
 from __future__ import annotations
 
@@ -367,9 +369,21 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     settings["extra_args"] = settings["extra_args"] or []
     settings.setdefault("launcher", "accelerate")
     settings["launcher"] = settings.get("launcher") or "accelerate"
-    settings["sd_scripts"] = Path(settings.get("sd_scripts") or "/workspace/sd-scripts")
-    settings["python"] = str(settings.get("python") or find_training_python(settings["sd_scripts"])
-                             or sys.executable)
+    # Absolute paths (Path.absolute(): symlinks kept): sd-scripts runs with its checkout as the
+    # working folder, so a relative path would name another place there.
+    settings["sd_scripts"] = Path(settings.get("sd_scripts") or "/workspace/sd-scripts").absolute()
+    for name in ("images", "output"):
+        if settings.get(name):
+            settings[name] = Path(settings[name]).absolute()
+    for name in ("clip_l", "t5xxl", "ae"):
+        if settings.get(name):
+            settings[name] = str(Path(settings[name]).absolute())
+    if settings.get("base_model") and Path(settings["base_model"]).exists():  # else maybe a hub id
+        settings["base_model"] = str(Path(settings["base_model"]).absolute())
+    python = settings.get("python")
+    if python and (os.sep in str(python) or "/" in str(python)):  # a path, not a name on PATH
+        python = Path(python).absolute()
+    settings["python"] = str(python or find_training_python(settings["sd_scripts"]) or sys.executable)
     trigger = settings.get("trigger") or ""
     if not settings.get("output_name"):
         settings["output_name"] = f"{trigger or 'lora'}_v3_{model_type}"
@@ -1176,6 +1190,20 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def lora_files(settings: dict) -> dict[str, tuple[int, int]]:
+    """{name: (size, mtime_ns)} of the LoRA files sd-scripts saves in the output folder: the final
+    OUTPUT_NAME.safetensors and the OUTPUT_NAME-stepNNNNNNNN.safetensors saves."""
+    found = {}
+    stem = str(settings["output_name"])
+    with contextlib.suppress(OSError):
+        for path in Path(settings["output"]).iterdir():
+            if path.suffix == ".safetensors" and (path.stem == stem or path.stem.startswith(stem + "-")):
+                with contextlib.suppress(OSError):
+                    stat = path.stat()
+                    found[path.name] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
 def shell_line(command: list[str]) -> str:
     return " ".join(shlex.quote(part) for part in command)
 
@@ -1217,7 +1245,12 @@ def main(argv=None) -> int:
         print(f"checking the command with sd-scripts' own parser and pre-model checks "
               f"({settings['python']}, no model loaded) ...", file=sys.stderr, flush=True)
         result = upstream_check(settings, command, args.upstream_timeout)
-        if result.get("ok"):
+        if result.get("ok") and not result.get("images"):
+            parser.error(f"sd-scripts finds no training image in --images {settings['images']}: it "
+                         f"reads {', '.join(IMAGE_SUFFIXES)} files (lower or upper case, not hidden "
+                         f"ones) at the folder's top level, and with none it logs 'No data found' "
+                         f"and stops without training (train_network.py:575-579)")
+        elif result.get("ok"):
             print(f"sd-scripts accepts the command: {', '.join(result.get('passed', []))} passed "
                   f"({result.get('images', 0)} training images found)", file=sys.stderr)
         elif result.get("environment") and args.print_cmd:
@@ -1249,6 +1282,7 @@ def main(argv=None) -> int:
         return 0
     print(f"launching sd-scripts {SCRIPT_FOR[settings['model_type']]} in {settings['sd_scripts']}",
           file=sys.stderr, flush=True)
+    before = lora_files(settings)
     try:
         completed = subprocess.run(command, cwd=str(settings["sd_scripts"]))
     except OSError as error:
@@ -1258,7 +1292,13 @@ def main(argv=None) -> int:
         print(f"error: training failed: {shell_line(command[:2])} ... exited with code "
               f"{completed.returncode}", file=sys.stderr)
         return 1
-    print(f"training finished; LoRA files in {output}", file=sys.stderr)
+    written = sorted(name for name, stamp in lora_files(settings).items() if before.get(name) != stamp)
+    if not written:
+        print(f"error: sd-scripts exited 0 but wrote no LoRA file ({settings['output_name']}"
+              f"*.safetensors) in {output}: it stopped without training (its log above says why, "
+              f"e.g. 'No data found')", file=sys.stderr)
+        return 1
+    print(f"training finished; LoRA files in {output}: {', '.join(written)}", file=sys.stderr)
     return 0
 
 
