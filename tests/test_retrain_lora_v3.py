@@ -260,6 +260,54 @@ def test_config_file_toml_and_json_with_command_line_winning(pod, tmp_path):
     assert result.returncode == 2 and "stepz" in result.stderr
 
 
+@pytest.mark.parametrize("config,must_name", [
+    ({"model_type": "SDXL"}, ["model_type", "--model-type must be one of flux, sdxl"]),
+    ({"model_type": "Flux"}, ["--model-type must be one of"]),
+    ({"steps": "abc"}, ["steps", "invalid int value for --steps"]),
+    ({"steps": 700.5}, ["invalid int value for --steps"]),
+    ({"steps": True}, ["--steps takes a number"]),
+    ({"network_alpha": [16]}, ["--network-alpha takes a number"]),
+    ({"extra_arg": 5}, ["--extra-arg takes a string or a list of strings"]),
+    ({"extra_arg": ["--noise_offset 0.05", 5]}, ["--extra-arg takes a string or a list of strings"]),
+    ({"xformers": "false"}, ["xformers", "write true or false"]),
+    ({"xformers": 0}, ["write true or false"]),
+    ({"mixed_precision": "BF16"}, ["--mixed-precision must be one of no, fp16, bf16"]),
+    ({"launcher": "Accelerate"}, ["--launcher must be one of accelerate, python"]),
+    ({"class_word": 7}, ["--class-word takes a string"]),
+    ({"output_name": ["a", "b"]}, ["--output-name takes a string"]),
+])
+def test_config_values_are_checked_like_the_flags(pod, tmp_path, config, must_name):
+    """A hand-written JSON config: wrong types and case become exit 2 naming the key, no traceback."""
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    result = run_script(SCRIPT, "--print-cmd", *pod_args(pod), "--config", path)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert str(path) in result.stderr
+    for name in must_name:
+        assert name in result.stderr, (name, result.stderr)
+
+
+def test_config_values_of_the_right_type_are_used(pod, tmp_path):
+    path = tmp_path / "good.json"
+    path.write_text(json.dumps({"steps": "800", "network_alpha": 8, "xformers": False, "sdpa": True,
+                                "mixed_precision": "fp16", "save_precision": "fp16",
+                                "extra_arg": "--noise_offset 0.05"}), encoding="utf-8")
+    result = run_script(SCRIPT, "--print-cmd", *pod_args(pod), "--config", path)
+    assert result.returncode == 0, result.stderr
+    _, options = options_of(shlex.split(result.stdout))
+    assert options["max_train_steps"] == ["800"] and options["network_alpha"] == ["8"]
+    assert "xformers" not in options and options["sdpa"] == []
+    assert options["mixed_precision"] == ["fp16"] and options["noise_offset"] == ["0.05"]
+
+
+def test_unbalanced_quote_in_extra_arg_is_a_usage_error(tmp_path):
+    result = run_script(SCRIPT, "--print-cmd", *base_args(tmp_path), "--extra-arg=--noise_offset '0.05")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "--extra-arg" in result.stderr and "No closing quotation" in result.stderr
+
+
 # ----------------------------------------------------------------------------------------------
 # In-process: the checks
 

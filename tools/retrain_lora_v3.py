@@ -330,23 +330,55 @@ def _toml_module():
 
 def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, config: dict,
                  config_path: Path) -> None:
-    """Fill flags not given on the command line from the config file (flat keys, - or _)."""
-    dests = {action.dest for action in parser._actions}
+    """Fill flags not given on the command line from the config file (flat keys, - or _), each
+    value checked as argparse checks the flag (its type and choices; booleans must be true/false)."""
+    actions = {action.dest: action for action in parser._actions}
     for key, value in config.items():
         dest = str(key).replace("-", "_")
         dest = {"pretrained_model_name_or_path": "base_model", "output_dir": "output",
                 "max_train_steps": "steps", "save_every_n_steps": "save_every",
                 "image_dir": "images", "extra_arg": "extra_args"}.get(dest, dest)
-        if dest not in dests or dest in ("config", "help", "print_cmd", "dry_run",
-                                         "skip_upstream_check", "upstream_timeout"):
+        if dest not in actions or dest in ("config", "help", "print_cmd", "dry_run",
+                                           "skip_upstream_check", "upstream_timeout"):
             raise SettingsError(f"--config {config_path}: unknown key {key!r}")
         if getattr(args, dest) is not None:
             continue  # the command line wins
-        if dest in ("images", "output", "sd_scripts"):
-            value = Path(value)
-        if dest == "extra_args" and isinstance(value, str):
-            value = [value]
-        setattr(args, dest, value)
+        setattr(args, dest, config_value(actions[dest], value, f"--config {config_path}: {key}"))
+
+
+def config_value(action: argparse.Action, value, where: str):
+    """`value` from a config file converted and checked the way argparse treats the flag's text."""
+    flag = action.option_strings[0]
+    if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):
+        if not isinstance(value, bool):
+            raise SettingsError(f"{where} = {value!r}: {flag} is a switch; write true or false "
+                                f"(a boolean, not a string or number)")
+        return value
+    if isinstance(action, argparse._AppendAction):
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise SettingsError(f"{where} = {value!r}: {flag} takes a string or a list of strings")
+        return [config_value_one(action, item, where) for item in items]
+    return config_value_one(action, value, where)
+
+
+def config_value_one(action: argparse.Action, value, where: str):
+    flag = action.option_strings[0]
+    kind = action.type.__name__ if action.type else "str"
+    if action.type in (int, float):
+        wanted, allowed = "a number", isinstance(value, (int, float, str))
+    else:
+        wanted, allowed = "a string", isinstance(value, str)
+    if isinstance(value, bool) or not allowed:
+        raise SettingsError(f"{where} = {value!r}: {flag} takes {wanted}")
+    try:
+        converted = action.type(str(value)) if action.type else value
+    except (TypeError, ValueError) as error:
+        raise SettingsError(f"{where} = {value!r}: invalid {kind} value for {flag}") from error
+    if action.choices is not None and converted not in action.choices:
+        raise SettingsError(f"{where} = {value!r}: {flag} must be one of "
+                            f"{', '.join(map(str, action.choices))}")
+    return converted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,7 +426,11 @@ def parse_extra_args(extra_args: list[str]) -> list[str]:
     """Shell-split every --extra-arg value into argv tokens."""
     tokens: list[str] = []
     for value in extra_args:
-        tokens.extend(shlex.split(value))
+        try:
+            tokens.extend(shlex.split(value))
+        except ValueError as error:  # an unbalanced quote
+            raise SettingsError(f"--extra-arg {value!r}: cannot be split like a shell line "
+                                f"({error}); balance its quotes") from error
     return tokens
 
 
