@@ -337,6 +337,35 @@ UPSTREAM_CONFLICTS = [
     ("sdxl", ["--extra-arg=--adaptive_noise_scale 0.1"], ["--adaptive_noise_scale", "--noise_offset"],
      "library/train_util.py:4444"),
     ("sdxl", ["--extra-arg=--v2"], ["--v2", "--model-type sdxl"], "library/sdxl_train_util.py:349"),
+    # Shortened options: sd-scripts' parser (allow_abbrev) reads each as the one option it starts.
+    ("sdxl", ["--extra-arg=--lr_warmup 100"], ["--lr_scheduler constant", "--lr_warmup_steps"],
+     "library/train_util.py:5296"),
+    ("sdxl", ["--extra-arg=--adaptive_noise 0.01"], ["--adaptive_noise_scale", "--noise_offset"],
+     "library/train_util.py:4444"),
+    ("sdxl", ["--extra-arg=--fused_backward"], ["--fused_backward_pass", "Adafactor"],
+     "library/train_util.py:4850"),
+    ("sdxl", ["--extra-arg=--bucket_reso 48"], ["--bucket_reso_steps 48", "32"], "library/train_util.py:1094"),
+    # 0 and 1 are values (0 == False and 1 == True in Python): upstream tests `is None`.
+    ("sdxl", ["--extra-arg=--adaptive_noise_scale 0"], ["--adaptive_noise_scale", "--noise_offset"],
+     "library/train_util.py:4444"),
+    ("sdxl", ["--extra-arg=--bucket_reso_steps 1"], ["--bucket_reso_steps 1", "32"], "library/train_util.py:1094"),
+    ("sdxl", ["--extra-arg=--lr_warmup_steps 1"], ["--lr_scheduler constant", "--lr_warmup_steps"],
+     "library/train_util.py:5296"),
+    # Prodigy by its dotted path: sd-scripts loads the class by name, the same Prodigy.
+    ("sdxl", ["--optimizer-type", "prodigyopt.Prodigy", "--extra-arg=--network_args loraplus_lr_ratio=16"],
+     ["--optimizer_type prodigyopt.Prodigy", "loraplus_lr_ratio"], "prodigyopt/prodigy.py:152"),
+    # A network argument without '=': train_network.py splits it after loading the model.
+    ("sdxl", ["--extra-arg=--network_args loraplus_lr_ratio"], ["--network_args loraplus_lr_ratio", "'='"],
+     "train_network.py:667"),
+    # Scheduler names get_scheduler_fix cannot build with its default arguments.
+    ("sdxl", ["--lr-scheduler", "cosine_with_min_lr"], ["--lr_scheduler cosine_with_min_lr",
+                                                        "--lr_scheduler_min_lr_ratio"], "library/train_util.py:5361"),
+    ("sdxl", ["--lr-scheduler", "piecewise_constant"], ["--lr_scheduler piecewise_constant", "step_rules"],
+     "library/train_util.py:5324"),
+    ("sdxl", ["--lr-scheduler", "reduce_lr_on_plateau"], ["--lr_scheduler reduce_lr_on_plateau"],
+     "library/train_util.py:5393"),
+    ("flux", ["--lr-scheduler", "cosine_warmup_with_min_lr"], ["--lr_scheduler cosine_warmup_with_min_lr"],
+     "library/train_util.py:5393"),
 ]
 # Refused by the launcher only (its own rule, not an upstream error), or refused upstream by checks
 # the tests above do not re-run here (covered by test_conflicts_exit_2_naming_both_flags).
@@ -419,6 +448,53 @@ def test_valid_overrides_print_a_command(tmp_path, capsys, extra, model_type, wa
         assert warning in captured.err, captured.err
 
 
+@pytest.mark.parametrize("extra,must_name", [
+    # sd-scripts lets the last of two values win: these would silently replace the recipe's values.
+    ("--optimizer_arg decouple=False", ["--extra-arg --optimizer_arg", "--optimizer_args", "repeats a flag"]),
+    ("--network_di 64", ["--extra-arg --network_di", "--network_dim", "repeats a flag"]),
+    ("--max_train_st 10", ["--max_train_steps", "repeats a flag"]),
+    # a prefix of several options: argparse refuses it, only on the pod without a checkout here
+    ("--cache_text 1", ["--extra-arg --cache_text is ambiguous", "--cache_text_encoder_outputs"]),
+    ("--output x", ["--extra-arg --output is ambiguous", "--output_config"]),
+])
+def test_shortened_extra_arg_options_are_resolved_or_refused(tmp_path, capsys, extra, must_name):
+    with pytest.raises(SystemExit) as exit_info:
+        retrain.main(["--print-cmd", *base_args(tmp_path), f"--extra-arg={extra}"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    for name in must_name:
+        assert name in error, (name, error)
+
+
+def test_a_shortened_option_is_written_out_in_the_command_with_a_warning(tmp_path, capsys):
+    assert retrain.main(["--print-cmd", *base_args(tmp_path), "--lr-scheduler", "constant_with_warmup",
+                         "--extra-arg=--lr_warm 10 --min_snr=5"]) == 0
+    captured = capsys.readouterr()
+    _, options = options_of(shlex.split(captured.out))
+    assert options["lr_warmup_steps"] == ["10"] and "lr_warm" not in options
+    assert options["min_snr_gamma=5"] == []  # kept as one token, --min_snr_gamma=5
+    assert "--lr_warm is a shortened option that sd-scripts' parser reads as --lr_warmup_steps" in captured.err
+
+
+@pytest.mark.parametrize("flags", [[], ["--skip-upstream-check"]])
+def test_an_unknown_extra_arg_option_is_refused_when_sd_scripts_cannot_check_it(tmp_path, capsys, flags):
+    with pytest.raises(SystemExit) as exit_info:
+        retrain.main(["--print-cmd", *base_args(tmp_path), "--extra-arg=--noise_ofset 0.05", *flags])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "--extra-arg --noise_ofset: not an option of sd-scripts' sdxl_train_network.py" in error
+    with pytest.raises(SystemExit):  # dashes: sd-scripts' options are spelled with underscores only
+        retrain.main(["--print-cmd", *base_args(tmp_path), "--extra-arg=--noise-offset 0.05", *flags])
+    assert "--noise-offset: not an option" in capsys.readouterr().err
+
+
+def test_prodigy_is_recognised_by_every_spelling_sd_scripts_accepts():
+    for name in ("prodigy", "Prodigy", "PRODIGY", "prodigyopt.Prodigy"):
+        assert retrain.is_prodigy(name), name
+    for name in ("AdamW", "DAdaptAdam", "prodigyplus.ProdigyPlusScheduleFree", "ProdigyPlusScheduleFree"):
+        assert not retrain.is_prodigy(name), name
+
+
 @pytest.mark.parametrize("model_type", ["sdxl", "flux"])
 def test_defaults_have_no_conflict_and_only_real_sd_scripts_flags(model_type):
     settings = retrain.default_settings(model_type)
@@ -495,6 +571,13 @@ UPSTREAM_ACCEPTS = [
     ("sdxl", ["--full_bf16", "--full_fp16", "--mixed_precision", "fp16", "--save_precision", "fp16"]),
     ("sdxl", ["--extra-arg=--lr_warmup_steps 100", "--lr-scheduler", "constant_with_warmup"]),
     ("flux", ["--extra-arg=--bucket_reso_steps 128"]),
+    ("sdxl", ["--extra-arg=--noise_offset 0 --adaptive_noise_scale 0.01"]),  # noise_offset 0 is given
+    ("sdxl", ["--extra-arg=--lr_warm 10", "--lr-scheduler", "constant_with_warmup"]),  # = lr_warmup_steps
+    ("sdxl", ["--lr-scheduler", "cosine_with_min_lr", "--extra-arg=--lr_scheduler_min_lr_ratio 0.1"]),
+    ("sdxl", ["--lr-scheduler", "piecewise_constant",
+              "--extra-arg=--lr_scheduler_args \"step_rules='1:10,0.1'\""]),
+    ("sdxl", ["--lr-scheduler", "warmup_stable_decay"]),
+    ("flux", ["--lr-scheduler", "inverse_sqrt"]),
 ]
 PRODIGY_CASES = [  # (model type, network module, launcher flags, Prodigy refuses?)
     ("sdxl", "networks.lora", [], False),
@@ -637,6 +720,96 @@ def test_a_folder_sd_scripts_reads_no_image_from_is_refused(upstream, tmp_path):
         assert result.returncode == 2, result.stderr
         assert "sd-scripts finds no training image in --images" in result.stderr
         assert "No data found" in result.stderr and result.stdout == ""
+
+
+OPTION_LIST_PROBE = r"""
+import contextlib, io, json, os, re, sys
+sys.path.insert(0, sys.argv[1]); os.chdir(sys.argv[1])
+import importlib
+names = json.loads(sys.argv[2])
+out = {}
+for script in ("sdxl_train_network", "flux_train_network"):
+    parser = importlib.import_module(script).setup_parser()
+    options = sorted(o[2:] for o in parser._option_string_actions if o.startswith("--"))
+    defaults = vars(parser.parse_args([]))
+    resolved = {}
+    for name in names:  # what the real parser (allow_abbrev on) makes of a bare --NAME
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                namespace, unknown = parser.parse_known_args(["--" + name])
+        except SystemExit:
+            text = err.getvalue()
+            found = re.search(r"argument (--\w+)", text)
+            resolved[name] = "AMBIGUOUS" if "ambiguous option" in text else found.group(1)[2:]
+            continue
+        if unknown:
+            resolved[name] = "UNKNOWN"
+            continue
+        changed = [k for k, v in vars(namespace).items() if defaults.get(k) != v]
+        action = next(a for a in parser._actions if a.dest == changed[0])
+        resolved[name] = action.option_strings[0][2:]
+    out[script] = {"options": options, "resolved": resolved}
+print(json.dumps(out))
+"""
+SHORTENED = ["lr_warmup", "lr_warm", "adaptive_noise", "fused_backward", "bucket_reso", "optimizer_arg",
+             "network_di", "max_train_st", "noise_off", "cache_text", "output", "max_train", "noise_ofset",
+             "v2", "v_param", "network_args", "clip_", "t5xxl_max", "blocks_to", "split", "xformers"]
+
+
+@pytest.mark.slow
+def test_the_option_list_and_its_abbreviations_match_sd_scripts_parsers(upstream):
+    """The launcher's copy of sd-scripts' option names is the parsers' own, and each shortened
+    option resolves to what argparse in sd-scripts resolves it to (or is refused as it would be)."""
+    import subprocess
+
+    completed = subprocess.run([sys.executable, "-c", OPTION_LIST_PROBE, str(upstream["sd_scripts"]),
+                                json.dumps(SHORTENED)], capture_output=True, text=True, encoding="utf-8",
+                               timeout=600, env=upstream["env"])
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    real = json.loads(completed.stdout.strip().splitlines()[-1])
+    sdxl, flux = real["sdxl_train_network"], real["flux_train_network"]
+    assert set(sdxl["options"]) == retrain.SD_SCRIPTS_OPTIONS
+    assert set(flux["options"]) == retrain.SD_SCRIPTS_OPTIONS | retrain.SD_SCRIPTS_FLUX_OPTIONS
+    for model_type, found in (("sdxl", sdxl["resolved"]), ("flux", flux["resolved"])):
+        for name in SHORTENED:
+            try:
+                ours = retrain.resolve_flag(name, model_type)
+                ours = ours if ours in retrain.sd_scripts_options(model_type) else "UNKNOWN"
+            except retrain.SettingsError:
+                ours = "AMBIGUOUS"
+            assert ours == found[name], (model_type, name, ours, found[name])
+
+
+@pytest.mark.slow
+def test_the_upstream_check_itself_takes_no_shortened_option(upstream):
+    """Should a shortened option ever reach the check unresolved, it fails there, not on the pod."""
+    settings = retrain.resolve_settings(retrain.build_parser().parse_args(upstream_args(upstream, "sdxl")))
+    command = retrain.build_command(settings) + ["--lr_warm", "10"]
+    result = retrain.upstream_checks([(settings, command)], env=upstream["env"])[0]
+    assert result["ok"] is False and result["stage"] == "parse_args", result
+    assert "unrecognized arguments: --lr_warm 10" in result["error"]
+
+
+@pytest.mark.slow
+def test_managed_options_given_shortened_would_really_override_the_recipe_upstream(upstream):
+    """Why the launcher refuses --network_di / --optimizer_arg: sd-scripts' own parser takes them and
+    lets the last value win over the recipe's."""
+    settings = retrain.resolve_settings(retrain.build_parser().parse_args(upstream_args(upstream, "sdxl")))
+    command = retrain.build_command(settings)
+    index = next(i for i, token in enumerate(command) if token.endswith("_network.py"))
+    code = ("import sys, os, json; sys.path.insert(0, sys.argv[1]); os.chdir(sys.argv[1]); "
+            "import sdxl_train_network as m; a = m.setup_parser().parse_args(sys.argv[2:]); "
+            "print(json.dumps([a.network_dim, a.optimizer_args]))")
+    import subprocess
+
+    completed = subprocess.run([sys.executable, "-c", code, str(upstream["sd_scripts"]), *command[index + 1:],
+                                "--network_di", "64", "--optimizer_arg", "decouple=False"],
+                               capture_output=True, text=True, encoding="utf-8", timeout=600, env=upstream["env"])
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert json.loads(completed.stdout.strip().splitlines()[-1]) == [64, ["decouple=False"]]
+    with pytest.raises(SystemExit):
+        retrain.main(["--print-cmd", *upstream_args(upstream, "sdxl"), "--extra-arg=--network_di 64"])
 
 
 @pytest.mark.slow
