@@ -239,6 +239,24 @@ def test_sd_scripts_exiting_0_without_a_lora_file_is_a_failure(pod):
     assert result.returncode == 1, result.stderr
 
 
+@pytest.mark.parametrize("optimizer", ["AdamW", "Lion", "SGDNesterov", "Adafactor", "prodigyopt.Prodigy"])
+def test_weight_decay_reaches_every_optimizer_and_is_recorded_as_passed(pod, optimizer):
+    """--weight-decay 0.1 with AdamW was recorded in training_params.json but never passed."""
+    result = run_script(SCRIPT, "--dry-run", *pod_args(pod), "--optimizer-type", optimizer,
+                        "--learning-rate", "1" if "Prodigy" in optimizer else "1e-4", "--weight-decay", "0.1")
+    assert result.returncode == 0, result.stderr
+    _, options = options_of(shlex.split(result.stdout))
+    assert "weight_decay=0.1" in options["optimizer_args"], options.get("optimizer_args")
+    params = json.loads((pod["out"] / "training_params.json").read_text(encoding="utf-8"))
+    assert params["params"]["weight_decay"] == 0.1
+    assert params["optimizer_args"] == options["optimizer_args"]
+    if "Prodigy" in optimizer:
+        assert params["params"]["d_coef"] == 1.0 and "d_coef=1" in options["optimizer_args"]
+    else:
+        assert params["params"]["d_coef"] is None, "d_coef is not passed to this optimizer"
+        assert options["optimizer_args"] == ["weight_decay=0.1"]
+
+
 def test_config_file_toml_and_json_with_command_line_winning(pod, tmp_path):
     toml_config = tmp_path / "v3.toml"
     toml_config.write_text('steps = 700\nnetwork-dim = 16\nshuffle_caption = false\n', encoding="utf-8")
@@ -810,6 +828,26 @@ def test_managed_options_given_shortened_would_really_override_the_recipe_upstre
     assert json.loads(completed.stdout.strip().splitlines()[-1]) == [64, ["decouple=False"]]
     with pytest.raises(SystemExit):
         retrain.main(["--print-cmd", *upstream_args(upstream, "sdxl"), "--extra-arg=--network_di 64"])
+
+
+@pytest.mark.slow
+def test_sd_scripts_builds_the_optimizer_with_the_recorded_weight_decay(upstream):
+    """sd-scripts' own get_optimizer, on the launcher's command: the optimizer really gets it."""
+    cases = [("prodigy", "1", "0.01"), ("AdamW", "1e-4", "0.1"), ("SGDNesterov", "1e-4", "0.2"),
+             ("Adafactor", "1e-4", "0.05")]
+    items = []
+    for optimizer, lr, decay in cases:
+        settings = retrain.resolve_settings(retrain.build_parser().parse_args(
+            [*upstream_args(upstream, "sdxl"), "--optimizer-type", optimizer, "--learning-rate", lr,
+             "--weight-decay", decay]))
+        items.append((settings, retrain.build_command(settings)))
+    results = retrain.upstream_checks(items, env=upstream["env"])
+    for (optimizer, _, decay), result in zip(cases, results):
+        assert result["ok"], result
+        assert result["optimizer"]["weight_decay"] == float(decay), (optimizer, result["optimizer"])
+    assert results[0]["optimizer"]["class"] == "prodigyopt.prodigy.Prodigy"
+    assert results[0]["optimizer"]["d_coef"] == 1.0 and results[0]["optimizer"]["decouple"] is True
+    assert results[1]["optimizer"]["class"] == "torch.optim.adamw.AdamW"
 
 
 @pytest.mark.slow

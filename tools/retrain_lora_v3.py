@@ -17,7 +17,8 @@ The v3 recipe (the defaults): Prodigy (--optimizer_type prodigy, --learning_rate
 decouple=True weight_decay=0.01 use_bias_correction=True safeguard_warmup=True d_coef=1.0),
 constant scheduler, latents cached to disk, U-Net-only training with cached text-encoder outputs,
 xformers on SDXL / SDPA on Flux, bf16 mixed precision and saves, gradient checkpointing. Flux
-adds fp8 base weights, guidance 1.0, shift timestep sampling and raw model prediction.
+adds fp8 base weights, guidance 1.0, shift timestep sampling and raw model prediction. With
+another --optimizer-type, --weight-decay still reaches it (--optimizer_args weight_decay=...).
 
 Usage (on the pod):
     python3 tools/retrain_lora_v3.py --base-model /workspace/models/sd_xl_base_1.0.safetensors \\
@@ -223,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--d-coef", "--d_coef", dest="d_coef", type=float, default=None,
         help=f"Prodigy d_coef, scales the estimated step size (default: {common['d_coef']})")
     add("--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=None,
-        help=f"Prodigy decoupled weight decay (default: {common['weight_decay']})")
+        help=f"weight decay, passed to the optimizer (any of them) as --optimizer_args "
+             f"weight_decay=...; Prodigy's is decoupled (default: {common['weight_decay']})")
     add("--lr-scheduler", "--lr_scheduler", dest="lr_scheduler", default=None,
         help=f"learning-rate schedule (default: {common['lr_scheduler']})")
     add("--mixed-precision", "--mixed_precision", dest="mixed_precision",
@@ -1036,6 +1038,9 @@ def check(item, result):
     parameter = torch.nn.Parameter(torch.zeros(1))
     lr = args.unet_lr if args.unet_lr is not None else args.learning_rate
     _, _, optimizer = train_util.get_optimizer(args, [{"params": [parameter], "lr": lr}])
+    result["optimizer"] = dict({key: value for key, value in optimizer.param_groups[0].items()
+                                if isinstance(value, (bool, int, float, str))},
+                               **{"class": type(optimizer).__module__ + "." + type(optimizer).__name__})
     result["passed"].append("get_optimizer")
     result["stage"] = "get_scheduler_fix"
     train_util.get_scheduler_fix(args, optimizer, 1)
@@ -1303,10 +1308,7 @@ def build_command(settings) -> list[str]:
         args += ["--unet_lr", _fmt(settings["unet_lr"])]
     if settings.get("text_encoder_lr") is not None:
         args += ["--text_encoder_lr"] + [_fmt(value) for value in _lrs(settings["text_encoder_lr"])]
-    if is_prodigy(settings["optimizer_type"]):
-        args += ["--optimizer_args", "decouple=True", f"weight_decay={_fmt(settings['weight_decay'])}",
-                 "use_bias_correction=True", "safeguard_warmup=True",
-                 f"d_coef={_fmt(settings['d_coef'])}"]
+    args += ["--optimizer_args", *optimizer_args(settings)]
     args += [
         "--lr_scheduler", str(settings["lr_scheduler"]),
         "--mixed_precision", str(settings["mixed_precision"]),
@@ -1334,6 +1336,17 @@ def build_command(settings) -> list[str]:
             args += ["--blocks_to_swap", str(settings["blocks_to_swap"])]
     args += resolved_extra_args(settings)
     return command + args
+
+
+def optimizer_args(settings: dict) -> list[str]:
+    """The --optimizer_args KEY=VALUE list. sd-scripts' get_optimizer passes every one to the
+    optimizer class as a keyword (ast.literal_eval'd, library/train_util.py:4856-4874); every
+    optimizer it offers takes weight_decay, so --weight-decay is passed whatever the optimizer."""
+    decay = f"weight_decay={_fmt(settings['weight_decay'])}"
+    if is_prodigy(settings["optimizer_type"]):
+        return ["decouple=True", decay, "use_bias_correction=True", "safeguard_warmup=True",
+                f"d_coef={_fmt(settings['d_coef'])}"]
+    return [decay]
 
 
 def default_settings(model_type: str) -> dict:
@@ -1367,6 +1380,8 @@ def training_params(settings: dict, command: list[str], image_count: int) -> dic
             "clip_l", "t5xxl", "ae", "guidance_scale", "timestep_sampling", "discrete_flow_shift",
             "model_prediction_type") + BOOL_SETTINGS + DATASET_SETTINGS
     params = {key: settings.get(key) for key in dict.fromkeys(keys)}
+    if not is_prodigy(settings.get("optimizer_type")):
+        params["d_coef"] = None  # a Prodigy argument: not in the command for other optimizers
     return {
         "lora_version": "v3",
         "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -1376,6 +1391,7 @@ def training_params(settings: dict, command: list[str], image_count: int) -> dic
         "output_dir": str(settings.get("output")),
         "dataset_config": str(dataset_config_path(settings)),
         "extra_args": list(settings.get("extra_args", [])),
+        "optimizer_args": optimizer_args(settings),
         "params": params,
         "command": command,
     }
