@@ -347,6 +347,59 @@ def test_usage_errors_exit_2(args, message, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def _json_targets(tmp_path: Path) -> list[tuple[Path, str]]:
+    """Places --json must refuse, made safely inside tmp_path (never the real /dev nodes)."""
+    targets = []
+    fifo = tmp_path / "a-fifo"
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(fifo)
+        targets.append((fifo, "exists and is not a regular file"))
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        node = tmp_path / "full-like-device"
+        os.mknod(node, 0o666 | __import__("stat").S_IFCHR, os.makedev(1, 7))  # a /dev/full twin
+        targets.append((node, "exists and is not a regular file"))
+    targets.append((tmp_path, "is a folder; give a file path"))
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    targets.append((tmp_path / "dangling", "is a dangling symbolic link"))
+    (tmp_path / "afile").write_text("x", encoding="utf-8")
+    targets.append((tmp_path / "afile" / "report.json", f"{tmp_path / 'afile'} is not a folder"))
+    return targets
+
+
+def test_json_target_that_is_no_writable_file_is_refused_before_any_check(tmp_path):
+    """--json onto a device node, a FIFO, a folder, a dangling link or under a file: exit 2 at
+    once (no probe runs, which --import-timeout 0.001 would make fail), and nothing is replaced."""
+    import stat
+
+    for target, message in _json_targets(tmp_path):
+        before = target.lstat() if os.path.lexists(target) else None
+        proc = run_script(SCRIPT, "--allow-no-gpu", "--skip-training", "--json", target, cwd=tmp_path,
+                          timeout=60)
+        assert proc.returncode == 2, (target, proc.returncode, proc.stderr)
+        assert f"--json {target}: " in proc.stderr and message in proc.stderr, proc.stderr
+        assert "checking" not in proc.stderr, "the check must not start"
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+        if before is not None:
+            after = target.lstat()
+            assert stat.S_IFMT(after.st_mode) == stat.S_IFMT(before.st_mode), f"{target} was replaced"
+            assert after.st_ino == before.st_ino, f"{target} was replaced"
+    assert not list(tmp_path.parent.glob(f".{tmp_path.name}.*.tmp")), "no temp file beside the folder"
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root can write into a read-only folder; the refusal needs a normal user")
+def test_json_in_a_read_only_folder_is_refused_before_any_check(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        proc = run_script(SCRIPT, "--allow-no-gpu", "--skip-training", "--json", folder / "r.json",
+                          cwd=tmp_path, timeout=60)
+    finally:
+        folder.chmod(0o700)
+    assert proc.returncode == 2 and "no file can be created in" in proc.stderr
+
+
 def test_project_root_without_requirements_is_an_input_error(tmp_path):
     (tmp_path / "tools").mkdir()
     proc = run_script(SCRIPT, "--project-root", tmp_path, timeout=60)
