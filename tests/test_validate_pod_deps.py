@@ -671,6 +671,48 @@ def test_training_venv_is_found_under_sd_scripts_and_its_packages_checked(vpd, t
     assert "Fix, training environment (one line):" in proc.stdout
 
 
+def test_relative_sd_scripts_and_a_non_utf8_head_are_checked_from_the_current_folder(vpd, tmp_path):
+    """--sd-scripts sds (relative, its venv at sds/.venv) from another working folder, and a HEAD
+    that is not UTF-8: both environments are checked, the HEAD is reported, fix lines printed."""
+    checkout = fake_checkout(tmp_path / "sds", head=vpd.SD_SCRIPTS_COMMIT)
+    (checkout / ".git" / "HEAD").write_bytes(b"\xff\xfe\x00ref: refs/heads/\xe9\n")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(checkout / ".venv")], check=True,
+                   timeout=120, capture_output=True)
+    assert vpd.git_head(checkout)[0] is None and "unreadable .git/HEAD" in vpd.git_head(checkout)[1]
+    proc = run_script(SCRIPT, "--sd-scripts", "sds", "--locks", REPO_ROOT, "--allow-no-gpu",
+                      "--import-timeout", "60", "--json", "r.json", cwd=tmp_path, timeout=600, env=clean_env())
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr and "stopped" not in proc.stderr
+    training = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["training"]
+    assert training["python"] == str(tmp_path / "sds" / ".venv" / "bin" / "python")
+    assert training["sd_scripts"] == str(tmp_path / "sds")
+    assert {row["import"]: row["status"] for row in training["packages"]}["torch"] == "MISSING"
+    assert not any("cannot run the training Python" in p["what"] for p in training["problems"])
+    assert any("unreadable .git/HEAD" in warning for warning in training["warnings"])
+    assert "Fix, training environment (one line):" in proc.stdout
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a shell script as the training Python")
+def test_relative_training_python_is_the_file_in_the_current_folder_not_one_on_path(tmp_path):
+    """--training-python ./py.sh must run ./py.sh, not a py.sh found on PATH."""
+    decoy = tmp_path / "on-path"
+    decoy.mkdir()
+    (decoy / "py.sh").write_text(f"#!/bin/sh\ntouch {tmp_path / 'decoy-ran'}\nexit 1\n", encoding="utf-8")
+    (decoy / "py.sh").chmod(0o755)
+    work = tmp_path / "work"
+    fake_checkout(work / "sd-scripts", head="48d368fa557731ad0488c07304dfeba8c07910eb")
+    (work / "py.sh").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n', encoding="utf-8")
+    (work / "py.sh").chmod(0o755)
+    env = clean_env(PATH=f"{decoy}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = run_script(SCRIPT, "--sd-scripts", "sd-scripts", "--training-python", "./py.sh", "--allow-no-gpu",
+                      "--import-timeout", "60", "--json", "r.json", cwd=work, timeout=600, env=env)
+    assert proc.returncode in (0, 1) and "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    assert not (tmp_path / "decoy-ran").exists(), "a py.sh on PATH ran instead of ./py.sh"
+    training = json.loads((work / "r.json").read_text(encoding="utf-8"))["training"]
+    assert training["python"] == str(work / "py.sh")
+    assert {row["import"]: row for row in training["packages"]}["einops"]["status"] == "ok"
+
+
 @pytest.mark.slow
 def test_training_check_against_the_real_snapshot_and_the_dev_venv(vpd, tmp_path):
     """The shared sd-scripts snapshot (no .git) with this dev venv as --training-python: the

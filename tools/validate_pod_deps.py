@@ -1254,33 +1254,37 @@ def git_head(folder: Path) -> tuple[str | None, str]:
     git = Path(folder) / ".git"
     try:
         if git.is_file():  # a worktree or submodule: "gitdir: PATH"
-            text = git.read_text(encoding="utf-8").strip()
+            text = git.read_text(encoding="utf-8", errors="replace").strip()
             if text.startswith("gitdir:"):
                 git = (Path(folder) / text.split(":", 1)[1].strip()).resolve()
         if not git.is_dir():
             return None, "no .git (a snapshot, not a clone: its commit cannot be read)"
-        head = (git / "HEAD").read_text(encoding="utf-8").strip()
+        head = (git / "HEAD").read_text(encoding="utf-8", errors="replace").strip()
         if re.fullmatch(r"[0-9a-f]{40}", head):
             return head, "detached HEAD"
         common = git
         if (git / "commondir").is_file():  # a worktree keeps its branches in the main .git
-            common = (git / (git / "commondir").read_text(encoding="utf-8").strip()).resolve()
+            common = (git / (git / "commondir").read_text(encoding="utf-8", errors="replace")
+                      .strip()).resolve()
         if head.startswith("ref:"):
             ref = head[4:].strip()
             for base in (git, common):
                 path = base / ref
                 if path.is_file():
-                    return path.read_text(encoding="utf-8").strip(), ref
+                    commit = path.read_text(encoding="utf-8", errors="replace").strip()
+                    if re.fullmatch(r"[0-9a-f]{40}", commit):
+                        return commit, ref
+                    return None, f"unreadable {path} (not a commit id)"
             packed = common / "packed-refs"
             if packed.is_file():
-                for line in packed.read_text(encoding="utf-8").splitlines():
+                for line in packed.read_text(encoding="utf-8", errors="replace").splitlines():
                     parts = line.split()
                     if len(parts) == 2 and parts[1] == ref:
                         return parts[0], ref + " (packed)"
             return None, f"HEAD names {ref}, which has no commit yet"
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         return None, f"cannot read .git: {exc}"
-    return None, "unreadable .git/HEAD"
+    return None, f"unreadable .git/HEAD (neither a commit id nor a ref: {head[:60]!r})"
 
 
 def training_pins(python_version: str | None) -> dict[str, str]:
@@ -1703,6 +1707,10 @@ def _main(argv) -> int:
         problem = output_path_problem(args.json)
         if problem is not None:
             parser.error(f"--json {args.json}: {problem}")
+    # Absolute (symlinks kept): the probes run in this script's folder, not the current one.
+    args.sd_scripts = args.sd_scripts.absolute()
+    if args.training_python is not None:
+        args.training_python = str(Path(args.training_python).absolute())
     if sys.version_info < (3, 10):
         print(f"error: Python {sys.version.split()[0]} is too old: this check needs 3.10+",
               file=sys.stderr)
