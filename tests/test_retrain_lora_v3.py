@@ -851,6 +851,30 @@ def test_sd_scripts_builds_the_optimizer_with_the_recorded_weight_decay(upstream
 
 
 @pytest.mark.slow
+def test_real_sd_scripts_stopping_with_no_data_found_is_not_a_finished_training(upstream, tmp_path):
+    """The real launch, upstream check skipped: sd-scripts logs 'No data found' for an image it
+    cannot see (a mixed-case suffix) and exits 0 after its setup; the launcher must say exit 1.
+    Tiny offline CLIP tokenizers (tests/tiny_sdxl.py) stand in for the hub downloads it makes first."""
+    from tiny_sdxl import build_tokenizer
+
+    tokenizers = tmp_path / "tokenizers"
+    for name in ("openai_clip-vit-large-patch14", "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"):
+        build_tokenizer(tmp_path / "tok-src" / name).save_pretrained(str(tokenizers / name))
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (128, 128), (90, 60, 40)).save(images / "face.Png", format="PNG")
+    args = upstream_args(upstream, "sdxl")
+    args[args.index("--images") + 1] = str(images)
+    args[args.index("--output") + 1] = str(tmp_path / "out")
+    result = run_script(SCRIPT, *args, "--launcher", "python", "--skip-upstream-check",
+                        f"--extra-arg=--tokenizer_cache_dir {tokenizers}", env=upstream["env"])
+    assert "No data found" in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "sd-scripts exited 0 but wrote no LoRA file" in result.stderr
+    assert "training finished" not in result.stderr
+
+
+@pytest.mark.slow
 def test_extra_arg_typo_is_caught_by_sd_scripts_parser(upstream):
     result = run_script(SCRIPT, "--dry-run", *upstream_args(upstream, "sdxl"),
                         "--extra-arg=--noise_ofset 0.05", env=upstream["env"])
