@@ -439,10 +439,15 @@ def dependency_chain_test(root: Path, args) -> tuple[bool, str]:
 # training_flag_test
 
 TRAIN_SCRIPT = "tools/retrain_lora_v3.py"
-# get_scheduler_fix's names (transformers 4.54.1 SchedulerType + diffusers' piecewise_constant).
+# Names get_scheduler_fix builds with sd-scripts' default arguments (transformers 4.54.1's
+# SchedulerType), the two that need an argument of their own, and the two it can never build (it
+# passes num_warmup_steps/num_training_steps/num_decay_steps they do not take).
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-                 "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr",
-                 "cosine_warmup_with_min_lr", "warmup_stable_decay", "piecewise_constant")
+                 "constant_with_warmup", "inverse_sqrt", "warmup_stable_decay")
+SCHEDULERS_NEEDING = {"cosine_with_min_lr": "--lr_scheduler_min_lr_ratio (library/train_util.py:5366)",
+                      "piecewise_constant": "--lr_scheduler_args step_rules=... "
+                                            "(library/train_util.py:5324)"}
+SCHEDULERS_BROKEN = ("reduce_lr_on_plateau", "cosine_warmup_with_min_lr")
 
 
 def kohya_options(argv: list[str]) -> tuple[str, dict]:
@@ -492,12 +497,15 @@ def _floats(value) -> list[float]:
     return [float(item) for item in values]
 
 
+def _listed(options: dict, name: str) -> list[str]:
+    value = options.get(name)
+    if value is None or isinstance(value, bool):
+        return []
+    return [str(item) for item in (value if isinstance(value, list) else [value])]
+
+
 def _network_args(options: dict) -> dict:
-    value = options.get("network_args")
-    if value in (None, True, False):
-        return {}
-    items = value if isinstance(value, list) else [value]
-    return dict(str(item).split("=", 1) for item in items if "=" in str(item))
+    return dict(item.split("=", 1) for item in _listed(options, "network_args") if "=" in item)
 
 
 def _differs_from_one(text: str) -> bool:
@@ -560,8 +568,7 @@ def conflicting_pairs(options: dict, model_type: str) -> list[str]:
                      "no cpu_offload)")
     if model_type == "sdxl" and _truthy(options.get("v2")):
         found.append("--v2 on SDXL (library/sdxl_train_util.py:349)")
-    if options.get("adaptive_noise_scale") not in (None, False) and options.get("noise_offset") in (
-            None, False):
+    if options.get("adaptive_noise_scale") is not None and options.get("noise_offset") is None:
         found.append("--adaptive_noise_scale without --noise_offset (library/train_util.py:4443)")
     bucket = options.get("bucket_reso_steps")
     if bucket not in (None, True, False):
@@ -578,6 +585,14 @@ def conflicting_pairs(options: dict, model_type: str) -> list[str]:
         if scheduler.startswith("adafactor"):
             if optimizer != "adafactor":
                 found.append(f"--lr_scheduler {scheduler} without Adafactor")
+        elif scheduler in SCHEDULERS_BROKEN:
+            found.append(f"--lr_scheduler {scheduler} cannot be built (library/train_util.py:5393)")
+        elif scheduler in SCHEDULERS_NEEDING:
+            keys = {item.split("=", 1)[0] for item in _listed(options, "lr_scheduler_args")}
+            given = ("min_lr" in keys or options.get("lr_scheduler_min_lr_ratio") is not None
+                     if scheduler == "cosine_with_min_lr" else "step_rules" in keys)
+            if not given:
+                found.append(f"--lr_scheduler {scheduler} without {SCHEDULERS_NEEDING[scheduler]}")
         elif scheduler not in LR_SCHEDULERS:
             found.append(f"--lr_scheduler {scheduler} unknown (library/train_util.py:5326)")
         elif scheduler == "constant":
@@ -589,7 +604,10 @@ def conflicting_pairs(options: dict, model_type: str) -> list[str]:
                 if (int(value * steps) if value < 1 else value):
                     found.append(f"--lr_scheduler constant with --lr_warmup_steps {warmup} "
                                  f"(library/train_util.py:5296)")
-    if optimizer == "prodigy":
+    for item in _listed(options, "network_args"):
+        if "=" not in item:
+            found.append(f"--network_args {item} without '=' (train_network.py:667)")
+    if optimizer.split(".")[-1] == "prodigy":  # 'prodigy' in any case, or prodigyopt.Prodigy
         base = float(options.get("learning_rate", 2e-6))  # sd-scripts' default learning rate
         unet = _floats(options.get("unet_lr"))[0] if options.get("unet_lr") not in (None, True) else base
         nargs = _network_args(options)

@@ -1,7 +1,11 @@
 """tools/auto_caption.py: BLIP-2 captions end to end on a tiny random-weight model, on CPU."""
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -237,3 +241,110 @@ def test_hub_id_in_the_cache_needs_no_network(tmp_path, tiny_model, monkeypatch)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     assert auto_caption.hub_problem("owner/tiny", tmp_path / "hub") is None
     assert "the network fails" in auto_caption.hub_problem("owner/other", tmp_path / "hub")
+
+
+# ----------------------------------------------------------------------------------------------
+# Folders the captions cannot be written to, names that collide, odd flags (the careless user)
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size: str):
+    """A real tmpfs of `size` mounted at `folder` (root on Linux only, else skip); unmounted after."""
+    if sys.platform != "linux" or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root on Linux")
+    folder.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=755", "tmpfs", str(folder)],
+                             capture_output=True, text=True, timeout=30)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True, timeout=30)
+
+
+def read_only_images(tmp_path: Path):
+    """A folder holding one image in which no file can be created: a tmpfs remounted read-only
+    (root), or a chmod 555 folder (any other user)."""
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        images = one_image(tmp_path)
+        images.chmod(0o555)
+        return contextlib.nullcontext(images)
+
+    @contextlib.contextmanager
+    def mounted():
+        with small_tmpfs(tmp_path / "ro", "1m") as folder:
+            from PIL import Image
+
+            Image.new("RGB", (40, 40), (120, 90, 70)).save(folder / "x.png")
+            subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, timeout=30)
+            yield folder
+
+    return mounted()
+
+
+def test_read_only_image_folder_is_found_before_the_model_loads(tmp_path, tiny_model, hf_env):
+    with read_only_images(tmp_path) as images:
+        result = run_script(SCRIPT, *caption_args(images, tiny_model), env=hf_env)
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        assert f"FAILED {images / 'x.png'}: cannot write its caption: no file can be created in {images}" \
+            in result.stderr
+        assert "loading " not in result.stderr and "the model was not loaded" in result.stderr
+        assert not (images / "x.txt").exists()
+        if os.geteuid() != 0:
+            images.chmod(0o755)
+
+
+def test_full_disk_while_writing_counts_the_image_as_failed(tmp_path, tiny_model, hf_env):
+    """A real full file system (a 64 KiB tmpfs filled up after the images): the temp file can be
+    created, its bytes cannot; every image fails by name, no traceback, no temp file left."""
+    with small_tmpfs(tmp_path / "full", "64k") as images:
+        from PIL import Image
+
+        for name in ("a.png", "b.png"):
+            Image.new("RGB", (40, 40), (120, 90, 70)).save(images / name)
+        with open(images / ".filler", "wb", buffering=0) as filler, contextlib.suppress(OSError):
+            while True:
+                filler.write(b"\0" * 4096)
+        result = run_script(SCRIPT, *caption_args(images, tiny_model), env=hf_env)
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr and "loading " in result.stderr
+        for name in ("a", "b"):
+            assert f"FAILED {images / (name + '.png')}: cannot write {images / (name + '.txt')}: " \
+                   f"No space left on device" in result.stderr
+        assert "captions written: 0" in result.stderr and "failed: 2" in result.stderr
+        assert sorted(path.name for path in images.iterdir()) == [".filler", "a.png", "b.png"]
+
+
+def test_two_images_with_one_caption_name_are_refused_before_loading(tmp_path, tiny_model, hf_env):
+    """photo.jpg and photo.png both caption into photo.txt: the second would overwrite the first."""
+    images = one_image(tmp_path)
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (10, 90, 70)).save(images / "photo.jpg")
+    Image.new("RGB", (40, 40), (90, 10, 70)).save(images / "photo.png")
+    result = run_script(SCRIPT, *caption_args(images, tiny_model), env=hf_env)
+    assert result.returncode == 2, result.stderr
+    assert "photo.jpg and photo.png -> photo.txt" in result.stderr
+    assert "loading " not in result.stderr
+    assert not list(images.glob("*.txt"))
+
+
+def test_a_missing_relative_model_folder_is_not_blamed_on_the_network(tmp_path):
+    """--model models/blip2-opt-2.7b (one slash: a folder or a hub id): the message says both."""
+    images = one_image(tmp_path)
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
+    result = run_script(SCRIPT, "--images", str(images), "--model", "models/blip2-opt-2.7b", "--device", "cpu",
+                        cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert f"no local folder named models/blip2-opt-2.7b (in {tmp_path})" in result.stderr
+    assert "the network fails" in result.stderr and "Check the folder name" in result.stderr
+
+
+@pytest.mark.parametrize("extension", [".a/b", "./x", ".a\\b", ".", "txt", ".txt."])
+def test_caption_extension_that_is_no_suffix_is_a_usage_error(tmp_path, extension):
+    result = run_script(SCRIPT, "--images", str(tmp_path), "--caption-extension", extension)
+    assert result.returncode == 2, result.stderr
+    assert "--caption-extension must look like '.txt'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -72,6 +72,10 @@ def pod(tmp_path: Path) -> dict:
         "args = sys.argv[1:]\n"
         "out = Path(args[args.index('--output_dir') + 1])\n"
         "(out / 'argv.json').write_text(json.dumps(args), encoding='utf-8')\n"
+        "(out / 'cwd.txt').write_text(str(Path.cwd()), encoding='utf-8')\n"
+        "if not __import__('os').environ.get('FAKE_TRAIN_NO_LORA'):  # what a finished run saves\n"
+        "    name = args[args.index('--output_name') + 1]\n"
+        "    (out / (name + '.safetensors')).write_bytes(b'a LoRA')\n"
         "sys.exit(int(__import__('os').environ.get('FAKE_TRAIN_EXIT', '0')))\n"
     )
     for name in ("sdxl_train_network.py", "flux_train_network.py"):
@@ -132,12 +136,14 @@ def test_print_cmd_needs_no_pod_and_writes_nothing(tmp_path):
 
 
 def test_print_cmd_flux_uses_flux_script_and_flags(tmp_path):
-    result = run_script(SCRIPT, "--print-cmd", *base_args(tmp_path, "flux"))
+    result = run_script(SCRIPT, "--print-cmd", *base_args(tmp_path, "flux"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     launcher, options = options_of(shlex.split(result.stdout))
     assert launcher[-1].endswith("flux_train_network.py")
     assert options["network_module"] == ["networks.lora_flux"]
-    assert options["clip_l"] == ["c.safetensors"] and options["ae"] == ["ae.safetensors"]
+    # relative paths are made absolute: sd-scripts runs in its checkout
+    assert options["clip_l"] == [str(tmp_path / "c.safetensors")]
+    assert options["ae"] == [str(tmp_path / "ae.safetensors")]
     assert options["timestep_sampling"] == ["shift"] and options["model_prediction_type"] == ["raw"]
     for flag in ("sdpa", "fp8_base", "network_train_unet_only", "cache_text_encoder_outputs"):
         assert options[flag] == [], flag
@@ -190,6 +196,67 @@ def test_training_failure_exits_1(pod):
     assert "exited with code 3" in result.stderr
 
 
+def test_relative_paths_name_the_same_files_when_sd_scripts_runs_in_its_checkout(pod, tmp_path):
+    """A careless user passes relative paths; sd-scripts runs with its checkout as working folder."""
+    args = ["--base-model", "base.safetensors", "--images", "training images", "--trigger", "ohwx",
+            "--output", "lora out", "--sd-scripts", "sd-scripts", "--launcher", "python"]
+    result = run_script(SCRIPT, *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (pod["out"] / "argv.json").is_file(), "the LoRA must land in ./lora out, not in sd-scripts/"
+    assert Path((pod["out"] / "cwd.txt").read_text(encoding="utf-8")) == pod["sd_scripts"]
+    _, options = options_of(shlex.split(result.stdout.strip()))
+    assert options["pretrained_model_name_or_path"] == [str(pod["base"])]
+    assert options["output_dir"] == [str(pod["out"])]
+    assert options["dataset_config"] == [str(pod["out"] / "dataset_v3.toml")]
+    dataset = tomllib.loads((pod["out"] / "dataset_v3.toml").read_text(encoding="utf-8"))
+    assert dataset["datasets"][0]["subsets"][0]["image_dir"] == str(pod["images"])
+    params = json.loads((pod["out"] / "training_params.json").read_text(encoding="utf-8"))
+    assert params["images_dir"] == str(pod["images"]) and params["output_dir"] == str(pod["out"])
+
+
+def test_relative_flux_inputs_and_python_become_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    settings = retrain.resolve_settings(retrain.build_parser().parse_args(
+        [*base_args(tmp_path, "flux"), "--python", "venv/bin/python", "--base-model", "org/hub-id"]))
+    for name in ("clip_l", "t5xxl", "ae"):
+        assert Path(settings[name]).is_absolute() and Path(settings[name]).parent == tmp_path, name
+    assert settings["python"] == str(tmp_path / "venv" / "bin" / "python")
+    assert settings["base_model"] == "org/hub-id", "a name that is not a file stays as given (hub id)"
+
+
+def test_sd_scripts_exiting_0_without_a_lora_file_is_a_failure(pod):
+    """sd-scripts returns 0 after 'No data found' (or any early stop): that is no finished training."""
+    result = run_script(SCRIPT, *pod_args(pod), "--launcher", "python", env={"FAKE_TRAIN_NO_LORA": "1"})
+    assert result.returncode == 1, result.stderr
+    assert "wrote no LoRA file (ohwx_v3_sdxl*.safetensors)" in result.stderr
+    assert "training finished" not in result.stderr
+    result = run_script(SCRIPT, *pod_args(pod), "--launcher", "python")
+    assert result.returncode == 0, result.stderr
+    assert "training finished" in result.stderr and "ohwx_v3_sdxl.safetensors" in result.stderr
+    # A second run that writes nothing new does not count the first run's file.
+    result = run_script(SCRIPT, *pod_args(pod), "--launcher", "python", env={"FAKE_TRAIN_NO_LORA": "1"})
+    assert result.returncode == 1, result.stderr
+
+
+@pytest.mark.parametrize("optimizer", ["AdamW", "Lion", "SGDNesterov", "Adafactor", "prodigyopt.Prodigy"])
+def test_weight_decay_reaches_every_optimizer_and_is_recorded_as_passed(pod, optimizer):
+    """--weight-decay 0.1 with AdamW was recorded in training_params.json but never passed."""
+    result = run_script(SCRIPT, "--dry-run", *pod_args(pod), "--optimizer-type", optimizer,
+                        "--learning-rate", "1" if "Prodigy" in optimizer else "1e-4", "--weight-decay", "0.1")
+    assert result.returncode == 0, result.stderr
+    _, options = options_of(shlex.split(result.stdout))
+    assert "weight_decay=0.1" in options["optimizer_args"], options.get("optimizer_args")
+    params = json.loads((pod["out"] / "training_params.json").read_text(encoding="utf-8"))
+    assert params["params"]["weight_decay"] == 0.1
+    assert params["optimizer_args"] == options["optimizer_args"]
+    if "Prodigy" in optimizer:
+        assert params["params"]["d_coef"] == 1.0 and "d_coef=1" in options["optimizer_args"]
+    else:
+        assert params["params"]["d_coef"] is None, "d_coef is not passed to this optimizer"
+        assert options["optimizer_args"] == ["weight_decay=0.1"]
+
+
 def test_config_file_toml_and_json_with_command_line_winning(pod, tmp_path):
     toml_config = tmp_path / "v3.toml"
     toml_config.write_text('steps = 700\nnetwork-dim = 16\nshuffle_caption = false\n', encoding="utf-8")
@@ -209,6 +276,54 @@ def test_config_file_toml_and_json_with_command_line_winning(pod, tmp_path):
     json_config.write_text(json.dumps({"stepz": 5}), encoding="utf-8")
     result = run_script(SCRIPT, "--print-cmd", *pod_args(pod), "--config", json_config)
     assert result.returncode == 2 and "stepz" in result.stderr
+
+
+@pytest.mark.parametrize("config,must_name", [
+    ({"model_type": "SDXL"}, ["model_type", "--model-type must be one of flux, sdxl"]),
+    ({"model_type": "Flux"}, ["--model-type must be one of"]),
+    ({"steps": "abc"}, ["steps", "invalid int value for --steps"]),
+    ({"steps": 700.5}, ["invalid int value for --steps"]),
+    ({"steps": True}, ["--steps takes a number"]),
+    ({"network_alpha": [16]}, ["--network-alpha takes a number"]),
+    ({"extra_arg": 5}, ["--extra-arg takes a string or a list of strings"]),
+    ({"extra_arg": ["--noise_offset 0.05", 5]}, ["--extra-arg takes a string or a list of strings"]),
+    ({"xformers": "false"}, ["xformers", "write true or false"]),
+    ({"xformers": 0}, ["write true or false"]),
+    ({"mixed_precision": "BF16"}, ["--mixed-precision must be one of no, fp16, bf16"]),
+    ({"launcher": "Accelerate"}, ["--launcher must be one of accelerate, python"]),
+    ({"class_word": 7}, ["--class-word takes a string"]),
+    ({"output_name": ["a", "b"]}, ["--output-name takes a string"]),
+])
+def test_config_values_are_checked_like_the_flags(pod, tmp_path, config, must_name):
+    """A hand-written JSON config: wrong types and case become exit 2 naming the key, no traceback."""
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    result = run_script(SCRIPT, "--print-cmd", *pod_args(pod), "--config", path)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert str(path) in result.stderr
+    for name in must_name:
+        assert name in result.stderr, (name, result.stderr)
+
+
+def test_config_values_of_the_right_type_are_used(pod, tmp_path):
+    path = tmp_path / "good.json"
+    path.write_text(json.dumps({"steps": "800", "network_alpha": 8, "xformers": False, "sdpa": True,
+                                "mixed_precision": "fp16", "save_precision": "fp16",
+                                "extra_arg": "--noise_offset 0.05"}), encoding="utf-8")
+    result = run_script(SCRIPT, "--print-cmd", *pod_args(pod), "--config", path)
+    assert result.returncode == 0, result.stderr
+    _, options = options_of(shlex.split(result.stdout))
+    assert options["max_train_steps"] == ["800"] and options["network_alpha"] == ["8"]
+    assert "xformers" not in options and options["sdpa"] == []
+    assert options["mixed_precision"] == ["fp16"] and options["noise_offset"] == ["0.05"]
+
+
+def test_unbalanced_quote_in_extra_arg_is_a_usage_error(tmp_path):
+    result = run_script(SCRIPT, "--print-cmd", *base_args(tmp_path), "--extra-arg=--noise_offset '0.05")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "--extra-arg" in result.stderr and "No closing quotation" in result.stderr
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,6 +355,35 @@ UPSTREAM_CONFLICTS = [
     ("sdxl", ["--extra-arg=--adaptive_noise_scale 0.1"], ["--adaptive_noise_scale", "--noise_offset"],
      "library/train_util.py:4444"),
     ("sdxl", ["--extra-arg=--v2"], ["--v2", "--model-type sdxl"], "library/sdxl_train_util.py:349"),
+    # Shortened options: sd-scripts' parser (allow_abbrev) reads each as the one option it starts.
+    ("sdxl", ["--extra-arg=--lr_warmup 100"], ["--lr_scheduler constant", "--lr_warmup_steps"],
+     "library/train_util.py:5296"),
+    ("sdxl", ["--extra-arg=--adaptive_noise 0.01"], ["--adaptive_noise_scale", "--noise_offset"],
+     "library/train_util.py:4444"),
+    ("sdxl", ["--extra-arg=--fused_backward"], ["--fused_backward_pass", "Adafactor"],
+     "library/train_util.py:4850"),
+    ("sdxl", ["--extra-arg=--bucket_reso 48"], ["--bucket_reso_steps 48", "32"], "library/train_util.py:1094"),
+    # 0 and 1 are values (0 == False and 1 == True in Python): upstream tests `is None`.
+    ("sdxl", ["--extra-arg=--adaptive_noise_scale 0"], ["--adaptive_noise_scale", "--noise_offset"],
+     "library/train_util.py:4444"),
+    ("sdxl", ["--extra-arg=--bucket_reso_steps 1"], ["--bucket_reso_steps 1", "32"], "library/train_util.py:1094"),
+    ("sdxl", ["--extra-arg=--lr_warmup_steps 1"], ["--lr_scheduler constant", "--lr_warmup_steps"],
+     "library/train_util.py:5296"),
+    # Prodigy by its dotted path: sd-scripts loads the class by name, the same Prodigy.
+    ("sdxl", ["--optimizer-type", "prodigyopt.Prodigy", "--extra-arg=--network_args loraplus_lr_ratio=16"],
+     ["--optimizer_type prodigyopt.Prodigy", "loraplus_lr_ratio"], "prodigyopt/prodigy.py:152"),
+    # A network argument without '=': train_network.py splits it after loading the model.
+    ("sdxl", ["--extra-arg=--network_args loraplus_lr_ratio"], ["--network_args loraplus_lr_ratio", "'='"],
+     "train_network.py:667"),
+    # Scheduler names get_scheduler_fix cannot build with its default arguments.
+    ("sdxl", ["--lr-scheduler", "cosine_with_min_lr"], ["--lr_scheduler cosine_with_min_lr",
+                                                        "--lr_scheduler_min_lr_ratio"], "library/train_util.py:5361"),
+    ("sdxl", ["--lr-scheduler", "piecewise_constant"], ["--lr_scheduler piecewise_constant", "step_rules"],
+     "library/train_util.py:5324"),
+    ("sdxl", ["--lr-scheduler", "reduce_lr_on_plateau"], ["--lr_scheduler reduce_lr_on_plateau"],
+     "library/train_util.py:5393"),
+    ("flux", ["--lr-scheduler", "cosine_warmup_with_min_lr"], ["--lr_scheduler cosine_warmup_with_min_lr"],
+     "library/train_util.py:5393"),
 ]
 # Refused by the launcher only (its own rule, not an upstream error), or refused upstream by checks
 # the tests above do not re-run here (covered by test_conflicts_exit_2_naming_both_flags).
@@ -322,6 +466,53 @@ def test_valid_overrides_print_a_command(tmp_path, capsys, extra, model_type, wa
         assert warning in captured.err, captured.err
 
 
+@pytest.mark.parametrize("extra,must_name", [
+    # sd-scripts lets the last of two values win: these would silently replace the recipe's values.
+    ("--optimizer_arg decouple=False", ["--extra-arg --optimizer_arg", "--optimizer_args", "repeats a flag"]),
+    ("--network_di 64", ["--extra-arg --network_di", "--network_dim", "repeats a flag"]),
+    ("--max_train_st 10", ["--max_train_steps", "repeats a flag"]),
+    # a prefix of several options: argparse refuses it, only on the pod without a checkout here
+    ("--cache_text 1", ["--extra-arg --cache_text is ambiguous", "--cache_text_encoder_outputs"]),
+    ("--output x", ["--extra-arg --output is ambiguous", "--output_config"]),
+])
+def test_shortened_extra_arg_options_are_resolved_or_refused(tmp_path, capsys, extra, must_name):
+    with pytest.raises(SystemExit) as exit_info:
+        retrain.main(["--print-cmd", *base_args(tmp_path), f"--extra-arg={extra}"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    for name in must_name:
+        assert name in error, (name, error)
+
+
+def test_a_shortened_option_is_written_out_in_the_command_with_a_warning(tmp_path, capsys):
+    assert retrain.main(["--print-cmd", *base_args(tmp_path), "--lr-scheduler", "constant_with_warmup",
+                         "--extra-arg=--lr_warm 10 --min_snr=5"]) == 0
+    captured = capsys.readouterr()
+    _, options = options_of(shlex.split(captured.out))
+    assert options["lr_warmup_steps"] == ["10"] and "lr_warm" not in options
+    assert options["min_snr_gamma=5"] == []  # kept as one token, --min_snr_gamma=5
+    assert "--lr_warm is a shortened option that sd-scripts' parser reads as --lr_warmup_steps" in captured.err
+
+
+@pytest.mark.parametrize("flags", [[], ["--skip-upstream-check"]])
+def test_an_unknown_extra_arg_option_is_refused_when_sd_scripts_cannot_check_it(tmp_path, capsys, flags):
+    with pytest.raises(SystemExit) as exit_info:
+        retrain.main(["--print-cmd", *base_args(tmp_path), "--extra-arg=--noise_ofset 0.05", *flags])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "--extra-arg --noise_ofset: not an option of sd-scripts' sdxl_train_network.py" in error
+    with pytest.raises(SystemExit):  # dashes: sd-scripts' options are spelled with underscores only
+        retrain.main(["--print-cmd", *base_args(tmp_path), "--extra-arg=--noise-offset 0.05", *flags])
+    assert "--noise-offset: not an option" in capsys.readouterr().err
+
+
+def test_prodigy_is_recognised_by_every_spelling_sd_scripts_accepts():
+    for name in ("prodigy", "Prodigy", "PRODIGY", "prodigyopt.Prodigy"):
+        assert retrain.is_prodigy(name), name
+    for name in ("AdamW", "DAdaptAdam", "prodigyplus.ProdigyPlusScheduleFree", "ProdigyPlusScheduleFree"):
+        assert not retrain.is_prodigy(name), name
+
+
 @pytest.mark.parametrize("model_type", ["sdxl", "flux"])
 def test_defaults_have_no_conflict_and_only_real_sd_scripts_flags(model_type):
     settings = retrain.default_settings(model_type)
@@ -398,6 +589,13 @@ UPSTREAM_ACCEPTS = [
     ("sdxl", ["--full_bf16", "--full_fp16", "--mixed_precision", "fp16", "--save_precision", "fp16"]),
     ("sdxl", ["--extra-arg=--lr_warmup_steps 100", "--lr-scheduler", "constant_with_warmup"]),
     ("flux", ["--extra-arg=--bucket_reso_steps 128"]),
+    ("sdxl", ["--extra-arg=--noise_offset 0 --adaptive_noise_scale 0.01"]),  # noise_offset 0 is given
+    ("sdxl", ["--extra-arg=--lr_warm 10", "--lr-scheduler", "constant_with_warmup"]),  # = lr_warmup_steps
+    ("sdxl", ["--lr-scheduler", "cosine_with_min_lr", "--extra-arg=--lr_scheduler_min_lr_ratio 0.1"]),
+    ("sdxl", ["--lr-scheduler", "piecewise_constant",
+              "--extra-arg=--lr_scheduler_args \"step_rules='1:10,0.1'\""]),
+    ("sdxl", ["--lr-scheduler", "warmup_stable_decay"]),
+    ("flux", ["--lr-scheduler", "inverse_sqrt"]),
 ]
 PRODIGY_CASES = [  # (model type, network module, launcher flags, Prodigy refuses?)
     ("sdxl", "networks.lora", [], False),
@@ -508,6 +706,172 @@ def test_cli_runs_the_command_through_sd_scripts_before_launch(upstream, model_t
     assert result.returncode == 0, result.stderr
     assert "sd-scripts accepts the command" in result.stderr and "3 training images" in result.stderr
     assert f"{model_type}_train_network.py" in result.stdout
+
+
+@pytest.mark.slow
+def test_relative_images_are_found_by_sd_scripts_itself(upstream):
+    """The check runs sd-scripts in its checkout: relative --images/--output must still count."""
+    import os
+
+    root = upstream["root"]
+    args = ["--base-model", "base.safetensors", "--images", "images", "--trigger", "ohwx",
+            "--output", "out_relative", "--sd-scripts", os.path.relpath(upstream["sd_scripts"], root),
+            "--python", sys.executable]
+    result = run_script(SCRIPT, "--print-cmd", *args, cwd=root, env=upstream["env"])
+    assert result.returncode == 0, result.stderr
+    assert "(3 training images found)" in result.stderr
+    assert not (root / "out_relative").exists()
+
+
+@pytest.mark.slow
+def test_a_folder_sd_scripts_reads_no_image_from_is_refused(upstream, tmp_path):
+    """Names sd-scripts' glob skips (hidden, mixed-case suffix): it would log 'No data found' and
+    exit 0 after minutes of setup, so the check refuses it (exit 2) instead of reporting success."""
+    images = tmp_path / "odd images"
+    images.mkdir()
+    Image.new("RGB", (128, 128), (90, 60, 40)).save(images / ".hidden.png")
+    Image.new("RGB", (128, 128), (90, 60, 40)).save(images / "face.Png", format="PNG")
+    args = upstream_args(upstream, "sdxl")
+    args[args.index("--images") + 1] = str(images)
+    for mode in ("--print-cmd", "--dry-run"):
+        result = run_script(SCRIPT, mode, *args, env=upstream["env"])
+        assert result.returncode == 2, result.stderr
+        assert "sd-scripts finds no training image in --images" in result.stderr
+        assert "No data found" in result.stderr and result.stdout == ""
+
+
+OPTION_LIST_PROBE = r"""
+import contextlib, io, json, os, re, sys
+sys.path.insert(0, sys.argv[1]); os.chdir(sys.argv[1])
+import importlib
+names = json.loads(sys.argv[2])
+out = {}
+for script in ("sdxl_train_network", "flux_train_network"):
+    parser = importlib.import_module(script).setup_parser()
+    options = sorted(o[2:] for o in parser._option_string_actions if o.startswith("--"))
+    defaults = vars(parser.parse_args([]))
+    resolved = {}
+    for name in names:  # what the real parser (allow_abbrev on) makes of a bare --NAME
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                namespace, unknown = parser.parse_known_args(["--" + name])
+        except SystemExit:
+            text = err.getvalue()
+            found = re.search(r"argument (--\w+)", text)
+            resolved[name] = "AMBIGUOUS" if "ambiguous option" in text else found.group(1)[2:]
+            continue
+        if unknown:
+            resolved[name] = "UNKNOWN"
+            continue
+        changed = [k for k, v in vars(namespace).items() if defaults.get(k) != v]
+        action = next(a for a in parser._actions if a.dest == changed[0])
+        resolved[name] = action.option_strings[0][2:]
+    out[script] = {"options": options, "resolved": resolved}
+print(json.dumps(out))
+"""
+SHORTENED = ["lr_warmup", "lr_warm", "adaptive_noise", "fused_backward", "bucket_reso", "optimizer_arg",
+             "network_di", "max_train_st", "noise_off", "cache_text", "output", "max_train", "noise_ofset",
+             "v2", "v_param", "network_args", "clip_", "t5xxl_max", "blocks_to", "split", "xformers"]
+
+
+@pytest.mark.slow
+def test_the_option_list_and_its_abbreviations_match_sd_scripts_parsers(upstream):
+    """The launcher's copy of sd-scripts' option names is the parsers' own, and each shortened
+    option resolves to what argparse in sd-scripts resolves it to (or is refused as it would be)."""
+    import subprocess
+
+    completed = subprocess.run([sys.executable, "-c", OPTION_LIST_PROBE, str(upstream["sd_scripts"]),
+                                json.dumps(SHORTENED)], capture_output=True, text=True, encoding="utf-8",
+                               timeout=600, env=upstream["env"])
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    real = json.loads(completed.stdout.strip().splitlines()[-1])
+    sdxl, flux = real["sdxl_train_network"], real["flux_train_network"]
+    assert set(sdxl["options"]) == retrain.SD_SCRIPTS_OPTIONS
+    assert set(flux["options"]) == retrain.SD_SCRIPTS_OPTIONS | retrain.SD_SCRIPTS_FLUX_OPTIONS
+    for model_type, found in (("sdxl", sdxl["resolved"]), ("flux", flux["resolved"])):
+        for name in SHORTENED:
+            try:
+                ours = retrain.resolve_flag(name, model_type)
+                ours = ours if ours in retrain.sd_scripts_options(model_type) else "UNKNOWN"
+            except retrain.SettingsError:
+                ours = "AMBIGUOUS"
+            assert ours == found[name], (model_type, name, ours, found[name])
+
+
+@pytest.mark.slow
+def test_the_upstream_check_itself_takes_no_shortened_option(upstream):
+    """Should a shortened option ever reach the check unresolved, it fails there, not on the pod."""
+    settings = retrain.resolve_settings(retrain.build_parser().parse_args(upstream_args(upstream, "sdxl")))
+    command = retrain.build_command(settings) + ["--lr_warm", "10"]
+    result = retrain.upstream_checks([(settings, command)], env=upstream["env"])[0]
+    assert result["ok"] is False and result["stage"] == "parse_args", result
+    assert "unrecognized arguments: --lr_warm 10" in result["error"]
+
+
+@pytest.mark.slow
+def test_managed_options_given_shortened_would_really_override_the_recipe_upstream(upstream):
+    """Why the launcher refuses --network_di / --optimizer_arg: sd-scripts' own parser takes them and
+    lets the last value win over the recipe's."""
+    settings = retrain.resolve_settings(retrain.build_parser().parse_args(upstream_args(upstream, "sdxl")))
+    command = retrain.build_command(settings)
+    index = next(i for i, token in enumerate(command) if token.endswith("_network.py"))
+    code = ("import sys, os, json; sys.path.insert(0, sys.argv[1]); os.chdir(sys.argv[1]); "
+            "import sdxl_train_network as m; a = m.setup_parser().parse_args(sys.argv[2:]); "
+            "print(json.dumps([a.network_dim, a.optimizer_args]))")
+    import subprocess
+
+    completed = subprocess.run([sys.executable, "-c", code, str(upstream["sd_scripts"]), *command[index + 1:],
+                                "--network_di", "64", "--optimizer_arg", "decouple=False"],
+                               capture_output=True, text=True, encoding="utf-8", timeout=600, env=upstream["env"])
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert json.loads(completed.stdout.strip().splitlines()[-1]) == [64, ["decouple=False"]]
+    with pytest.raises(SystemExit):
+        retrain.main(["--print-cmd", *upstream_args(upstream, "sdxl"), "--extra-arg=--network_di 64"])
+
+
+@pytest.mark.slow
+def test_sd_scripts_builds_the_optimizer_with_the_recorded_weight_decay(upstream):
+    """sd-scripts' own get_optimizer, on the launcher's command: the optimizer really gets it."""
+    cases = [("prodigy", "1", "0.01"), ("AdamW", "1e-4", "0.1"), ("SGDNesterov", "1e-4", "0.2"),
+             ("Adafactor", "1e-4", "0.05")]
+    items = []
+    for optimizer, lr, decay in cases:
+        settings = retrain.resolve_settings(retrain.build_parser().parse_args(
+            [*upstream_args(upstream, "sdxl"), "--optimizer-type", optimizer, "--learning-rate", lr,
+             "--weight-decay", decay]))
+        items.append((settings, retrain.build_command(settings)))
+    results = retrain.upstream_checks(items, env=upstream["env"])
+    for (optimizer, _, decay), result in zip(cases, results):
+        assert result["ok"], result
+        assert result["optimizer"]["weight_decay"] == float(decay), (optimizer, result["optimizer"])
+    assert results[0]["optimizer"]["class"] == "prodigyopt.prodigy.Prodigy"
+    assert results[0]["optimizer"]["d_coef"] == 1.0 and results[0]["optimizer"]["decouple"] is True
+    assert results[1]["optimizer"]["class"] == "torch.optim.adamw.AdamW"
+
+
+@pytest.mark.slow
+def test_real_sd_scripts_stopping_with_no_data_found_is_not_a_finished_training(upstream, tmp_path):
+    """The real launch, upstream check skipped: sd-scripts logs 'No data found' for an image it
+    cannot see (a mixed-case suffix) and exits 0 after its setup; the launcher must say exit 1.
+    Tiny offline CLIP tokenizers (tests/tiny_sdxl.py) stand in for the hub downloads it makes first."""
+    from tiny_sdxl import build_tokenizer
+
+    tokenizers = tmp_path / "tokenizers"
+    for name in ("openai_clip-vit-large-patch14", "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"):
+        build_tokenizer(tmp_path / "tok-src" / name).save_pretrained(str(tokenizers / name))
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (128, 128), (90, 60, 40)).save(images / "face.Png", format="PNG")
+    args = upstream_args(upstream, "sdxl")
+    args[args.index("--images") + 1] = str(images)
+    args[args.index("--output") + 1] = str(tmp_path / "out")
+    result = run_script(SCRIPT, *args, "--launcher", "python", "--skip-upstream-check",
+                        f"--extra-arg=--tokenizer_cache_dir {tokenizers}", env=upstream["env"])
+    assert "No data found" in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "sd-scripts exited 0 but wrote no LoRA file" in result.stderr
+    assert "training finished" not in result.stderr
 
 
 @pytest.mark.slow

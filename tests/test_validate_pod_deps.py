@@ -347,6 +347,59 @@ def test_usage_errors_exit_2(args, message, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def _json_targets(tmp_path: Path) -> list[tuple[Path, str]]:
+    """Places --json must refuse, made safely inside tmp_path (never the real /dev nodes)."""
+    targets = []
+    fifo = tmp_path / "a-fifo"
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(fifo)
+        targets.append((fifo, "exists and is not a regular file"))
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        node = tmp_path / "full-like-device"
+        os.mknod(node, 0o666 | __import__("stat").S_IFCHR, os.makedev(1, 7))  # a /dev/full twin
+        targets.append((node, "exists and is not a regular file"))
+    targets.append((tmp_path, "is a folder; give a file path"))
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    targets.append((tmp_path / "dangling", "is a dangling symbolic link"))
+    (tmp_path / "afile").write_text("x", encoding="utf-8")
+    targets.append((tmp_path / "afile" / "report.json", f"{tmp_path / 'afile'} is not a folder"))
+    return targets
+
+
+def test_json_target_that_is_no_writable_file_is_refused_before_any_check(tmp_path):
+    """--json onto a device node, a FIFO, a folder, a dangling link or under a file: exit 2 at
+    once (no probe runs, which --import-timeout 0.001 would make fail), and nothing is replaced."""
+    import stat
+
+    for target, message in _json_targets(tmp_path):
+        before = target.lstat() if os.path.lexists(target) else None
+        proc = run_script(SCRIPT, "--allow-no-gpu", "--skip-training", "--json", target, cwd=tmp_path,
+                          timeout=60)
+        assert proc.returncode == 2, (target, proc.returncode, proc.stderr)
+        assert f"--json {target}: " in proc.stderr and message in proc.stderr, proc.stderr
+        assert "checking" not in proc.stderr, "the check must not start"
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+        if before is not None:
+            after = target.lstat()
+            assert stat.S_IFMT(after.st_mode) == stat.S_IFMT(before.st_mode), f"{target} was replaced"
+            assert after.st_ino == before.st_ino, f"{target} was replaced"
+    assert not list(tmp_path.parent.glob(f".{tmp_path.name}.*.tmp")), "no temp file beside the folder"
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root can write into a read-only folder; the refusal needs a normal user")
+def test_json_in_a_read_only_folder_is_refused_before_any_check(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        proc = run_script(SCRIPT, "--allow-no-gpu", "--skip-training", "--json", folder / "r.json",
+                          cwd=tmp_path, timeout=60)
+    finally:
+        folder.chmod(0o700)
+    assert proc.returncode == 2 and "no file can be created in" in proc.stderr
+
+
 def test_project_root_without_requirements_is_an_input_error(tmp_path):
     (tmp_path / "tools").mkdir()
     proc = run_script(SCRIPT, "--project-root", tmp_path, timeout=60)
@@ -616,6 +669,48 @@ def test_training_venv_is_found_under_sd_scripts_and_its_packages_checked(vpd, t
     assert training["fix_command"] == (f"{python} -m pip install --no-deps --require-hashes -r {lock}")
     assert any("`library` package" in warning for warning in training["warnings"])
     assert "Fix, training environment (one line):" in proc.stdout
+
+
+def test_relative_sd_scripts_and_a_non_utf8_head_are_checked_from_the_current_folder(vpd, tmp_path):
+    """--sd-scripts sds (relative, its venv at sds/.venv) from another working folder, and a HEAD
+    that is not UTF-8: both environments are checked, the HEAD is reported, fix lines printed."""
+    checkout = fake_checkout(tmp_path / "sds", head=vpd.SD_SCRIPTS_COMMIT)
+    (checkout / ".git" / "HEAD").write_bytes(b"\xff\xfe\x00ref: refs/heads/\xe9\n")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(checkout / ".venv")], check=True,
+                   timeout=120, capture_output=True)
+    assert vpd.git_head(checkout)[0] is None and "unreadable .git/HEAD" in vpd.git_head(checkout)[1]
+    proc = run_script(SCRIPT, "--sd-scripts", "sds", "--locks", REPO_ROOT, "--allow-no-gpu",
+                      "--import-timeout", "60", "--json", "r.json", cwd=tmp_path, timeout=600, env=clean_env())
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr and "stopped" not in proc.stderr
+    training = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["training"]
+    assert training["python"] == str(tmp_path / "sds" / ".venv" / "bin" / "python")
+    assert training["sd_scripts"] == str(tmp_path / "sds")
+    assert {row["import"]: row["status"] for row in training["packages"]}["torch"] == "MISSING"
+    assert not any("cannot run the training Python" in p["what"] for p in training["problems"])
+    assert any("unreadable .git/HEAD" in warning for warning in training["warnings"])
+    assert "Fix, training environment (one line):" in proc.stdout
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a shell script as the training Python")
+def test_relative_training_python_is_the_file_in_the_current_folder_not_one_on_path(tmp_path):
+    """--training-python ./py.sh must run ./py.sh, not a py.sh found on PATH."""
+    decoy = tmp_path / "on-path"
+    decoy.mkdir()
+    (decoy / "py.sh").write_text(f"#!/bin/sh\ntouch {tmp_path / 'decoy-ran'}\nexit 1\n", encoding="utf-8")
+    (decoy / "py.sh").chmod(0o755)
+    work = tmp_path / "work"
+    fake_checkout(work / "sd-scripts", head="48d368fa557731ad0488c07304dfeba8c07910eb")
+    (work / "py.sh").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n', encoding="utf-8")
+    (work / "py.sh").chmod(0o755)
+    env = clean_env(PATH=f"{decoy}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = run_script(SCRIPT, "--sd-scripts", "sd-scripts", "--training-python", "./py.sh", "--allow-no-gpu",
+                      "--import-timeout", "60", "--json", "r.json", cwd=work, timeout=600, env=env)
+    assert proc.returncode in (0, 1) and "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    assert not (tmp_path / "decoy-ran").exists(), "a py.sh on PATH ran instead of ./py.sh"
+    training = json.loads((work / "r.json").read_text(encoding="utf-8"))["training"]
+    assert training["python"] == str(work / "py.sh")
+    assert {row["import"]: row for row in training["packages"]}["einops"]["status"] == "ok"
 
 
 @pytest.mark.slow

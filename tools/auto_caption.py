@@ -4,9 +4,12 @@ Each caption goes to a text file with the image's name and the caption extension
 photo.txt), which is what kohya sd-scripts reads as the caption (`caption_extension = ".txt"`).
 An optional trigger word is put in front ("ohwx, a man in a suit"). Images that already have a
 caption file are skipped unless --overwrite. Every image to caption is decoded once BEFORE the
-model loads (BLIP-2 takes minutes and GBs): the count of readable ones is printed, unreadable ones
-are listed on stderr and the run goes on with the rest (exit code 1); with none readable, the model
-is not loaded at all. A model that cannot be loaded is explained before the slow load where
+model loads (BLIP-2 takes minutes and GBs), and every folder its caption goes to is probed for
+writing (a temporary file created and deleted): the count of readable ones is printed, unreadable
+ones and those whose caption cannot be written are listed on stderr and the run goes on with the
+rest (exit code 1); with none left, the model is not loaded at all. A caption that cannot be
+written later (a full disk) fails that image only, by name. Two images that would share one
+caption file (photo.jpg and photo.png -> photo.txt) are refused before loading (exit 2). A model that cannot be loaded is explained before the slow load where
 possible: a missing local folder, a folder without config.json, a hub id that is not cached while
 the network fails (the Hub unreachable) or HF_HUB_OFFLINE is set, or an id the Hub does not have.
 
@@ -27,7 +30,8 @@ fp16 memory (blip2-opt-2.7b: about 7.5 GB in fp16, about 4 GB in 8-bit).
 stdout: one line per written caption, `<image path relative to --images>\\t<caption>`.
 stderr: progress bar, skipped and failed images, summary.
 Exit codes: 0 every image captioned or skipped, 1 some images failed, 2 usage/input error
-(missing folder, no images, model that cannot be loaded, 8-bit without CUDA).
+(missing folder, no images, two images for one caption file, model that cannot be loaded, 8-bit
+without CUDA).
 """
 from __future__ import annotations
 
@@ -182,6 +186,33 @@ def caption_path(image_path: Path, extension: str) -> Path:
     return image_path.with_suffix(extension)
 
 
+def caption_extension_ok(extension: str) -> bool:
+    """A suffix Path.with_suffix takes, without folder separators: '.txt', '.caption'."""
+    if (len(extension) < 2 or not extension.startswith(".") or "/" in extension or "\\" in extension
+            or extension.endswith(".")):
+        return False
+    try:
+        Path("image.png").with_suffix(extension)
+    except ValueError:
+        return False
+    return True
+
+
+def unwritable_caption_folders(captions: list[Path]) -> dict[Path, str]:
+    """{folder: reason} for each folder of `captions` in which no file can be created (probed with
+    a temporary file, created and deleted: permission bits do not tell the truth to root or on a
+    read-only mount)."""
+    problems = {}
+    for folder in sorted({caption.parent for caption in captions}):
+        try:
+            handle, probe = tempfile.mkstemp(prefix=".auto_caption-probe-", dir=folder)
+            os.close(handle)
+            os.unlink(probe)
+        except OSError as error:
+            problems[folder] = error.strerror or str(error)
+    return problems
+
+
 def format_caption(caption: str, trigger: str) -> str:
     """One line; the trigger word (if any) first, not repeated when the model already wrote it."""
     caption = " ".join(caption.split())
@@ -232,8 +263,12 @@ def looks_like_path(name: str) -> bool:
 def hub_problem(model_name: str, cache_dir: Path | None, timeout: float = 10) -> str | None:
     """Why a hub id cannot be loaded, found before the slow load: None when it is in the local
     Hugging Face cache or the Hub answers for it; else one line that says network, offline mode,
-    or no such model."""
+    or no such model. An owner/name id could also be a relative folder that is missing, so the
+    line says first that no local folder has that name."""
     from huggingface_hub import constants, try_to_load_from_cache
+
+    lead = (f"--model {model_name}: no local folder named {model_name} (in {Path.cwd()}), and as a "
+            f"Hugging Face Hub id")
 
     try:
         cached = try_to_load_from_cache(model_name, "config.json",
@@ -243,23 +278,24 @@ def hub_problem(model_name: str, cache_dir: Path | None, timeout: float = 10) ->
     if isinstance(cached, str):
         return None
     if constants.HF_HUB_OFFLINE:
-        return (f"--model {model_name} is not in the Hugging Face cache and HF_HUB_OFFLINE is set, so "
-                f"it cannot be downloaded; unset HF_HUB_OFFLINE, or pass a local model folder")
+        return (f"{lead} it is not in the Hugging Face cache and HF_HUB_OFFLINE is set, so it "
+                f"cannot be downloaded; unset HF_HUB_OFFLINE, or pass a local model folder")
     url = f"{constants.ENDPOINT.rstrip('/')}/api/models/{model_name}"
     try:
         with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout):
             return None
     except urllib.error.HTTPError as error:
         if error.code in (401, 403, 404):
-            return (f"--model {model_name}: the Hugging Face Hub ({constants.ENDPOINT}) has no such "
-                    f"model, or it is private (HTTP {error.code}); check the id, or log in with "
-                    f"`huggingface-cli login` for a gated model")
+            return (f"{lead} the Hugging Face Hub ({constants.ENDPOINT}) has no such model, or it "
+                    f"is private (HTTP {error.code}); check the id or the folder name, or log in "
+                    f"with `huggingface-cli login` for a gated model")
         return None  # the Hub answers; let the loader report what it finds
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
-        return (f"--model {model_name}: cannot download it, the network fails ({constants.ENDPOINT} is "
-                f"unreachable: {reason}); it is not in the local cache either. Download it where "
-                f"there is network and pass --model /path/to/folder, or fix the network")
+        return (f"{lead} it cannot be downloaded: the network fails ({constants.ENDPOINT} is "
+                f"unreachable: {reason}); it is not in the local cache either. Check the folder "
+                f"name, or download it where there is network and pass --model /path/to/folder, "
+                f"or fix the network")
 
 
 def load_model(model_name: str, device: str, load_in_8bit: bool, cache_dir: Path | None):
@@ -354,8 +390,31 @@ def run(args) -> int:
     if skipped:
         print(f"skipping {skipped} image(s) that already have a {args.caption_extension} caption "
               f"(--overwrite re-captions them)", file=sys.stderr)
+    by_caption: dict[Path, list[Path]] = {}
+    for path in todo:
+        by_caption.setdefault(caption_path(path, args.caption_extension), []).append(path)
+    shared = {caption: paths for caption, paths in by_caption.items() if len(paths) > 1}
+    if shared:
+        caption, paths = next(iter(shared.items()))
+        raise InputError(
+            f"{len(shared)} caption file(s) would be written by more than one image, e.g. "
+            f"{' and '.join(path.relative_to(folder).as_posix() for path in paths)} -> "
+            f"{caption.relative_to(folder).as_posix()} (kohya reads one caption per image name); "
+            f"rename the images so that each name is used once")
     failed: list[tuple[Path, str]] = []
     written = 0
+    unwritable = unwritable_caption_folders(list(by_caption))
+    writable = []
+    for path in todo:  # before BLIP-2 (minutes, GBs) is loaded
+        caption = caption_path(path, args.caption_extension)
+        if caption.parent in unwritable:
+            failed.append((path, f"cannot write its caption: no file can be created in "
+                                 f"{caption.parent} ({unwritable[caption.parent]})"))
+        elif caption.exists() and not caption.is_file():
+            failed.append((path, f"cannot write its caption: {caption} exists and is not a file"))
+        else:
+            writable.append(path)
+    total, todo = len(todo), writable
     readable = []
     for path in todo:  # every image is decoded once before BLIP-2 (minutes, GBs) is loaded
         try:
@@ -363,12 +422,13 @@ def run(args) -> int:
             readable.append(path)
         except ImageLoadError as error:
             failed.append((path, str(error)))
-    if todo:
-        print(f"{len(todo)} image(s) to caption: {len(readable)} readable, {len(failed)} not "
+    if total:
+        print(f"{total} image(s) to caption: {len(readable)} readable, {len(failed)} not "
               f"(listed at the end)", file=sys.stderr)
     todo = readable
     if failed and not todo:
-        print("no readable image to caption, so the model was not loaded", file=sys.stderr)
+        print("no readable image with a writable caption to caption, so the model was not loaded",
+              file=sys.stderr)
     if todo:
         device = resolve_device(args.device)
         print(f"loading {args.model} on {device}"
@@ -402,7 +462,12 @@ def run(args) -> int:
                         failed.append((path, "the model returned an empty caption"))
                         continue
                     text = format_caption(caption, args.trigger)
-                    write_atomic(caption_path(path, args.caption_extension), text + "\n")
+                    target = caption_path(path, args.caption_extension)
+                    try:
+                        write_atomic(target, text + "\n")
+                    except OSError as error:  # a full disk, a folder made read-only meanwhile
+                        failed.append((path, f"cannot write {target}: {error.strerror or error}"))
+                        continue
                     written += 1
                     print(f"{path.relative_to(folder).as_posix()}\t{text}", flush=True)
             bar.update(len(batch_paths))
@@ -426,8 +491,9 @@ def main(argv=None) -> int:
                      f"--max-new-tokens {args.max_new_tokens}")
     if args.num_beams < 1:
         parser.error(f"--num-beams must be at least 1, got {args.num_beams}")
-    if not args.caption_extension.startswith(".") or len(args.caption_extension) < 2:
-        parser.error(f"--caption-extension must look like '.txt', got {args.caption_extension!r}")
+    if not caption_extension_ok(args.caption_extension):
+        parser.error(f"--caption-extension must look like '.txt' (a dot, then letters or digits, no "
+                     f"folder separator), got {args.caption_extension!r}")
     if args.caption_extension.lower() in IMAGE_EXTENSIONS:
         parser.error(f"--caption-extension {args.caption_extension} is an image extension; "
                      "it would overwrite the images")

@@ -17,7 +17,8 @@ The v3 recipe (the defaults): Prodigy (--optimizer_type prodigy, --learning_rate
 decouple=True weight_decay=0.01 use_bias_correction=True safeguard_warmup=True d_coef=1.0),
 constant scheduler, latents cached to disk, U-Net-only training with cached text-encoder outputs,
 xformers on SDXL / SDPA on Flux, bf16 mixed precision and saves, gradient checkpointing. Flux
-adds fp8 base weights, guidance 1.0, shift timestep sampling and raw model prediction.
+adds fp8 base weights, guidance 1.0, shift timestep sampling and raw model prediction. With
+another --optimizer-type, --weight-decay still reaches it (--optimizer_args weight_decay=...).
 
 Usage (on the pod):
     python3 tools/retrain_lora_v3.py --base-model /workspace/models/sd_xl_base_1.0.safetensors \\
@@ -47,8 +48,10 @@ pass --python PATH; the project was checked against sd-scripts commit SD_SCRIPTS
 and does not launch. --launcher python runs the sd-scripts file with this Python, without accelerate.
 Config file (--config): TOML (Python 3.11+, or `pip install tomli` on 3.10) or JSON, a flat table
 whose keys are the flag names (dashes or underscores); flags on the command line win.
-Exit codes: 0 launched and training finished (or --print-cmd/--dry-run), 1 training failed,
-2 usage error, a conflicting flag pair, or a missing input.
+Relative paths are made absolute first (sd-scripts runs with its checkout as working folder).
+Exit codes: 0 launched and training finished with a LoRA file written (or --print-cmd/--dry-run),
+1 training failed or sd-scripts exited 0 without writing a LoRA file, 2 usage error, a conflicting
+flag pair, a missing input, or an image folder in which sd-scripts finds no training image.
 """
 from __future__ import annotations
 
@@ -221,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--d-coef", "--d_coef", dest="d_coef", type=float, default=None,
         help=f"Prodigy d_coef, scales the estimated step size (default: {common['d_coef']})")
     add("--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=None,
-        help=f"Prodigy decoupled weight decay (default: {common['weight_decay']})")
+        help=f"weight decay, passed to the optimizer (any of them) as --optimizer_args "
+             f"weight_decay=...; Prodigy's is decoupled (default: {common['weight_decay']})")
     add("--lr-scheduler", "--lr_scheduler", dest="lr_scheduler", default=None,
         help=f"learning-rate schedule (default: {common['lr_scheduler']})")
     add("--mixed-precision", "--mixed_precision", dest="mixed_precision",
@@ -328,23 +332,55 @@ def _toml_module():
 
 def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, config: dict,
                  config_path: Path) -> None:
-    """Fill flags not given on the command line from the config file (flat keys, - or _)."""
-    dests = {action.dest for action in parser._actions}
+    """Fill flags not given on the command line from the config file (flat keys, - or _), each
+    value checked as argparse checks the flag (its type and choices; booleans must be true/false)."""
+    actions = {action.dest: action for action in parser._actions}
     for key, value in config.items():
         dest = str(key).replace("-", "_")
         dest = {"pretrained_model_name_or_path": "base_model", "output_dir": "output",
                 "max_train_steps": "steps", "save_every_n_steps": "save_every",
                 "image_dir": "images", "extra_arg": "extra_args"}.get(dest, dest)
-        if dest not in dests or dest in ("config", "help", "print_cmd", "dry_run",
-                                         "skip_upstream_check", "upstream_timeout"):
+        if dest not in actions or dest in ("config", "help", "print_cmd", "dry_run",
+                                           "skip_upstream_check", "upstream_timeout"):
             raise SettingsError(f"--config {config_path}: unknown key {key!r}")
         if getattr(args, dest) is not None:
             continue  # the command line wins
-        if dest in ("images", "output", "sd_scripts"):
-            value = Path(value)
-        if dest == "extra_args" and isinstance(value, str):
-            value = [value]
-        setattr(args, dest, value)
+        setattr(args, dest, config_value(actions[dest], value, f"--config {config_path}: {key}"))
+
+
+def config_value(action: argparse.Action, value, where: str):
+    """`value` from a config file converted and checked the way argparse treats the flag's text."""
+    flag = action.option_strings[0]
+    if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):
+        if not isinstance(value, bool):
+            raise SettingsError(f"{where} = {value!r}: {flag} is a switch; write true or false "
+                                f"(a boolean, not a string or number)")
+        return value
+    if isinstance(action, argparse._AppendAction):
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise SettingsError(f"{where} = {value!r}: {flag} takes a string or a list of strings")
+        return [config_value_one(action, item, where) for item in items]
+    return config_value_one(action, value, where)
+
+
+def config_value_one(action: argparse.Action, value, where: str):
+    flag = action.option_strings[0]
+    kind = action.type.__name__ if action.type else "str"
+    if action.type in (int, float):
+        wanted, allowed = "a number", isinstance(value, (int, float, str))
+    else:
+        wanted, allowed = "a string", isinstance(value, str)
+    if isinstance(value, bool) or not allowed:
+        raise SettingsError(f"{where} = {value!r}: {flag} takes {wanted}")
+    try:
+        converted = action.type(str(value)) if action.type else value
+    except (TypeError, ValueError) as error:
+        raise SettingsError(f"{where} = {value!r}: invalid {kind} value for {flag}") from error
+    if action.choices is not None and converted not in action.choices:
+        raise SettingsError(f"{where} = {value!r}: {flag} must be one of "
+                            f"{', '.join(map(str, action.choices))}")
+    return converted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,9 +403,21 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     settings["extra_args"] = settings["extra_args"] or []
     settings.setdefault("launcher", "accelerate")
     settings["launcher"] = settings.get("launcher") or "accelerate"
-    settings["sd_scripts"] = Path(settings.get("sd_scripts") or "/workspace/sd-scripts")
-    settings["python"] = str(settings.get("python") or find_training_python(settings["sd_scripts"])
-                             or sys.executable)
+    # Absolute paths (Path.absolute(): symlinks kept): sd-scripts runs with its checkout as the
+    # working folder, so a relative path would name another place there.
+    settings["sd_scripts"] = Path(settings.get("sd_scripts") or "/workspace/sd-scripts").absolute()
+    for name in ("images", "output"):
+        if settings.get(name):
+            settings[name] = Path(settings[name]).absolute()
+    for name in ("clip_l", "t5xxl", "ae"):
+        if settings.get(name):
+            settings[name] = str(Path(settings[name]).absolute())
+    if settings.get("base_model") and Path(settings["base_model"]).exists():  # else maybe a hub id
+        settings["base_model"] = str(Path(settings["base_model"]).absolute())
+    python = settings.get("python")
+    if python and (os.sep in str(python) or "/" in str(python)):  # a path, not a name on PATH
+        python = Path(python).absolute()
+    settings["python"] = str(python or find_training_python(settings["sd_scripts"]) or sys.executable)
     trigger = settings.get("trigger") or ""
     if not settings.get("output_name"):
         settings["output_name"] = f"{trigger or 'lora'}_v3_{model_type}"
@@ -380,19 +428,61 @@ def parse_extra_args(extra_args: list[str]) -> list[str]:
     """Shell-split every --extra-arg value into argv tokens."""
     tokens: list[str] = []
     for value in extra_args:
-        tokens.extend(shlex.split(value))
+        try:
+            tokens.extend(shlex.split(value))
+        except ValueError as error:  # an unbalanced quote
+            raise SettingsError(f"--extra-arg {value!r}: cannot be split like a shell line "
+                                f"({error}); balance its quotes") from error
     return tokens
 
 
-def flags_from_tokens(tokens: list[str]) -> dict[str, list[str]]:
-    """{'noise_offset': ['0.05'], 'xformers': []} from ['--noise_offset', '0.05', '--xformers']."""
+def resolve_flag(name: str, model_type: str) -> str:
+    """The sd-scripts option that `--name` selects, by argparse's rule (sd-scripts' parsers keep
+    allow_abbrev on): the exact option, else the one option it is a prefix of. A prefix of several
+    options is a SettingsError; a name that is no option is returned as given (sd-scripts' parser
+    refuses it: the upstream check, or unknown_extra_flags without one)."""
+    options = sd_scripts_options(model_type)
+    if name in options:
+        return name
+    matches = sorted(option for option in options if option.startswith(name))
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        shown = ", ".join("--" + option for option in matches[:8]) + (", ..." if len(matches) > 8 else "")
+        raise SettingsError(f"--extra-arg --{name} is ambiguous: sd-scripts' parser reads a "
+                            f"shortened option only when one option starts with it, and "
+                            f"{len(matches)} do ({shown}); write the full option name")
+    return name
+
+
+def sd_scripts_options(model_type: str) -> frozenset[str]:
+    """Option names (without --) of SCRIPT_FOR[model_type]'s parser at SD_SCRIPTS_COMMIT."""
+    return SD_SCRIPTS_OPTIONS | (SD_SCRIPTS_FLUX_OPTIONS if model_type == "flux" else frozenset())
+
+
+def resolved_extra_args(settings: dict) -> list[str]:
+    """The --extra-arg tokens with every shortened option written out in full (--lr_warmup 100 ->
+    --lr_warmup_steps 100): the command then says what sd-scripts will do, and the upstream check
+    (allow_abbrev off) sees the same options as the launcher's rules."""
+    tokens = []
+    for token in parse_extra_args(settings.get("extra_args", [])):
+        if token.startswith("--") and len(token) > 2:
+            name, sep, inline = token[2:].partition("=")
+            token = "--" + resolve_flag(name, settings["model_type"]) + sep + inline
+        tokens.append(token)
+    return tokens
+
+
+def flags_from_tokens(tokens: list[str], model_type: str | None = None) -> dict[str, list[str]]:
+    """{'noise_offset': ['0.05'], 'xformers': []} from ['--noise_offset', '0.05', '--xformers'];
+    with `model_type`, shortened options are resolved as sd-scripts' parser resolves them."""
     flags: dict[str, list[str]] = {}
     current = None
     for token in tokens:
         if token.startswith("--") and len(token) > 2:
-            name, _, inline = token[2:].partition("=")
-            current = name.replace("-", "_")
-            flags[current] = [inline] if inline else []
+            name, sep, inline = token[2:].partition("=")
+            current = resolve_flag(name, model_type) if model_type else name
+            flags[current] = [inline] if sep else []
         elif current is not None:
             flags[current].append(token)
         else:
@@ -400,10 +490,28 @@ def flags_from_tokens(tokens: list[str]) -> dict[str, list[str]]:
     return flags
 
 
+def unknown_extra_flags(settings: dict) -> list[str]:
+    """--extra-arg options that sd-scripts' parser (at SD_SCRIPTS_COMMIT) does not have."""
+    options = sd_scripts_options(settings["model_type"])
+    return [name for name in flags_from_tokens(resolved_extra_args(settings)) if name not in options]
+
+
+def abbreviated_extra_flags(settings: dict) -> list[tuple[str, str]]:
+    """(as written, the option sd-scripts reads) for each shortened --extra-arg option."""
+    pairs = []
+    for token in parse_extra_args(settings.get("extra_args", [])):
+        if token.startswith("--") and len(token) > 2:
+            name = token[2:].partition("=")[0]
+            full = resolve_flag(name, settings["model_type"])
+            if full != name:
+                pairs.append((name, full))
+    return pairs
+
+
 def effective_options(settings: dict) -> dict:
     """Settings merged with the --extra-arg flags, as kohya sees them (booleans, numbers)."""
     options = dict(settings)
-    for name, values in flags_from_tokens(parse_extra_args(settings.get("extra_args", []))).items():
+    for name, values in flags_from_tokens(resolved_extra_args(settings)).items():
         if not values:
             options[name] = True
         elif len(values) == 1:
@@ -441,6 +549,68 @@ def _lrs(value) -> list[float]:
     return [float(value)]
 
 
+# Option names of sd-scripts' parsers at SD_SCRIPTS_COMMIT, read from
+# sdxl_train_network.setup_parser()._option_string_actions (SD_SCRIPTS_OPTIONS; flux_train_network
+# has all of them) and flux_train_network.setup_parser()'s (SD_SCRIPTS_FLUX_OPTIONS: the rest);
+# tests/test_retrain_lora_v3.py compares them with the parsers of ../shared/sd-scripts.
+SD_SCRIPTS_OPTIONS = frozenset({
+    "adaptive_noise_scale", "alpha_mask", "async_upload", "base_weights",
+    "base_weights_multiplier", "bucket_no_upscale", "bucket_reso_steps", "cache_info",
+    "cache_latents", "cache_latents_to_disk", "cache_text_encoder_outputs",
+    "cache_text_encoder_outputs_to_disk", "caption_dropout_every_n_epochs",
+    "caption_dropout_rate", "caption_extension", "caption_extention", "caption_prefix",
+    "caption_separator", "caption_suffix", "caption_tag_dropout_rate", "clip_skip", "color_aug",
+    "conditioning_data_dir", "config_file", "console_log_file", "console_log_level",
+    "console_log_simple", "cpu_offload_checkpointing", "dataset_class", "dataset_config",
+    "dataset_repeats", "ddp_gradient_as_bucket_view", "ddp_static_graph", "ddp_timeout",
+    "debiased_estimation_loss", "debug_dataset", "deepspeed", "dim_from_weights",
+    "disable_mmap_load_safetensors", "dynamo_backend", "enable_bucket", "enable_wildcard",
+    "face_crop_aug_range", "flip_aug", "fp16_master_weights_and_gradients", "fp8_base",
+    "fp8_base_unet", "full_bf16", "full_fp16", "fused_backward_pass",
+    "gradient_accumulation_steps", "gradient_checkpointing", "help", "highvram", "huber_c",
+    "huber_scale", "huber_schedule", "huggingface_path_in_repo", "huggingface_repo_id",
+    "huggingface_repo_type", "huggingface_repo_visibility", "huggingface_token", "in_json",
+    "initial_epoch", "initial_step", "ip_noise_gamma", "ip_noise_gamma_random_strength",
+    "keep_tokens", "keep_tokens_separator", "learning_rate", "log_config", "log_prefix",
+    "log_tracker_config", "log_tracker_name", "log_with", "logging_dir", "loss_type", "lowram",
+    "lr_decay_steps", "lr_scheduler", "lr_scheduler_args", "lr_scheduler_min_lr_ratio",
+    "lr_scheduler_num_cycles", "lr_scheduler_power", "lr_scheduler_timescale",
+    "lr_scheduler_type", "lr_warmup_steps", "masked_loss", "max_bucket_reso",
+    "max_data_loader_n_workers", "max_grad_norm", "max_timestep", "max_token_length",
+    "max_train_epochs", "max_train_steps", "max_validation_steps", "mem_eff_attn",
+    "metadata_author", "metadata_description", "metadata_is_negative_embedding",
+    "metadata_license", "metadata_merged_from", "metadata_preprocessor", "metadata_tags",
+    "metadata_thumbnail", "metadata_title", "metadata_trigger_phrase", "metadata_usage_hint",
+    "min_bucket_reso", "min_snr_gamma", "min_timestep", "mixed_precision",
+    "multires_noise_discount", "multires_noise_iterations", "network_alpha", "network_args",
+    "network_dim", "network_dropout", "network_module", "network_train_text_encoder_only",
+    "network_train_unet_only", "network_weights", "no_half_vae", "no_metadata", "noise_offset",
+    "noise_offset_random_strength", "offload_optimizer_device", "offload_optimizer_nvme_path",
+    "offload_param_device", "offload_param_nvme_path", "optimizer_args", "optimizer_type",
+    "output_config", "output_dir", "output_name", "persistent_data_loader_workers",
+    "pretrained_model_name_or_path", "prior_loss_weight", "random_crop", "reg_data_dir",
+    "resize_interpolation", "resolution", "resume", "resume_from_huggingface",
+    "sample_at_first", "sample_every_n_epochs", "sample_every_n_steps", "sample_prompts",
+    "sample_sampler", "save_every_n_epochs", "save_every_n_steps", "save_last_n_epochs",
+    "save_last_n_epochs_state", "save_last_n_steps", "save_last_n_steps_state", "save_model_as",
+    "save_n_epoch_ratio", "save_precision", "save_state", "save_state_on_train_end",
+    "save_state_to_huggingface", "scale_v_pred_loss_like_noise_pred", "scale_weight_norms",
+    "sdpa", "secondary_separator", "seed", "shuffle_caption", "skip_cache_check",
+    "skip_until_initial_step", "text_encoder_lr", "token_warmup_min", "token_warmup_step",
+    "tokenizer_cache_dir", "torch_compile", "train_batch_size", "train_data_dir",
+    "training_comment", "unet_lr", "use_8bit_adam", "use_lion_optimizer", "v2",
+    "v_parameterization", "v_pred_like_loss", "vae", "vae_batch_size",
+    "validate_every_n_epochs", "validate_every_n_steps", "validation_seed", "validation_split",
+    "wandb_api_key", "wandb_run_name", "weighted_captions", "xformers", "zero3_init_flag",
+    "zero3_save_16bit_model", "zero_stage", "zero_terminal_snr",
+})
+SD_SCRIPTS_FLUX_OPTIONS = frozenset({
+    "ae", "apply_t5_attn_mask", "blocks_to_swap", "clip_l", "controlnet_model_name_or_path",
+    "discrete_flow_shift", "guidance_scale", "logit_mean", "logit_std", "mode_scale",
+    "model_prediction_type", "model_type", "sigmoid_scale", "split_mode", "t5xxl",
+    "t5xxl_max_token_length", "text_encoder_batch_size", "timestep_sampling", "weighting_scheme",
+})
+
 # Where sd-scripts (commit SD_SCRIPTS_COMMIT) or a library it calls raises each refused
 # combination: file:line and the function, quoted in the messages. "after loading" = after the
 # base model (minutes), "before loading" = during the checks at the start of train().
@@ -472,28 +642,58 @@ UPSTREAM = {
     "fused_backward": "library/train_util.py:4848-4851 (get_optimizer, after loading)",
     "adaptive_noise": "library/train_util.py:4443-4444 (verify_training_args, before loading)",
     "v2_sdxl": "library/sdxl_train_util.py:349 (verify_sdxl_training_args, before loading)",
+    "network_args": "train_network.py:667 (NetworkTrainer.train, after load_target_model at line 602)",
 }
-# lr_scheduler names get_scheduler_fix accepts: transformers' SchedulerType (4.54.1, the version
-# sd-scripts pins), diffusers' piecewise_constant, and "adafactor:LR" (with Adafactor only).
+# lr_scheduler names get_scheduler_fix (library/train_util.py:5265-5398) builds with sd-scripts'
+# default arguments: transformers' SchedulerType (4.54.1, the version sd-scripts pins), and
+# "adafactor:LR" (with Adafactor only). Two more need arguments of their own (SCHEDULER_NEEDS), and
+# two of SchedulerType's names never work (SCHEDULER_BROKEN): get_scheduler_fix calls them with
+# num_warmup_steps / num_training_steps / num_decay_steps, which they do not take.
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-                 "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr",
-                 "cosine_warmup_with_min_lr", "warmup_stable_decay", "piecewise_constant")
+                 "constant_with_warmup", "inverse_sqrt", "warmup_stable_decay")
+SCHEDULER_NEEDS = {
+    "cosine_with_min_lr": "--lr_scheduler_min_lr_ratio R (or --lr_scheduler_args min_lr=LR): "
+                          "library/train_util.py:5360-5366 passes min_lr_rate=lr_scheduler_min_lr_ratio "
+                          "(default None) and transformers raises 'One of min_lr or min_lr_rate "
+                          "should be set' (after loading)",
+    "piecewise_constant": "--lr_scheduler_args step_rules=\"'1:100,0.1'\" (diffusers' "
+                          "get_piecewise_constant_schedule has no default step_rules: TypeError at "
+                          "library/train_util.py:5324, after loading)",
+}
+SCHEDULER_BROKEN = {
+    "reduce_lr_on_plateau": "library/train_util.py:5393 passes num_warmup_steps, num_training_steps and "
+                            "num_decay_steps to torch's ReduceLROnPlateau: TypeError (after loading)",
+    "cosine_warmup_with_min_lr": "library/train_util.py:5393 passes num_decay_steps, which "
+                                 "transformers' get_cosine_with_min_lr_schedule_with_warmup_lr_rate does "
+                                 "not take: TypeError (after loading)",
+}
 LORAPLUS_KEYS = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
 BLOCK_LR_KEYS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
 
 
+def _given(value) -> bool:
+    """A flag given with a value (0 and 1 included; None = not given, True = given bare)."""
+    return value is not None and not isinstance(value, bool)
+
+
+def _items(options: dict, name: str) -> list[str]:
+    value = options.get(name)
+    if not _given(value):
+        return []
+    return [str(item) for item in (value if isinstance(value, (list, tuple)) else [value])]
+
+
 def network_args(options: dict) -> dict:
-    """--network_args key=value pairs (from --extra-arg) as {key: value string}."""
-    value = options.get("network_args")
-    if value in (None, True, False):
-        return {}
-    items = value if isinstance(value, (list, tuple)) else [value]
-    pairs = {}
-    for item in items:
-        key, sep, text = str(item).partition("=")
-        if sep:
-            pairs[key.strip()] = text.strip()
-    return pairs
+    """--network_args KEY=VALUE pairs (from --extra-arg) as {key: value string}, split the way
+    train_network.py:666-667 splits them (at the first '='; nothing stripped)."""
+    return dict(item.split("=", 1) for item in _items(options, "network_args") if "=" in item)
+
+
+def is_prodigy(optimizer_type) -> bool:
+    """Every spelling sd-scripts' get_optimizer turns into prodigyopt.Prodigy: 'prodigy' in any
+    case (library/train_util.py:4979), or a dotted path such as prodigyopt.Prodigy, loaded by name
+    (library/train_util.py:5121-5134)."""
+    return str(optimizer_type or "").split(".")[-1].lower() == "prodigy"
 
 
 def _block_weights_differ(text: str) -> bool:
@@ -511,7 +711,7 @@ def _warmup_steps(options: dict) -> float:
     """--lr_warmup_steps as sd-scripts reads it (int_or_float, library/train_util.py:3664-3676):
     below 1 (or N%) a ratio of the training steps, else a step count."""
     value = options.get("lr_warmup_steps")
-    if value in (None, True, False):
+    if not _given(value):
         return 0
     text = str(value).strip()
     try:
@@ -588,7 +788,7 @@ def find_conflicts(settings: dict) -> list[str]:
                         f"(sd-scripts asserts 'fp8_base requires mixed precision' at "
                         f"{UPSTREAM['fp8_base']})")
     swap = options.get("blocks_to_swap")
-    if swap not in (None, False, 0):
+    if _given(swap) and swap != 0:
         if model_type != "flux":
             problems.append(f"--blocks_to_swap {swap} is a Flux option; --model-type is {model_type}")
         else:
@@ -610,13 +810,12 @@ def find_conflicts(settings: dict) -> list[str]:
     if model_type == "sdxl" and _on(options, "v2"):
         problems.append("--v2 is for SD 2.x checkpoints, not --model-type sdxl (sd-scripts asserts 'v2 "
                         f"cannot be enabled in SDXL training' at {UPSTREAM['v2_sdxl']})")
-    if options.get("adaptive_noise_scale") not in (None, False) and options.get("noise_offset") in (
-            None, False):
+    if _given(options.get("adaptive_noise_scale")) and options.get("noise_offset") is None:
         problems.append("--adaptive_noise_scale needs --noise_offset (sd-scripts raises "
                         "'adaptive_noise_scale requires noise_offset' at "
                         f"{UPSTREAM['adaptive_noise']})")
     bucket_steps = options.get("bucket_reso_steps")
-    if bucket_steps not in (None, True, False):
+    if _given(bucket_steps):
         try:
             steps_value = int(float(bucket_steps))
         except ValueError:
@@ -639,15 +838,33 @@ def find_conflicts(settings: dict) -> list[str]:
             if optimizer != "adafactor":
                 problems.append(f"--lr_scheduler {scheduler} needs --optimizer_type Adafactor "
                                 "(library/train_util.py:5314-5316, after loading)")
+        elif scheduler in SCHEDULER_BROKEN:
+            problems.append(f"--lr_scheduler {scheduler} cannot be built by sd-scripts: "
+                            f"{SCHEDULER_BROKEN[scheduler]}; use one of {', '.join(LR_SCHEDULERS)}")
+        elif scheduler in SCHEDULER_NEEDS:
+            scheduler_args = dict(item.partition("=")[::2] for item in _items(options, "lr_scheduler_args"))
+            if scheduler == "cosine_with_min_lr":
+                missing = not (_given(options.get("lr_scheduler_min_lr_ratio")) or "min_lr" in scheduler_args)
+            else:
+                missing = "step_rules" not in scheduler_args
+            if missing:
+                problems.append(f"--lr_scheduler {scheduler} needs {SCHEDULER_NEEDS[scheduler]}")
         elif scheduler not in LR_SCHEDULERS:
             problems.append(f"--lr_scheduler {scheduler} is not a scheduler sd-scripts knows "
-                            f"({', '.join(LR_SCHEDULERS)}, adafactor:LR): {UPSTREAM['unknown_scheduler']}")
+                            f"({', '.join(LR_SCHEDULERS + tuple(SCHEDULER_NEEDS))}, adafactor:LR): "
+                            f"{UPSTREAM['unknown_scheduler']}")
         elif scheduler == "constant" and _warmup_steps(options):
             problems.append(f"--lr_scheduler constant conflicts with --lr_warmup_steps "
                             f"{options.get('lr_warmup_steps')}: sd-scripts raises 'constant does not "
                             f"require `num_warmup_steps`. Set None or 0.' at "
                             f"{UPSTREAM['constant_warmup']}; use --lr_scheduler constant_with_warmup")
-    if optimizer == "prodigy":
+    for item in _items(options, "network_args"):
+        if "=" not in item:
+            problems.append(f"--network_args {item} has no '=': sd-scripts splits each one as "
+                            f"KEY=VALUE and raises ValueError at {UPSTREAM['network_args']}; write "
+                            f"{item}=VALUE")
+    if is_prodigy(optimizer):
+        chosen = options.get("optimizer_type")
         base_lr = float(options.get("learning_rate") or 0.0)
         unet_lr = _lrs(options.get("unet_lr"))[0] if options.get("unet_lr") is not None else base_lr
         nargs = network_args(options)
@@ -660,7 +877,7 @@ def find_conflicts(settings: dict) -> list[str]:
                 differs = True
             if differs:
                 problems.append(
-                    f"--optimizer_type prodigy conflicts with LoRA+ (--network_args {key}="
+                    f"--optimizer_type {chosen} conflicts with LoRA+ (--network_args {key}="
                     f"{nargs[key]}): LoRA+ gives lora_up weights their own parameter group at "
                     f"lr x {nargs[key]}, and {UPSTREAM['prodigy_groups']}; drop the LoRA+ ratio "
                     f"or use another optimizer"
@@ -668,13 +885,13 @@ def find_conflicts(settings: dict) -> list[str]:
                 break
         if model_type == "flux" and nargs.get("network_reg_lrs"):
             problems.append(
-                f"--optimizer_type prodigy conflicts with --network_args network_reg_lrs="
+                f"--optimizer_type {chosen} conflicts with --network_args network_reg_lrs="
                 f"{nargs['network_reg_lrs']}: each regex learning rate makes a parameter group "
                 f"with its own lr (networks/lora_flux.py), and {UPSTREAM['prodigy_groups']}")
         for key in BLOCK_LR_KEYS if model_type == "sdxl" else ():
             if key in nargs and _block_weights_differ(nargs[key]):
                 problems.append(
-                    f"--optimizer_type prodigy conflicts with block learning-rate weights "
+                    f"--optimizer_type {chosen} conflicts with block learning-rate weights "
                     f"(--network_args {key}={nargs[key]}): each block weight makes a parameter group "
                     f"with its own lr, and {UPSTREAM['prodigy_groups']}; use weights of 0 or 1 only"
                 )
@@ -683,7 +900,7 @@ def find_conflicts(settings: dict) -> list[str]:
             for te_lr in te_lrs or [base_lr]:
                 if te_lr != unet_lr and unet_lr != 0:
                     problems.append(
-                        f"--optimizer_type prodigy conflicts with different per-group learning rates "
+                        f"--optimizer_type {chosen} conflicts with different per-group learning rates "
                         f"(--unet_lr {unet_lr:g}, --text_encoder_lr {te_lr:g}): "
                         f"{UPSTREAM['prodigy_groups']}; give both the same lr (or 0)"
                     )
@@ -696,14 +913,16 @@ def find_conflicts(settings: dict) -> list[str]:
 def find_warnings(settings: dict) -> list[str]:
     """Settings sd-scripts accepts but ignores or only warns about: a warning, never a refusal."""
     options = effective_options(settings)
-    warnings = []
+    warnings = [f"--extra-arg --{name} is a shortened option that sd-scripts' parser reads as "
+                f"--{full}; the command spells it out" for name, full in abbreviated_extra_flags(settings)]
     te_cached = (_on(options, "cache_text_encoder_outputs")
                  or _on(options, "cache_text_encoder_outputs_to_disk"))
     te_lrs = [value for value in _lrs(options.get("text_encoder_lr")) if value != 0]
     if _on(options, "network_train_unet_only") and te_lrs and not te_cached:
         warnings.append("--text_encoder_lr is silently ignored with --network_train_unet_only: "
                         "sd-scripts trains no text encoder (train_network.py:221-222)")
-    if str(options.get("optimizer_type") or "").lower() == "prodigy":
+    if is_prodigy(options.get("optimizer_type")):
+        chosen = options.get("optimizer_type")
         low, high = PRODIGY_LR_RANGE
         checked = {"--learning_rate": float(options.get("learning_rate") or 0.0)}
         if options.get("unet_lr") is not None:
@@ -711,7 +930,7 @@ def find_warnings(settings: dict) -> list[str]:
         for flag, value in checked.items():
             if not low <= value <= high and value != 0:
                 warnings.append(
-                    f"--optimizer_type prodigy with {flag} {value:g}: Prodigy estimates the step "
+                    f"--optimizer_type {chosen} with {flag} {value:g}: Prodigy estimates the step "
                     f"size and lr only scales it, so keep it near 1.0 and tune --d_coef (sd-scripts "
                     f"itself only warns at lr <= 0.1, library/train_util.py:4990-4994)")
     if options.get("model_type") == "flux" and any(key in network_args(options) for key in BLOCK_LR_KEYS):
@@ -764,6 +983,7 @@ def check(item, result):
     result["stage"] = "parse_args"
     parser = module.setup_parser()
     parser.prog = item["script"] + ".py"
+    parser.allow_abbrev = False  # the launcher writes every option in full; a short one is its bug
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
@@ -801,6 +1021,11 @@ def check(item, result):
         assert train_group.is_latent_cacheable(), "when caching latents, either color_aug or random_crop cannot be used"
     trainer.assert_extra_args(args, train_group, val_group)
     result["passed"].append("assert_extra_args")
+    result["stage"] = "network_args"
+    result["where"] = "train_network.py:667 (NetworkTrainer.train, after loading)"
+    for net_arg in args.network_args or []:  # what train_network.py:666-667 does with each one
+        key, value = net_arg.split("=", 1)
+    del result["where"]
     if item["model_type"] == "sdxl" and args.gradient_checkpointing and args.cpu_offload_checkpointing:
         result["stage"] = "U-Net gradient checkpointing"
         from library import sdxl_original_unet
@@ -813,6 +1038,9 @@ def check(item, result):
     parameter = torch.nn.Parameter(torch.zeros(1))
     lr = args.unet_lr if args.unet_lr is not None else args.learning_rate
     _, _, optimizer = train_util.get_optimizer(args, [{"params": [parameter], "lr": lr}])
+    result["optimizer"] = dict({key: value for key, value in optimizer.param_groups[0].items()
+                                if isinstance(value, (bool, int, float, str))},
+                               **{"class": type(optimizer).__module__ + "." + type(optimizer).__name__})
     result["passed"].append("get_optimizer")
     result["stage"] = "get_scheduler_fix"
     train_util.get_scheduler_fix(args, optimizer, 1)
@@ -929,11 +1157,13 @@ def check_values(settings: dict) -> list[str]:
             problems.append(f"--{name} must be between 0 and 1, got {settings[name]}")
     if settings.get("trigger") is not None and not str(settings["trigger"]).strip():
         problems.append("--trigger must not be empty")
-    tokens = parse_extra_args(settings.get("extra_args", []))
-    for name in flags_from_tokens(tokens):
+    written = dict((full, name) for name, full in abbreviated_extra_flags(settings))
+    for name in flags_from_tokens(resolved_extra_args(settings)):
         if name in MANAGED_KOHYA_FLAGS:
-            problems.append(f"--extra-arg --{name} repeats a flag this script sets; pass "
-                            f"--{name} to this script instead")
+            how = (f"--extra-arg --{written[name]} (which sd-scripts reads as --{name})"
+                   if name in written else f"--extra-arg --{name}")
+            problems.append(f"{how} repeats a flag this script sets, and sd-scripts would let the "
+                            f"last one win; pass --{name} to this script instead")
     if settings["model_type"] != "flux":
         for name in ("clip_l", "t5xxl", "ae"):
             if settings.get(name):
@@ -1078,10 +1308,7 @@ def build_command(settings) -> list[str]:
         args += ["--unet_lr", _fmt(settings["unet_lr"])]
     if settings.get("text_encoder_lr") is not None:
         args += ["--text_encoder_lr"] + [_fmt(value) for value in _lrs(settings["text_encoder_lr"])]
-    if str(settings["optimizer_type"]).lower() == "prodigy":
-        args += ["--optimizer_args", "decouple=True", f"weight_decay={_fmt(settings['weight_decay'])}",
-                 "use_bias_correction=True", "safeguard_warmup=True",
-                 f"d_coef={_fmt(settings['d_coef'])}"]
+    args += ["--optimizer_args", *optimizer_args(settings)]
     args += [
         "--lr_scheduler", str(settings["lr_scheduler"]),
         "--mixed_precision", str(settings["mixed_precision"]),
@@ -1107,8 +1334,19 @@ def build_command(settings) -> list[str]:
         ]
         if settings.get("blocks_to_swap"):
             args += ["--blocks_to_swap", str(settings["blocks_to_swap"])]
-    args += parse_extra_args(settings.get("extra_args", []))
+    args += resolved_extra_args(settings)
     return command + args
+
+
+def optimizer_args(settings: dict) -> list[str]:
+    """The --optimizer_args KEY=VALUE list. sd-scripts' get_optimizer passes every one to the
+    optimizer class as a keyword (ast.literal_eval'd, library/train_util.py:4856-4874); every
+    optimizer it offers takes weight_decay, so --weight-decay is passed whatever the optimizer."""
+    decay = f"weight_decay={_fmt(settings['weight_decay'])}"
+    if is_prodigy(settings["optimizer_type"]):
+        return ["decouple=True", decay, "use_bias_correction=True", "safeguard_warmup=True",
+                f"d_coef={_fmt(settings['d_coef'])}"]
+    return [decay]
 
 
 def default_settings(model_type: str) -> dict:
@@ -1142,6 +1380,8 @@ def training_params(settings: dict, command: list[str], image_count: int) -> dic
             "clip_l", "t5xxl", "ae", "guidance_scale", "timestep_sampling", "discrete_flow_shift",
             "model_prediction_type") + BOOL_SETTINGS + DATASET_SETTINGS
     params = {key: settings.get(key) for key in dict.fromkeys(keys)}
+    if not is_prodigy(settings.get("optimizer_type")):
+        params["d_coef"] = None  # a Prodigy argument: not in the command for other optimizers
     return {
         "lora_version": "v3",
         "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -1151,6 +1391,7 @@ def training_params(settings: dict, command: list[str], image_count: int) -> dic
         "output_dir": str(settings.get("output")),
         "dataset_config": str(dataset_config_path(settings)),
         "extra_args": list(settings.get("extra_args", [])),
+        "optimizer_args": optimizer_args(settings),
         "params": params,
         "command": command,
     }
@@ -1174,6 +1415,20 @@ def write_atomic(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+
+
+def lora_files(settings: dict) -> dict[str, tuple[int, int]]:
+    """{name: (size, mtime_ns)} of the LoRA files sd-scripts saves in the output folder: the final
+    OUTPUT_NAME.safetensors and the OUTPUT_NAME-stepNNNNNNNN.safetensors saves."""
+    found = {}
+    stem = str(settings["output_name"])
+    with contextlib.suppress(OSError):
+        for path in Path(settings["output"]).iterdir():
+            if path.suffix == ".safetensors" and (path.stem == stem or path.stem.startswith(stem + "-")):
+                with contextlib.suppress(OSError):
+                    stat = path.stat()
+                    found[path.name] = (stat.st_size, stat.st_mtime_ns)
+    return found
 
 
 def shell_line(command: list[str]) -> str:
@@ -1217,7 +1472,12 @@ def main(argv=None) -> int:
         print(f"checking the command with sd-scripts' own parser and pre-model checks "
               f"({settings['python']}, no model loaded) ...", file=sys.stderr, flush=True)
         result = upstream_check(settings, command, args.upstream_timeout)
-        if result.get("ok"):
+        if result.get("ok") and not result.get("images"):
+            parser.error(f"sd-scripts finds no training image in --images {settings['images']}: it "
+                         f"reads {', '.join(IMAGE_SUFFIXES)} files (lower or upper case, not hidden "
+                         f"ones) at the folder's top level, and with none it logs 'No data found' "
+                         f"and stops without training (train_network.py:575-579)")
+        elif result.get("ok"):
             print(f"sd-scripts accepts the command: {', '.join(result.get('passed', []))} passed "
                   f"({result.get('images', 0)} training images found)", file=sys.stderr)
         elif result.get("environment") and args.print_cmd:
@@ -1226,8 +1486,15 @@ def main(argv=None) -> int:
             parser.error(describe_upstream(result, settings))
     elif not missing:
         print(f"warning: --sd-scripts {sd_scripts} has no library/train_util.py, so the command was "
-              f"not run through sd-scripts' own checks (--extra-arg flags are unchecked)",
-              file=sys.stderr)
+              f"not run through sd-scripts' own checks (--extra-arg flags are checked against the "
+              f"option names of sd-scripts {SD_SCRIPTS_COMMIT[:12]} only)", file=sys.stderr)
+    if args.skip_upstream_check or not checkout:
+        unknown = unknown_extra_flags(settings)
+        if unknown:
+            parser.error(f"--extra-arg {', '.join('--' + name for name in unknown)}: not an option of "
+                         f"sd-scripts' {SCRIPT_FOR[settings['model_type']]} (commit "
+                         f"{SD_SCRIPTS_COMMIT[:12]}); its parser would stop with 'unrecognized "
+                         f"arguments'. Check the spelling (options use underscores)")
     if args.print_cmd:
         print(shell_line(command))
         return 0
@@ -1249,6 +1516,7 @@ def main(argv=None) -> int:
         return 0
     print(f"launching sd-scripts {SCRIPT_FOR[settings['model_type']]} in {settings['sd_scripts']}",
           file=sys.stderr, flush=True)
+    before = lora_files(settings)
     try:
         completed = subprocess.run(command, cwd=str(settings["sd_scripts"]))
     except OSError as error:
@@ -1258,7 +1526,13 @@ def main(argv=None) -> int:
         print(f"error: training failed: {shell_line(command[:2])} ... exited with code "
               f"{completed.returncode}", file=sys.stderr)
         return 1
-    print(f"training finished; LoRA files in {output}", file=sys.stderr)
+    written = sorted(name for name, stamp in lora_files(settings).items() if before.get(name) != stamp)
+    if not written:
+        print(f"error: sd-scripts exited 0 but wrote no LoRA file ({settings['output_name']}"
+              f"*.safetensors) in {output}: it stopped without training (its log above says why, "
+              f"e.g. 'No data found')", file=sys.stderr)
+        return 1
+    print(f"training finished; LoRA files in {output}: {', '.join(written)}", file=sys.stderr)
     return 0
 
 

@@ -1254,33 +1254,37 @@ def git_head(folder: Path) -> tuple[str | None, str]:
     git = Path(folder) / ".git"
     try:
         if git.is_file():  # a worktree or submodule: "gitdir: PATH"
-            text = git.read_text(encoding="utf-8").strip()
+            text = git.read_text(encoding="utf-8", errors="replace").strip()
             if text.startswith("gitdir:"):
                 git = (Path(folder) / text.split(":", 1)[1].strip()).resolve()
         if not git.is_dir():
             return None, "no .git (a snapshot, not a clone: its commit cannot be read)"
-        head = (git / "HEAD").read_text(encoding="utf-8").strip()
+        head = (git / "HEAD").read_text(encoding="utf-8", errors="replace").strip()
         if re.fullmatch(r"[0-9a-f]{40}", head):
             return head, "detached HEAD"
         common = git
         if (git / "commondir").is_file():  # a worktree keeps its branches in the main .git
-            common = (git / (git / "commondir").read_text(encoding="utf-8").strip()).resolve()
+            common = (git / (git / "commondir").read_text(encoding="utf-8", errors="replace")
+                      .strip()).resolve()
         if head.startswith("ref:"):
             ref = head[4:].strip()
             for base in (git, common):
                 path = base / ref
                 if path.is_file():
-                    return path.read_text(encoding="utf-8").strip(), ref
+                    commit = path.read_text(encoding="utf-8", errors="replace").strip()
+                    if re.fullmatch(r"[0-9a-f]{40}", commit):
+                        return commit, ref
+                    return None, f"unreadable {path} (not a commit id)"
             packed = common / "packed-refs"
             if packed.is_file():
-                for line in packed.read_text(encoding="utf-8").splitlines():
+                for line in packed.read_text(encoding="utf-8", errors="replace").splitlines():
                     parts = line.split()
                     if len(parts) == 2 and parts[1] == ref:
                         return parts[0], ref + " (packed)"
             return None, f"HEAD names {ref}, which has no commit yet"
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         return None, f"cannot read .git: {exc}"
-    return None, "unreadable .git/HEAD"
+    return None, f"unreadable .git/HEAD (neither a commit id nor a ref: {head[:60]!r})"
 
 
 def training_pins(python_version: str | None) -> dict[str, str]:
@@ -1599,6 +1603,43 @@ def render_training(training: dict) -> list[str]:
     return out
 
 
+# Copied from evals/scorecard.py:output_path_problem
+def output_path_problem(path: Path, in_place: bool = False) -> str | None:
+    """Why a file cannot be written at `path`, or None: checked before any work is done.
+
+    `path` must not be a folder or a dangling link; the nearest existing folder above it must be
+    a folder in which a file can be created (probed with a temporary file: permission bits do not
+    tell the truth to root or on a read-only mount). With `in_place` (a file appended to, not
+    replaced) an existing file must also open for appending. Nothing is created or changed.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return "is a folder; give a file path"
+    if path.is_symlink() and not path.exists():
+        return "is a dangling symbolic link"
+    if path.exists():
+        if not path.is_file():
+            return "exists and is not a regular file"
+        if in_place:
+            try:
+                with open(path, "ab"):
+                    pass
+            except OSError as error:
+                return f"cannot be written ({error.strerror or error})"
+    folder = path.parent
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        return f"no file can be created in {folder} ({error.strerror or error})"
+    return None
+
+
 # Copied from evals/scorecard.py:write_atomic
 def write_atomic(path: Path, text: str) -> None:
     """Write a text file via a temp file in the same folder and os.replace."""
@@ -1630,7 +1671,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --project-root: print the MANIFEST literal for this file and "
                              "exit, checking nothing (default: off)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH",
-                        help="also write the full report as JSON to PATH (default: none)")
+                        help="also write the full report as JSON to PATH, a file in a writable "
+                             "folder, checked before anything runs (default: none)")
     parser.add_argument("--allow-no-gpu", action="store_true",
                         help="do not count a missing GPU or a CPU-only torch as a problem, for "
                              "development machines (default: off, a pod must have a GPU)")
@@ -1661,6 +1703,14 @@ def _main(argv) -> int:
         parser.error("--training-python conflicts with --skip-training")
     if args.locks is not None and not args.locks.is_dir():
         parser.error(f"--locks {args.locks} is not a folder")
+    if args.json is not None:  # before any probe runs: minutes of checks must not end unwritten
+        problem = output_path_problem(args.json)
+        if problem is not None:
+            parser.error(f"--json {args.json}: {problem}")
+    # Absolute (symlinks kept): the probes run in this script's folder, not the current one.
+    args.sd_scripts = args.sd_scripts.absolute()
+    if args.training_python is not None:
+        args.training_python = str(Path(args.training_python).absolute())
     if sys.version_info < (3, 10):
         print(f"error: Python {sys.version.split()[0]} is too old: this check needs 3.10+",
               file=sys.stderr)
