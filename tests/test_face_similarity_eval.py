@@ -140,7 +140,13 @@ def test_cli_insightface_run_writes_json_with_every_contract_field(tiny_pack, id
     assert report["providers"] == ["CPUExecutionProvider"] and report["device"] == "cpu"
     assert [entry["path"] for entry in report["images"]] == ["other.png", "same_a.png",
                                                             "same_b.png"]
-    assert set(report["references"]["per_reference"][0]) == {"path", "loo_similarity"}
+    assert set(report["references"]["per_reference"][0]) == {"path", "loo_similarity", "yaw",
+                                                             "pitch", "roll", "map"}
+    # The tiny pack has no 68-point landmark model: pose is honestly absent, and said so.
+    assert report["pose"]["method"] is None and "no 68-point landmark model" in \
+        report["pose"]["unavailable"]
+    assert all(entry["yaw"] is None for entry in report["images"])
+    assert "pose: not measured" in result.stdout
 
 
 def test_cli_fail_is_exit_1(tiny_pack, identity_dirs, tmp_path):
