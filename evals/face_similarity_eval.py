@@ -19,6 +19,8 @@ Usage:
   # exit 1, since the crops show other people than the photos):
   python3 evals/face_similarity_eval.py --backend dlib --no-cache \\
       --generated ../shared/faces/crops --reference ../shared/faces/photos
+  # Identity against held-out photos, memorisation against the training photos:
+  python3 evals/face_similarity_eval.py --generated OUT --reference HELD_OUT --training TRAIN
 
 Exit codes: 0 PASS, 1 FAIL, 2 usage or input error (missing/empty folder, no generated image
 readable at all, no usable reference face, missing or broken model pack, --device cuda without a
@@ -79,10 +81,42 @@ run goes on. A generated image that is byte- or pixel-identical to a reference (
 photo copied or re-encoded into the sweep) is flagged (identical_to_reference), excluded from
 every figure, and named in a warning.
 
-Cache: embeddings are stored per file content (SHA-256) + backend + model file fingerprint +
-detection settings + face mode, as .npz files read with allow_pickle=False, in the user cache
-folder (XDG_CACHE_HOME or ~/.cache on Linux, ~/Library/Caches on macOS, %LOCALAPPDATA% on
-Windows; subfolder face_similarity_eval) unless --cache-dir or --no-cache. A corrupt entry is
+Beyond identity (the LoRA judge; the scorecard groups these per config):
+- Memorisation. Training photos: --training, default the --reference photos. For each
+  generated face, the nearest training photo and its similarity. The copy bar is
+  copy_similarity = 1 - 0.5 x (1 - s), s the similarity of the two most alike distinct training
+  photos: a face closer to one training photo than half the distance that separates any two of
+  them is a copy of it (half: a margin against the noise of a few photos; on dlib and the
+  shared photos, re-encoded training photos score 0.998+, other photos of the person at most
+  0.975 against a bar of 0.984-0.987). A whole image within 12 of 64 bits of a training
+  photo's perceptual hash (imagehash.phash; re-encoded and shifted copies differ by 0-10 bits,
+  different photos by 24+) is a copy too. Training photos that are near-duplicates of each
+  other are not a distinct pair. Without imagehash (pip install imagehash==4.3.2) a warning,
+  and faces alone are judged. Per image: nearest_training(_similarity), phash_distance, copy,
+  copy_of, copy_reason ("face", "whole image", both, or "identical file"); summary copy_rate.
+- Rigidity. spread = mean pairwise identity distance (1 - cosine) of the generated faces,
+  against the distinct training photos' own (reference_spread); spread_ratio below 0.35 is
+  rigid (one face whatever the seed: on the shared photos 8 re-encoded copies of one photo
+  score 0.01, 8 different pictures of the person 1.0). The scorecard measures it per config
+  and prompt, across seeds.
+- Pose: yaw, pitch, roll per face (degrees; yaw > 0: the face turned to the subject's left,
+  its nose toward the image's right; pitch > 0: looking up; roll > 0: tilted clockwise in the
+  image; a mirrored image negates yaw and roll). 68 iBUG landmarks (dlib:
+  shape_predictor_68_face_landmarks.dat from face-recognition-models; insightface: the pack's
+  1k3d68.onnx landmark_3d_68 model, as in buffalo_l) fitted by cv2.solvePnP to a generic 3-D
+  face (nose tip, chin, outer eye corners, mouth corners), a pinhole camera whose focal length
+  is the image's longer side. A pack without the landmark model measures no pose (null, and a
+  warning). Yaw is near 0 on frontal photos and changes sign on a mirrored copy; pitch rests on
+  a generic face and is rougher (about +-10 degrees). The pose summary gives identity for
+  frontal (|yaw| < 15) and turned faces and its slope per 10 degrees of |yaw|.
+- map: the first two principal components of every reference, training and generated face
+  embedding (one PCA), for the scorecard's identity map.
+
+Cache: embeddings (with poses and the perceptual hash) are stored per file content (SHA-256) +
+backend + model file fingerprint + detection settings + pose and hash methods + face mode, as
+.npz files read with allow_pickle=False, in the user cache folder (XDG_CACHE_HOME or ~/.cache
+on Linux, ~/Library/Caches on macOS, %LOCALAPPDATA% on Windows; subfolder
+face_similarity_eval) unless --cache-dir or --no-cache. A corrupt entry is
 ignored and rebuilt. Re-running with the same references does not recompute them. A cache
 folder that cannot be written is one warning; its entries are still read. --json is checked
 before any image is read (exit 2 naming the flag).
