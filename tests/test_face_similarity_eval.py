@@ -1022,3 +1022,15 @@ def test_held_out_references_and_a_separate_training_folder(judge_sets, faces_di
                         training_dir=judge_sets["training"], backend="dlib",
                         cache_dir=dlib_cache, show_progress=False)
     assert same["identity_against"] == "training photos" and not same["training"]["separate"]
+
+
+def test_cli_missing_or_empty_training_folder_is_exit_2(tiny_pack, identity_dirs, tmp_path):
+    gen, ref = identity_dirs
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for training, needle in ((tmp_path / "nope", "--training folder not found"),
+                             (empty, "--training folder has no images")):
+        result = run_script(SCRIPT, "--generated", gen, "--reference", ref, "--training",
+                            training, "--model-pack", tiny_pack, "--device", "cpu", "--no-cache")
+        assert result.returncode == 2 and needle in result.stderr, result.stderr
+        assert result.stdout == "" and "Traceback" not in result.stderr

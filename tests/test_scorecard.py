@@ -1293,6 +1293,7 @@ def test_holdout_reference_measures_identity_on_photos_not_trained_on(faces_dir,
     assert "rewards copying" not in report
     assert "held-out photos" in (out / "r.html").read_text(encoding="utf-8")
     for bad, needle in ((training, "is the --reference folder"),
+                        (sweep, "is the --generated folder"),
                         (tmp_path / "missing", "is not a folder")):
         refused = run_script(SCRIPT, *common, "--holdout-reference", bad)
         assert refused.returncode == 2 and needle in refused.stderr, refused.stderr
