@@ -975,23 +975,45 @@ def test_dlib_rigidity_eight_copies_of_one_photo_against_eight_different_picture
     assert rigid["pose"]["yaw_std"] < 2.0 < varied["pose"]["yaw_std"]
 
 
+def test_perceptual_hash_is_imagehash_phash_bit_for_bit(faces_dir, tmp_path):
+    """The hash is imagehash.phash (the usual library) of the 128 px reduction, computed with a
+    DCT matrix instead of scipy: every shared photo, crop, mirror image and re-encoding agrees."""
+    import cv2
+    import imagehash
+    from PIL import Image as PILImage
+
+    paths = sorted((faces_dir / "photos").iterdir()) + sorted((faces_dir / "crops").iterdir())
+    checked = 0
+    for path in paths:
+        bgr = fse.load_image(path)
+        for variant in (bgr, np.ascontiguousarray(bgr[:, ::-1]), cv2.GaussianBlur(bgr, (5, 5), 2)):
+            small = cv2.resize(variant, (fse.PHASH_SIDE, fse.PHASH_SIDE),
+                               interpolation=cv2.INTER_AREA)
+            expected = str(imagehash.phash(PILImage.fromarray(small[:, :, ::-1].copy())))
+            assert fse.perceptual_hash(variant) == expected, path.name
+            checked += 1
+    assert checked == 3 * 39
+    assert fse.hash_distance("ffff000000000000", "0fff000000000001") == 5
+
+
 @pytest.mark.slow
-def test_without_imagehash_a_warning_and_faces_alone_judge_copies(judge_sets, tmp_path):
-    """imagehash missing at run time (the pod may lack it): one warning, never a crash."""
+def test_whole_image_copies_are_found_without_imagehash_installed(judge_sets, tmp_path):
+    """No dependency on imagehash or scipy at run time: with `import imagehash` failing, the
+    hashes and the whole-image copies are the same."""
     blocker = tmp_path / "blocker"
     blocker.mkdir()
-    (blocker / "imagehash.py").write_text("raise ImportError('imagehash blocked by the test')\n",
-                                          encoding="utf-8")
+    for name in ("imagehash", "scipy"):
+        (blocker / f"{name}.py").write_text(f"raise ImportError('{name} blocked by the test')\n",
+                                            encoding="utf-8")
     result = run_script(SCRIPT, "--backend", "dlib", "--generated", judge_sets["copies"],
                         "--reference", judge_sets["training"], "--cache-dir", tmp_path / "cache",
                         "--json", tmp_path / "r.json", env={"PYTHONPATH": str(blocker)})
     assert result.returncode == 0, result.stderr
-    assert "imagehash is not installed" in result.stderr and "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr
     report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
-    assert report["memorisation"]["phash"] is None
-    assert all(row["phash_distance"] is None for row in report["images"])
-    assert report["summary"]["copy_rate"] >= 0.9  # the face rule alone still finds them
-    assert "imagehash missing: whole images not compared" in result.stdout
+    assert report["memorisation"]["phash"] == fse.PHASH_METHOD
+    assert all(row["phash_distance"] <= fse.PHASH_MAX_DISTANCE for row in report["images"])
+    assert all(row["copy_reason"] == "face and whole image" for row in report["images"])
 
 
 @pytest.mark.slow
