@@ -1093,11 +1093,15 @@ def recommend(configs: list[dict], images: list[dict], *, threshold: float,
     if not candidates:
         return None
 
+    computed: dict[str, dict] = {}
+
     def statistics_of(row: dict) -> dict:
-        members = [image for image in images if image["config"] == row["config"]]
-        return group_statistics(members, resamples=BOOTSTRAP_RESAMPLES,
-                                seed=_seed_for(row["config"]), threshold=threshold,
-                                min_detection_rate=min_detection_rate)
+        if row["config"] not in computed:
+            members = [image for image in images if image["config"] == row["config"]]
+            computed[row["config"]] = group_statistics(
+                members, resamples=BOOTSTRAP_RESAMPLES, seed=_seed_for(row["config"]),
+                threshold=threshold, min_detection_rate=min_detection_rate)
+        return computed[row["config"]]
 
     best, stats, preferred_over = candidates[0], None, None
     if best.get("flags"):
