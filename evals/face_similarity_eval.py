@@ -486,25 +486,33 @@ def pose_summary(yaws, similarities) -> dict:
                   turned_similarity=_round(sim[~frontal].mean()) if (~frontal).any() else None)
     turn = np.abs(yaw)
     if len(pairs) >= 3 and turn.max() - turn.min() >= 5.0:
-        slope = np.polyfit(turn, sim, 1)[0]
+        centred = turn - turn.mean()  # least squares, closed form (no LAPACK call)
+        slope = float((centred * (sim - sim.mean())).sum() / (centred * centred).sum())
         result["similarity_per_10_degrees"] = _round(10.0 * slope)
     return result
 
 
 def embedding_map(embeddings: np.ndarray) -> np.ndarray:
-    """2-D coordinates of L2-normalised embeddings: their first two principal components (PCA by
-    SVD of the centred rows), each axis signed so that its largest loading is positive (a stable
-    picture run to run). Fewer than 2 rows, or 1 component, give zeros where undefined."""
+    """2-D coordinates of L2-normalised embeddings: their first two principal components, each
+    axis signed so that its largest loading is positive (a stable picture run to run). Fewer
+    than 2 rows, or a missing component, give zeros where undefined.
+
+    The components come from the eigenvectors of the smaller of the Gram (rows x rows) and the
+    covariance (dims x dims) matrix: the same axes as an SVD, at a fraction of its cost (a
+    threaded SVD of 56 x 128 took ~70 ms on a busy 2-core machine, this ~1 ms).
+    """
     vectors = l2_normalize(np.asarray(embeddings, dtype=np.float64))
     coordinates = np.zeros((len(vectors), 2))
     if len(vectors) < 2:
         return coordinates
     centred = vectors - vectors.mean(axis=0)
-    _, singular, components = np.linalg.svd(centred, full_matrices=False)
-    for axis in range(min(2, len(singular))):
-        if singular[axis] <= 1e-12:
+    gram = len(centred) <= centred.shape[1]
+    values, vectors_ = np.linalg.eigh(centred @ centred.T if gram else centred.T @ centred)
+    for axis, index in enumerate(np.argsort(values)[::-1][:2]):
+        if values[index] <= 1e-12:
             continue
-        component = components[axis]
+        component = (centred.T @ vectors_[:, index]) if gram else vectors_[:, index]
+        component = component / np.linalg.norm(component)
         if component[np.argmax(np.abs(component))] < 0:
             component = -component
         coordinates[:, axis] = centred @ component
