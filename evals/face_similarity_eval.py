@@ -454,6 +454,15 @@ def hash_distance(first: str, second: str) -> int:
     return bin(int(first, 16) ^ int(second, 16)).count("1")
 
 
+def _products(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """first @ second.T. Small products go through einsum: a BLAS matrix product wakes its
+    worker threads, which then spin and take CPU from the rest of the run on a small machine
+    (measured: ~0.3 s of a 3.5 s warm scorecard run on 2 busy cores); large ones through BLAS."""
+    if first.shape[0] * second.shape[0] * first.shape[1] <= 20_000_000:
+        return np.einsum("ik,jk->ij", first, second)
+    return first @ second.T
+
+
 def spread_per_face(embeddings: np.ndarray) -> np.ndarray | None:
     """Each face's mean identity distance (1 - cosine) to the other faces of the set; their mean
     is the set's mean pairwise distance. None for fewer than two faces."""
@@ -461,7 +470,7 @@ def spread_per_face(embeddings: np.ndarray) -> np.ndarray | None:
     count = len(vectors)
     if count < 2:
         return None
-    similarity = vectors @ vectors.T
+    similarity = _products(vectors, vectors)
     return (count - 1 - (similarity.sum(axis=1) - np.diag(similarity))) / (count - 1)
 
 
@@ -507,7 +516,8 @@ def embedding_map(embeddings: np.ndarray) -> np.ndarray:
         return coordinates
     centred = vectors - vectors.mean(axis=0)
     gram = len(centred) <= centred.shape[1]
-    values, vectors_ = np.linalg.eigh(centred @ centred.T if gram else centred.T @ centred)
+    values, vectors_ = np.linalg.eigh(_products(centred, centred) if gram
+                                      else _products(centred.T, centred.T))
     for axis, index in enumerate(np.argsort(values)[::-1][:2]):
         if values[index] <= 1e-12:
             continue
