@@ -40,8 +40,8 @@ A config is rendered one way: baseline first, then step, epoch, ckpt, str (2 dec
 decimal), sampling, the rest, then keys named with --config-key, each with as many decimals as
 its value needs. A `baseline` (or `nolora`) word marks images made without the LoRA:
 `baseline_cfg4.0_p03_seed2.png` is the config `baseline_cfg4.0`; so does strength 0, step 0
-or epoch 0 (an untrained LoRA adds nothing: `step1500_str0_cfg4` is
-`baseline_step1500_str0.00_cfg4.0`); a baseline is never the recommendation. kohya
+or epoch 0 (an untrained LoRA adds nothing: `step1500_str0_cfg4` is the baseline config
+`step1500_str0.00_cfg4.0`); a baseline is never the recommendation. kohya
 sd-scripts' sample images are read as they are named (library/train_util.py,
 sample_image_inference): `NAME_001500_03_20260216101500_42.png` is step 1500, prompt 3, seed
 42 (`e000004` is epoch 4; the 14-digit timestamp and a missing seed are allowed; NAME is read
@@ -406,8 +406,10 @@ class ConfigSchema:
 
     # -- writing
     def render(self, values, baseline: bool = False) -> str:
-        """The canonical name: `baseline`, then token+number per axis in schema order."""
-        parts = ["baseline"] if baseline else []
+        """The canonical name: `baseline`, then token+number per axis in schema order. A zero
+        strength, step or epoch already says baseline: `step250_str0.00_cfg4.0` keeps its name."""
+        implied = any(key in ZERO_IS_BASELINE and value == 0 for key, value in values)
+        parts = ["baseline"] if baseline and not implied else []
         for key, value in sorted(values, key=lambda item: self.order[item[0]]):
             axis = self.by_key[key]
             parts.append(f"{axis.token}{format_number(value, axis.decimals)}")

@@ -949,7 +949,7 @@ render = load_script("evals/scorecard_render.py")
     ("000250_12_20260216101500_1.png", "step250", {"prompt": 12, "seed": 1}, ()),
     ("my_lora_v3_1234567_00_20260216101500_5.png", "step1234567", {"prompt": 0, "seed": 5},
      ("v3",)),
-    ("ohwx_e000000_00_20260216101500_1.png", "baseline_epoch0", {"prompt": 0, "seed": 1}, ()),
+    ("ohwx_e000000_00_20260216101500_1.png", "epoch0", {"prompt": 0, "seed": 1}, ()),
     ("ohwx_000500_00_2026021610150_42.png", "unparsed", {}, ()),  # 13-digit time: not kohya
 ])
 def test_kohya_sample_names_parse_without_renaming(name, config, indices, ignored):
@@ -963,8 +963,10 @@ def test_kohya_sample_names_parse_without_renaming(name, config, indices, ignore
 
 def test_strength_step_or_epoch_zero_is_the_baseline():
     zero = sc.parse_config("step1500_str0_cfg4_p01_seed2.png")
-    assert zero.baseline and zero.name == "baseline_step1500_str0.00_cfg4.0"
+    assert zero.baseline and zero.name == "step1500_str0.00_cfg4.0"  # the zero says baseline
     assert sc.parse_config(zero.name) == zero  # the name reads back
+    assert sc.parse_config("baseline_step1500_str0_cfg4.png") == zero  # one config, one name
+    assert sc.parse_config("baseline_cfg4.png").name == "baseline_cfg4.0"
     assert sc.parse_config("step0_str0.8.png").baseline
     assert sc.parse_config("epoch0.png").baseline
     assert not sc.parse_config("step1500_str0.05.png").baseline
@@ -1248,9 +1250,9 @@ def test_kohya_samples_are_scored_per_checkpoint_without_renaming(pool, tmp_path
     assert sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*.png")) == names
     card = json.loads(result.stdout)
     configs = _configs(card)
-    assert set(configs) == {"step500", "step1000", "baseline_epoch0"}
+    assert set(configs) == {"step500", "step1000", "epoch0"} and configs["epoch0"]["baseline"]
     assert configs["step500"]["images"] == configs["step1000"]["images"] == 4
-    assert card["config_order"] == ["baseline_epoch0", "step500", "step1000"]
+    assert card["config_order"] == ["epoch0", "step500", "step1000"]
     assert configs["step1000"]["spread_groups"] == 2  # per prompt, across its two seeds
     assert configs["step1000"]["baseline_lift"]["beats_baseline"]
     details = json.loads((out / card["details"]).read_text(encoding="utf-8"))
