@@ -19,6 +19,8 @@ Usage:
   # exit 1, since the crops show other people than the photos):
   python3 evals/face_similarity_eval.py --backend dlib --no-cache \\
       --generated ../shared/faces/crops --reference ../shared/faces/photos
+  # Identity against held-out photos, memorisation against the training photos:
+  python3 evals/face_similarity_eval.py --generated OUT --reference HELD_OUT --training TRAIN
 
 Exit codes: 0 PASS, 1 FAIL, 2 usage or input error (missing/empty folder, no generated image
 readable at all, no usable reference face, missing or broken model pack, --device cuda without a
@@ -79,10 +81,42 @@ run goes on. A generated image that is byte- or pixel-identical to a reference (
 photo copied or re-encoded into the sweep) is flagged (identical_to_reference), excluded from
 every figure, and named in a warning.
 
-Cache: embeddings are stored per file content (SHA-256) + backend + model file fingerprint +
-detection settings + face mode, as .npz files read with allow_pickle=False, in the user cache
-folder (XDG_CACHE_HOME or ~/.cache on Linux, ~/Library/Caches on macOS, %LOCALAPPDATA% on
-Windows; subfolder face_similarity_eval) unless --cache-dir or --no-cache. A corrupt entry is
+Beyond identity (the LoRA judge; the scorecard groups these per config):
+- Memorisation. Training photos: --training, default the --reference photos. For each
+  generated face, the nearest training photo and its similarity. The copy bar is
+  copy_similarity = 1 - 0.5 x (1 - s), s the similarity of the two most alike distinct training
+  photos: a face closer to one training photo than half the distance that separates any two of
+  them is a copy of it (half: a margin against the noise of a few photos; on dlib and the
+  shared photos, re-encoded training photos score 0.998+, other photos of the person at most
+  0.975 against a bar of 0.984-0.987). A whole image within 12 of 64 bits of a training
+  photo's perceptual hash is a copy too (pHash as imagehash.phash computes it, of the image
+  reduced to 128 px; re-encoded and shifted copies differ by 0-6 bits, different photos and
+  mirror images by 20+). Training photos that are near-duplicates of each other are not a
+  distinct pair. Per image: nearest_training(_similarity), phash_distance, copy, copy_of,
+  copy_reason ("face", "whole image", both, or "identical file"); summary copy_rate.
+- Rigidity. spread = mean pairwise identity distance (1 - cosine) of the generated faces,
+  against the distinct training photos' own (reference_spread); spread_ratio below 0.35 is
+  rigid (one face whatever the seed: on the shared photos 8 re-encoded copies of one photo
+  score 0.01, 8 different pictures of the person 1.0). The scorecard measures it per config
+  and prompt, across seeds.
+- Pose: yaw, pitch, roll per face (degrees; yaw > 0: the face turned to the subject's left,
+  its nose toward the image's right; pitch > 0: looking up; roll > 0: tilted clockwise in the
+  image; a mirrored image negates yaw and roll). 68 iBUG landmarks (dlib:
+  shape_predictor_68_face_landmarks.dat from face-recognition-models; insightface: the pack's
+  1k3d68.onnx landmark_3d_68 model, as in buffalo_l) fitted by cv2.solvePnP to a generic 3-D
+  face (nose tip, chin, outer eye corners, mouth corners), a pinhole camera whose focal length
+  is the image's longer side. A pack without the landmark model measures no pose (null, and a
+  warning). Yaw is near 0 on frontal photos and changes sign on a mirrored copy; pitch rests on
+  a generic face and is rougher (about +-10 degrees). The pose summary gives identity for
+  frontal (|yaw| < 15) and turned faces and its slope per 10 degrees of |yaw|.
+- map: the first two principal components of every reference, training and generated face
+  embedding (one PCA), for the scorecard's identity map.
+
+Cache: embeddings (with poses and the perceptual hash) are stored per file content (SHA-256) +
+backend + model file fingerprint + detection settings + pose and hash methods + face mode, as
+.npz files read with allow_pickle=False, in the user cache folder (XDG_CACHE_HOME or ~/.cache
+on Linux, ~/Library/Caches on macOS, %LOCALAPPDATA% on Windows; subfolder
+face_similarity_eval) unless --cache-dir or --no-cache. A corrupt entry is
 ignored and rebuilt. Re-running with the same references does not recompute them. A cache
 folder that cannot be written is one warning; its entries are still read. --json is checked
 before any image is read (exit 2 naming the flag).
@@ -97,6 +131,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import sys
 import tempfile
@@ -234,6 +269,34 @@ DEFAULT_MIN_DETECTION_RATE = 0.8
 # Below this a dlib threshold is surely meant for another scale (different people score ~0.85).
 DLIB_IMPLAUSIBLE_THRESHOLD = 0.85
 CACHE_VERSION = 1
+# Memorisation (module docstring): a face is a copy of a training photo when its distance to it
+# (1 - cosine) is below this fraction of the distance between the two most alike distinct
+# training photos; a whole image is a near-duplicate of one when their perceptual hashes differ
+# in at most PHASH_MAX_DISTANCE of 64 bits.
+COPY_DISTANCE_FRACTION = 0.5
+PHASH_MAX_DISTANCE = 12
+# The image is first reduced to PHASH_SIDE x PHASH_SIDE (cv2 INTER_AREA, 1-2 ms) and then hashed:
+# the hash shrinks it to 32 x 32 anyway, and a LANCZOS pass over a full 1024 px image costs
+# ~20 ms.
+PHASH_SIDE = 128
+PHASH_METHOD = f"phash-64@{PHASH_SIDE}"
+# Rigidity: generated faces whose mean pairwise distance is below this fraction of the
+# training photos' own are "rigid" (mode collapse: one face, whatever the seed).
+RIGID_SPREAD_RATIO = 0.35
+# Pose: |yaw| below this many degrees is frontal.
+FRONTAL_YAW = 15.0
+POSE_METHOD = "pnp-generic6-v1"
+POSE_CONVENTION = ("degrees; yaw > 0: the face turned to the subject's left (its nose toward "
+                   "the image's right), pitch > 0: looking up, roll > 0: the head tilted "
+                   "clockwise in the image; a mirrored image has yaw and roll negated")
+# 68-point iBUG landmarks (dlib's shape_predictor_68_face_landmarks and insightface's
+# landmark_3d_68 use the same order) fitted by PnP: nose tip, chin, the outer corners of the
+# eyes and the corners of the mouth (image-left first) ...
+POSE_LANDMARKS = (30, 8, 36, 45, 48, 54)
+# ... on a generic face in millimetres, camera axes (x to the image's right, y down, z away
+# from the camera), nose tip at the origin: the widely used six-point head model.
+POSE_MODEL = np.array([(0.0, 0.0, 0.0), (0.0, 63.6, 12.5), (-43.3, -32.7, 26.0),
+                       (43.3, -32.7, 26.0), (-28.9, 28.9, 24.1), (28.9, 28.9, 24.1)])
 CACHE_APP_NAME = "face_similarity_eval"
 INSIGHTFACE_ROOT = "~/.insightface"
 ONNXRUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml",
@@ -259,6 +322,14 @@ class FaceRecord:
     # SHA-256 of the decoded pixels (shape + BGR bytes): finds a generated image that is a
     # re-encoded copy of a reference, also when the embedding comes from the cache.
     pixels_sha256: str | None = None
+    # (yaw, pitch, roll) in degrees per embedded face, NaN where no pose was measured.
+    poses: np.ndarray | None = None
+    # Perceptual hash (perceptual_hash(): 64 bits as 16 hex digits) of the whole image, or None.
+    phash: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.poses is None:
+            self.poses = np.full((len(self.embeddings), 3), np.nan, np.float32)
 
     @classmethod
     def empty(cls, dim: int = 0) -> "FaceRecord":
@@ -295,6 +366,167 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float64)
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return np.where(norms > 0, vectors / np.where(norms > 0, norms, 1.0), 0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-face measures beyond identity: pose, perceptual hash, spread, a 2-D map
+# ----------------------------------------------------------------------------------------------
+
+
+def head_pose(points: np.ndarray, center: tuple[float, float], focal: float
+              ) -> tuple[float, float, float] | None:
+    """(yaw, pitch, roll) in degrees (POSE_CONVENTION) from 68 iBUG landmarks, or None.
+
+    `points` are (x, y) image pixels (at least 68 rows, iBUG order); the camera is a pinhole at
+    `center` with focal length `focal` px (the image's longer side: about a 50 degree view).
+    cv2.solvePnP fits POSE_MODEL to the six POSE_LANDMARKS, starting from a frontal face at the
+    depth the eye distance implies (so it converges to the face that looks at the camera, not
+    its mirror image behind it). The angles are read from the fitted face's normal (yaw, pitch)
+    and its eye line (roll), which has no gimbal ambiguity. A fit that fails, or that turns the
+    face away from the camera, is None.
+    """
+    import cv2
+
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[0] < 68 or points.shape[1] < 2 \
+            or not np.all(np.isfinite(points[:68, :2])):
+        return None
+    image_points = np.ascontiguousarray(points[list(POSE_LANDMARKS), :2])
+    cx, cy = float(center[0]), float(center[1])
+    camera = np.array([[focal, 0.0, cx], [0.0, focal, cy], [0.0, 0.0, 1.0]])
+    eyes = float(np.linalg.norm(image_points[3] - image_points[2]))
+    if not focal > 0 or eyes < 2.0:
+        return None
+    depth = focal * float(POSE_MODEL[3, 0] - POSE_MODEL[2, 0]) / eyes
+    rvec = np.zeros((3, 1))
+    tvec = np.array([[(image_points[0, 0] - cx) * depth / focal],
+                     [(image_points[0, 1] - cy) * depth / focal], [depth]])
+    try:
+        ok, rvec, tvec = cv2.solvePnP(POSE_MODEL, image_points, camera, None, rvec, tvec,
+                                      useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
+    except cv2.error:
+        return None
+    if not ok or not np.all(np.isfinite(rvec)):
+        return None
+    rotation = cv2.Rodrigues(rvec)[0]
+    normal = rotation @ np.array([0.0, 0.0, -1.0])  # out of the face, toward a frontal camera
+    if normal[2] >= 0:
+        return None
+    across = rotation @ np.array([1.0, 0.0, 0.0])  # the eye line, image-left to image-right
+    yaw = math.degrees(math.atan2(normal[0], -normal[2]))
+    pitch = math.degrees(math.atan2(-normal[1], math.hypot(normal[0], normal[2])))
+    roll = math.degrees(math.atan2(across[1], across[0]))
+    return yaw, pitch, roll
+
+
+def _dct_matrix(size: int) -> np.ndarray:
+    """The unnormalised DCT-II as a matrix (scipy.fftpack.dct's default): 2 cos(pi k (2n+1) / 2N)."""
+    k = np.arange(size)[:, None]
+    n = np.arange(size)[None, :]
+    return 2.0 * np.cos(np.pi * k * (2 * n + 1) / (2 * size))
+
+
+_DCT32 = _dct_matrix(32)
+
+
+def perceptual_hash(bgr: np.ndarray) -> str:
+    """The 64-bit perceptual hash (pHash) of the whole image, 16 hex digits.
+
+    The image is reduced to PHASH_SIDE px square (cv2 INTER_AREA), then hashed as
+    imagehash.phash does (PIL's "L" luma, LANCZOS to 32 x 32, a 2-D DCT-II, the top-left 8 x 8
+    coefficients against their median, bits row by row): tests check the two agree bit for bit.
+    The DCT is a 32 x 32 matrix product here, so neither imagehash nor scipy is needed (importing
+    scipy.fftpack alone costs ~0.3 s).
+    """
+    import cv2
+
+    small = cv2.resize(bgr, (PHASH_SIDE, PHASH_SIDE), interpolation=cv2.INTER_AREA)
+    gray = Image.fromarray(_swap_red_blue(small)).convert("L").resize(
+        (32, 32), Image.Resampling.LANCZOS)
+    pixels = np.asarray(gray, dtype=np.float64)
+    low = (_DCT32 @ pixels @ _DCT32.T)[:8, :8]
+    bits = "".join("1" if bit else "0" for bit in (low > np.median(low)).ravel())
+    return f"{int(bits, 2):016x}"
+
+
+def hash_distance(first: str, second: str) -> int:
+    """Bits that differ between two perceptual hashes of the same length (hex)."""
+    return bin(int(first, 16) ^ int(second, 16)).count("1")
+
+
+def _products(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """first @ second.T. Small products go through einsum: a BLAS matrix product wakes its
+    worker threads, which then spin and take CPU from the rest of the run on a small machine
+    (measured: ~0.3 s of a 3.5 s warm scorecard run on 2 busy cores); large ones through BLAS."""
+    if first.shape[0] * second.shape[0] * first.shape[1] <= 20_000_000:
+        return np.einsum("ik,jk->ij", first, second)
+    return first @ second.T
+
+
+def spread_per_face(embeddings: np.ndarray) -> np.ndarray | None:
+    """Each face's mean identity distance (1 - cosine) to the other faces of the set; their mean
+    is the set's mean pairwise distance. None for fewer than two faces."""
+    vectors = l2_normalize(np.asarray(embeddings, dtype=np.float64))
+    count = len(vectors)
+    if count < 2:
+        return None
+    similarity = _products(vectors, vectors)
+    return (count - 1 - (similarity.sum(axis=1) - np.diag(similarity))) / (count - 1)
+
+
+def pose_summary(yaws, similarities) -> dict:
+    """How identity holds away from frontal: faces with a pose, yaw spread, the mean similarity
+    of frontal (|yaw| < FRONTAL_YAW) and turned faces, and the least-squares slope of similarity
+    on |yaw| per 10 degrees (3+ faces whose |yaw| spans 5+ degrees)."""
+    pairs = [(float(yaw), float(sim)) for yaw, sim in zip(yaws, similarities)
+             if yaw is not None and sim is not None and math.isfinite(yaw)
+             and math.isfinite(sim)]
+    result = {"faces_with_pose": len(pairs), "yaw_mean": None, "yaw_std": None,
+              "frontal_faces": 0, "frontal_similarity": None, "turned_faces": 0,
+              "turned_similarity": None, "similarity_per_10_degrees": None}
+    if not pairs:
+        return result
+    yaw = np.array([pair[0] for pair in pairs])
+    sim = np.array([pair[1] for pair in pairs])
+    frontal = np.abs(yaw) < FRONTAL_YAW
+    result.update(yaw_mean=_round(yaw.mean()), yaw_std=_round(yaw.std()),
+                  frontal_faces=int(frontal.sum()), turned_faces=int((~frontal).sum()),
+                  frontal_similarity=_round(sim[frontal].mean()) if frontal.any() else None,
+                  turned_similarity=_round(sim[~frontal].mean()) if (~frontal).any() else None)
+    turn = np.abs(yaw)
+    if len(pairs) >= 3 and turn.max() - turn.min() >= 5.0:
+        centred = turn - turn.mean()  # least squares, closed form (no LAPACK call)
+        slope = float((centred * (sim - sim.mean())).sum() / (centred * centred).sum())
+        result["similarity_per_10_degrees"] = _round(10.0 * slope)
+    return result
+
+
+def embedding_map(embeddings: np.ndarray) -> np.ndarray:
+    """2-D coordinates of L2-normalised embeddings: their first two principal components, each
+    axis signed so that its largest loading is positive (a stable picture run to run). Fewer
+    than 2 rows, or a missing component, give zeros where undefined.
+
+    The components come from the eigenvectors of the smaller of the Gram (rows x rows) and the
+    covariance (dims x dims) matrix: the same axes as an SVD, at a fraction of its cost (a
+    threaded SVD of 56 x 128 took ~70 ms on a busy 2-core machine, this ~1 ms).
+    """
+    vectors = l2_normalize(np.asarray(embeddings, dtype=np.float64))
+    coordinates = np.zeros((len(vectors), 2))
+    if len(vectors) < 2:
+        return coordinates
+    centred = vectors - vectors.mean(axis=0)
+    gram = len(centred) <= centred.shape[1]
+    values, vectors_ = np.linalg.eigh(_products(centred, centred) if gram
+                                      else _products(centred.T, centred.T))
+    for axis, index in enumerate(np.argsort(values)[::-1][:2]):
+        if values[index] <= 1e-12:
+            continue
+        component = (centred.T @ vectors_[:, index]) if gram else vectors_[:, index]
+        component = component / np.linalg.norm(component)
+        if component[np.argmax(np.abs(component))] < 0:
+            component = -component
+        coordinates[:, axis] = centred @ component
+    return coordinates
 
 
 def _pad_image(image: np.ndarray, fraction: float) -> tuple[np.ndarray, int]:
@@ -388,16 +620,21 @@ class _Backend:
     max_detection_side = 1024
     # Bump when detection/alignment code changes what an embedding is: old cache entries then miss.
     pipeline_version = 1
+    # What measures head pose (None: no landmark model, poses stay NaN) and why not.
+    pose_method: str | None = None
+    pose_unavailable: str | None = None
 
     def __init__(self) -> None:
         self.stats = RunStats()
 
     def cache_identity(self) -> dict:
-        """Everything besides the image bytes that decides the embeddings."""
+        """Everything besides the image bytes that decides a cache entry (embeddings, poses and
+        the perceptual hash)."""
         return {"backend": self.name, "model": self.model, "pipeline": self.pipeline_version,
                 "model_fingerprint": self.model_fingerprint,
                 "max_detection_side": self.max_detection_side,
                 "attempts": [attempt.as_key() for attempt in self.attempts],
+                "pose": self.pose_method, "phash": PHASH_METHOD,
                 **self.extra_settings()}
 
     def extra_settings(self) -> dict:
@@ -420,11 +657,16 @@ class _Backend:
         areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         order = np.argsort(-areas, kind="stable")
         chosen = order[:1] if mode == "largest" else order
-        raw = self._embed_faces(work, boxes[chosen],
-                                None if landmarks is None else landmarks[chosen])
+        # The camera of the original photo, in the padded copy's pixels (padding is symmetric).
+        frame = (work.shape[1] / 2.0, work.shape[0] / 2.0, float(max(bgr.shape[:2])))
+        raw, poses = self._embed_faces(work, boxes[chosen],
+                                       None if landmarks is None else landmarks[chosen], frame)
         embeddings = l2_normalize(np.asarray(raw, dtype=np.float64)).astype(np.float32)
         original_boxes = (boxes[chosen] - pad).astype(np.float32)
-        return FaceRecord(int(len(boxes)), embeddings, original_boxes, attempt.name)
+        pose_rows = np.array([pose if pose is not None else (np.nan, np.nan, np.nan)
+                              for pose in poses], dtype=np.float32).reshape(-1, 3)
+        return FaceRecord(int(len(boxes)), embeddings, original_boxes, attempt.name,
+                          poses=pose_rows)
 
     def _timed(self, function, *args):
         """Call a model function, adding its time to stats.model_seconds."""
@@ -439,7 +681,8 @@ class _Backend:
     def _detect(self, image: np.ndarray, attempt: Attempt):
         raise NotImplementedError
 
-    def _embed_faces(self, image: np.ndarray, boxes: np.ndarray, landmarks):
+    def _embed_faces(self, image: np.ndarray, boxes: np.ndarray, landmarks, frame):
+        """(embeddings, poses): one raw embedding and one head_pose() (or None) per box."""
         raise NotImplementedError
 
 
@@ -461,6 +704,7 @@ class DlibBackend(_Backend):
     ]
     MODEL_FILES = ("shape_predictor_5_face_landmarks.dat",
                    "dlib_face_recognition_resnet_model_v1.dat")
+    POSE_FILE = "shape_predictor_68_face_landmarks.dat"
 
     def __init__(self, device: str = "auto") -> None:
         super().__init__()
@@ -479,6 +723,12 @@ class DlibBackend(_Backend):
         self.model_dir = self.find_models()
         self.model_fingerprint = "-".join(
             _file_fingerprint(self.model_dir / name) for name in self.MODEL_FILES)
+        pose_file = self.model_dir / self.POSE_FILE
+        if pose_file.is_file():
+            self.pose_method = f"{POSE_METHOD}:dlib68-{_file_fingerprint(pose_file)}"
+        else:
+            self.pose_unavailable = (f"{pose_file} is missing (face-recognition-models ships "
+                                     "it): no head pose; reinstall face-recognition-models==0.3.0")
         self._loaded = False
 
     @classmethod
@@ -504,6 +754,8 @@ class DlibBackend(_Backend):
         self._detector = dlib.get_frontal_face_detector()
         self._predictor = dlib.shape_predictor(str(self.model_dir / self.MODEL_FILES[0]))
         self._recognizer = dlib.face_recognition_model_v1(str(self.model_dir / self.MODEL_FILES[1]))
+        self._pose_predictor = (dlib.shape_predictor(str(self.model_dir / self.POSE_FILE))
+                                if self.pose_method else None)
         self._loaded = True
         self.stats.model_load_seconds += time.perf_counter() - start
 
@@ -519,10 +771,10 @@ class DlibBackend(_Backend):
         boxes = [[r.left(), r.top(), r.right() + 1, r.bottom() + 1] for r in rects]
         return boxes, None
 
-    def _embed_faces(self, image: np.ndarray, boxes: np.ndarray, landmarks):
+    def _embed_faces(self, image: np.ndarray, boxes: np.ndarray, landmarks, frame):
         dlib = self._dlib
         height, width = image.shape[:2]
-        embeddings = []
+        embeddings, poses = [], []
         for x1, y1, x2, y2 in boxes:
             # A crop with one face size of margin holds everything the 5 landmarks and the face
             # chip read (descriptors are identical to using the whole image), and is cheap.
@@ -536,7 +788,14 @@ class DlibBackend(_Backend):
             # 5-point aligned 150x150 face chip (padding 0.25), no jitter.
             descriptor = self._timed(self._recognizer.compute_face_descriptor, crop, shape, 0, 0.25)
             embeddings.append(np.array(descriptor))
-        return embeddings
+            pose = None
+            if self._pose_predictor is not None:
+                full = self._timed(self._pose_predictor, crop, rect)
+                points = np.array([(full.part(i).x + cx0, full.part(i).y + cy0)
+                                   for i in range(full.num_parts)], dtype=np.float64)
+                pose = head_pose(points, frame[:2], frame[2])
+            poses.append(pose)
+        return embeddings, poses
 
 
 def resolve_model_pack(model_pack: str | os.PathLike, download: bool = False
@@ -672,7 +931,8 @@ class InsightFaceBackend(_Backend):
                      if want_cuda else ["CPUExecutionProvider"])
         start = time.perf_counter()
         try:
-            app = FaceAnalysis(name=str(folder), allowed_modules=["detection", "recognition"],
+            app = FaceAnalysis(name=str(folder),
+                               allowed_modules=["detection", "recognition", "landmark_3d_68"],
                                providers=requested)
         except AssertionError as error:
             raise InputError(f"model pack {folder} has no face detector that insightface "
@@ -694,6 +954,15 @@ class InsightFaceBackend(_Backend):
         self.app = app
         self.detector = app.det_model
         self.recognizer = app.models["recognition"]
+        # buffalo_l's 1k3d68.onnx: 68 iBUG landmarks per face, fitted by head_pose() like dlib's
+        # (one convention for both backends). A pack without it measures no pose.
+        self.landmarker = app.models.get("landmark_3d_68")
+        if self.landmarker is not None:
+            self.pose_method = (f"{POSE_METHOD}:insightface68-"
+                                f"{_file_fingerprint(Path(self.landmarker.model_file))}")
+        else:
+            self.pose_unavailable = (f"model pack {folder} has no 68-point landmark model "
+                                     "(buffalo_l's 1k3d68.onnx): no head pose is measured")
         self.embedding_dim = int(self.recognizer.output_shape[-1]) \
             if isinstance(self.recognizer.output_shape[-1], int) else 0
         self.providers = self.session_providers()
@@ -716,6 +985,8 @@ class InsightFaceBackend(_Backend):
     def session_providers(self) -> list[str]:
         """Providers of the detector and recogniser sessions as ONNX Runtime reports them."""
         sessions = [self.detector.session, self.recognizer.session]
+        if getattr(self, "landmarker", None) is not None:
+            sessions.append(self.landmarker.session)
         providers: list[str] = []
         for session in sessions:
             for provider in session.get_providers():
@@ -733,17 +1004,24 @@ class InsightFaceBackend(_Backend):
                              f"needs an SCRFD model with keypoints (9 or 15 outputs)")
         return boxes[:, :4], landmarks
 
-    def _embed_faces(self, image: np.ndarray, boxes: np.ndarray, landmarks):
+    def _embed_faces(self, image: np.ndarray, boxes: np.ndarray, landmarks, frame):
         from insightface.app.common import Face
 
-        embeddings = []
+        embeddings, poses = [], []
         for box, points in zip(boxes, landmarks):
             face = Face(bbox=box.astype(np.float32), kps=points.astype(np.float32),
                         det_score=1.0)
             # ArcFaceONNX.get: norm_crop to 112x112 with the 5 points, then the network.
             embeddings.append(np.asarray(self._timed(self.recognizer.get, image, face),
                                          np.float64))
-        return embeddings
+            pose = None
+            if self.landmarker is not None:
+                # Landmark.get: 68 x 3 points in image pixels (x, y used; its own face.pose,
+                # from insightface's mean shape, is not used: one fit for both backends).
+                marks = self._timed(self.landmarker.get, image, face)
+                pose = head_pose(np.asarray(marks, np.float64)[:, :2], frame[:2], frame[2])
+            poses.append(pose)
+        return embeddings, poses
 
     def refresh_providers(self) -> None:
         """Include the per-size detector sessions that SCRFD created while running."""
@@ -808,14 +1086,20 @@ class EmbeddingCache:
                 meta = json.loads(str(data["meta"]))
                 embeddings = np.asarray(data["embeddings"], dtype=np.float32)
                 boxes = np.asarray(data["boxes"], dtype=np.float32)
+                poses = np.asarray(data["poses"], dtype=np.float32)
             faces = int(meta["faces"])
             pixels = meta.get("pixels_sha256")
+            phash = meta.get("phash")
             if (meta.get("key") != key or embeddings.ndim != 2 or not isinstance(pixels, str)
                     or boxes.shape != (len(embeddings), 4)
+                    or poses.shape != (len(embeddings), 3)
                     or faces < len(embeddings) or (faces > 0) != (len(embeddings) > 0)
-                    or not np.all(np.isfinite(embeddings))):
+                    or not np.all(np.isfinite(embeddings))
+                    or not (phash is None or (isinstance(phash, str) and phash
+                                              and set(phash) <= set("0123456789abcdef")))):
                 raise ValueError("inconsistent entry")
-            return FaceRecord(faces, embeddings, boxes, meta.get("detected_by"), pixels)
+            return FaceRecord(faces, embeddings, boxes, meta.get("detected_by"), pixels,
+                              poses=poses, phash=phash)
         except Exception:  # a truncated or foreign file: ignore it, the caller rebuilds it
             self.stats.cache_rebuilt += 1
             return None
@@ -825,14 +1109,15 @@ class EmbeddingCache:
             return
         path = self._path(key)
         meta = json.dumps({"key": key, "faces": record.faces, "detected_by": record.detected_by,
-                           "pixels_sha256": record.pixels_sha256})
+                           "pixels_sha256": record.pixels_sha256, "phash": record.phash})
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
             try:
                 with os.fdopen(handle, "wb") as stream:
                     np.savez(stream, embeddings=record.embeddings.astype(np.float32),
-                             boxes=record.boxes.astype(np.float32), meta=np.array(meta))
+                             boxes=record.boxes.astype(np.float32),
+                             poses=record.poses.astype(np.float32), meta=np.array(meta))
                 os.replace(temp_name, path)
             except BaseException:
                 Path(temp_name).unlink(missing_ok=True)
@@ -933,6 +1218,7 @@ def _embed_file(path: Path, backend: _Backend, mode: str, cache: EmbeddingCache 
         return None, f"not a readable image ({type(error).__name__}: {error})", content
     record = backend.embed(image, mode)
     record.pixels_sha256 = pixels_digest(image)
+    record.phash = perceptual_hash(image)
     if cache is not None:
         cache.put(key, record)
     return record, None, content
@@ -953,11 +1239,116 @@ def _outliers(loo: np.ndarray, threshold: float) -> np.ndarray:
     return flagged
 
 
+def _read_photos(files: list[Path], folder: Path, engine: _Backend, cache, label: str,
+                 show_progress: bool, errors: list[dict], kind: str) -> list[tuple]:
+    """(relative path, FaceRecord or None, error or None, bytes SHA-256) per photo, largest face;
+    each unreadable one is also added to `errors` (folder `kind`)."""
+    progress = _Progress(len(files), label, show_progress)
+    rows = []
+    for path in files:
+        relative = path.relative_to(folder).as_posix()
+        record, error, content = _embed_file(path, engine, "largest", cache)
+        progress.step()
+        if error is not None:
+            errors.append({"path": relative, "folder": kind, "error": error})
+        rows.append((relative, record, error, content))
+    progress.close()
+    return rows
+
+
+def _pose_of(record: FaceRecord | None, index: int) -> tuple:
+    """(yaw, pitch, roll) rounded to 0.1 degree, Nones where not measured."""
+    if record is None or record.poses is None or index >= len(record.poses):
+        return None, None, None
+    values = [float(value) for value in record.poses[index]]
+    return tuple(round(value, 1) if math.isfinite(value) else None for value in values)
+
+
+def _std(values) -> float | None:
+    values = [float(value) for value in values if value is not None and math.isfinite(value)]
+    return float(np.std(values)) if len(values) >= 2 else None
+
+
+def training_photos(rows: list[tuple], warn) -> dict:
+    """What memorisation and rigidity need from the training photos' rows (see _read_photos):
+    their faces, perceptual hashes, near-duplicate pairs, the closest distinct pair, the copy
+    bar and the photos' own spread (mean pairwise distance of distinct pairs) and pose spread."""
+    paths, vectors, poses, hashes = [], [], [], {}
+    for relative, record, error, _ in rows:
+        if error is not None or record is None:
+            continue
+        if record.phash:
+            hashes[relative] = record.phash
+        if record.faces:
+            paths.append(relative)
+            vectors.append(record.embeddings[0].astype(np.float64))
+            poses.append(_pose_of(record, 0))
+    hashed = sorted(hashes)
+    near_duplicates = [[a, b, hash_distance(hashes[a], hashes[b])]
+                       for i, a in enumerate(hashed) for b in hashed[i + 1:]
+                       if hash_distance(hashes[a], hashes[b]) <= PHASH_MAX_DISTANCE]
+    duplicate = {(a, b) for a, b, _ in near_duplicates} | {(b, a) for a, b, _ in near_duplicates}
+    for a, b, distance in near_duplicates:
+        warn(f"training photos {a} and {b} are near-duplicates (perceptual hashes {distance} "
+             f"bits apart): one photo twice? They are not a distinct pair for the copy bar")
+    matrix = l2_normalize(np.stack(vectors)) if vectors else np.zeros((0, 0))
+    pairs = []  # (similarity, a, b) of distinct training faces
+    for i in range(len(paths)):
+        for j in range(i + 1, len(paths)):
+            if (paths[i], paths[j]) not in duplicate:
+                pairs.append((float(matrix[i] @ matrix[j]), paths[i], paths[j]))
+    closest = max(pairs) if pairs else None
+    copy_similarity = (1.0 - COPY_DISTANCE_FRACTION * (1.0 - closest[0])) if closest else None
+    if closest is None:
+        warn(f"{len(paths)} training face(s) and no distinct pair: a face cannot be judged a "
+             "copy by likeness (it needs 2+ distinct training photos with a face); only "
+             "near-duplicate whole images are found")
+    spread = float(np.mean([1.0 - pair[0] for pair in pairs])) if pairs else None
+    return {"paths": paths, "vectors": matrix, "poses": poses, "hashes": hashes,
+            "near_duplicates": near_duplicates, "closest": closest,
+            "copy_similarity": copy_similarity, "spread": spread,
+            "yaw_std": _std(pose[0] for pose in poses),
+            "pitch_std": _std(pose[1] for pose in poses)}
+
+
+def memorisation(vector: np.ndarray | None, phash: str | None, training: dict) -> dict:
+    """The nearest training photo of one generated image (by face, and by whole-image hash) and
+    whether it is a copy of it (module docstring)."""
+    result = {"nearest_training": None, "nearest_training_similarity": None,
+              "phash_nearest": None, "phash_distance": None, "copy": False, "copy_of": None,
+              "copy_reason": None}
+    face_copy = image_copy = False
+    if vector is not None and len(training["paths"]):
+        similarities = training["vectors"] @ np.asarray(vector, dtype=np.float64)
+        nearest = int(np.argmax(similarities))
+        result["nearest_training"] = training["paths"][nearest]
+        result["nearest_training_similarity"] = _round(similarities[nearest])
+        bar = training["copy_similarity"]
+        face_copy = bar is not None and float(similarities[nearest]) >= bar
+    if phash and training["hashes"]:
+        distance, nearest_path = min((hash_distance(phash, other), path)
+                                     for path, other in training["hashes"].items())
+        result["phash_nearest"], result["phash_distance"] = nearest_path, distance
+        image_copy = distance <= PHASH_MAX_DISTANCE
+    if face_copy or image_copy:
+        result["copy"] = True
+        result["copy_of"] = result["nearest_training"] if face_copy else result["phash_nearest"]
+        result["copy_reason"] = ("face and whole image" if face_copy and image_copy
+                                 else "face" if face_copy else "whole image")
+    return result
+
+
 def evaluate(generated_dir, reference_dir, *, threshold=None, backend="insightface",
              model_pack=DEFAULT_MODEL_PACK, device="auto", face_policy="largest",
              min_detection_rate=DEFAULT_MIN_DETECTION_RATE, cache_dir=None, use_cache=True,
-             show_progress=True, download_pack=False, print_warnings=None) -> dict:
+             show_progress=True, download_pack=False, print_warnings=None, training_dir=None,
+             keep_vectors=False) -> dict:
     """Score every generated image against the reference faces; see the module docstring.
+
+    `training_dir` holds the photos the LoRA was trained on, for memorisation and the rigidity
+    bar (default: the references themselves). With `keep_vectors` the report also holds
+    "vectors" (numpy arrays, not JSON: each counted generated face's embedding by path, and the
+    training faces) for the scorecard's per-config spreads.
 
     Raises InputError (one-line message) for missing/empty folders, no usable reference face,
     a bad model pack or an unusable device. Returns the report dict that --json writes.
@@ -981,6 +1372,11 @@ def evaluate(generated_dir, reference_dir, *, threshold=None, backend="insightfa
     min_detection_rate = float(min_detection_rate)
     generated_files = _check_folder(generated_dir, "--generated")
     reference_files = _check_folder(reference_dir, "--reference")
+    separate_training = (training_dir is not None
+                         and Path(training_dir).resolve() != reference_dir.resolve())
+    training_dir = Path(training_dir) if separate_training else reference_dir
+    training_files = (_check_folder(training_dir, "--training") if separate_training
+                      else reference_files)
     warnings: list[str] = []
     echo = show_progress if print_warnings is None else print_warnings
 
@@ -1002,6 +1398,8 @@ def evaluate(generated_dir, reference_dir, *, threshold=None, backend="insightfa
     engine = make_backend(backend, model_pack, device, download_pack=download_pack)
     if getattr(engine, "fallback_warning", None):
         warn(engine.fallback_warning)
+    if engine.pose_method is None:
+        warn(engine.pose_unavailable or "no head pose model: yaw and pitch are not measured")
     cache = None
     if use_cache:
         folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -1014,26 +1412,23 @@ def evaluate(generated_dir, reference_dir, *, threshold=None, backend="insightfa
     errors: list[dict] = []
 
     # References: largest face of each image.
-    progress = _Progress(len(reference_files), "references", show_progress)
-    ref_paths, ref_embeddings, skipped = [], [], []
+    reference_rows = _read_photos(reference_files, reference_dir, engine, cache, "references",
+                                  show_progress, errors, "reference")
+    ref_paths, ref_embeddings, ref_records, skipped = [], [], [], []
     reference_digests: dict[str, str] = {}  # bytes or pixels SHA-256 -> reference path
-    for path in reference_files:
-        relative = path.relative_to(reference_dir).as_posix()
-        record, error, content = _embed_file(path, engine, "largest", cache)
-        progress.step()
+    for relative, record, error, content in reference_rows:
         if content is not None:
             reference_digests.setdefault(content, relative)
         if record is not None and record.pixels_sha256:
             reference_digests.setdefault(record.pixels_sha256, relative)
         if error is not None:
-            errors.append({"path": relative, "folder": "reference", "error": error})
             skipped.append({"path": relative, "reason": f"error: {error}"})
         elif record.faces == 0:
             skipped.append({"path": relative, "reason": "no face found"})
         else:
             ref_paths.append(relative)
             ref_embeddings.append(record.embeddings[0])
-    progress.close()
+            ref_records.append(record)
     if not ref_embeddings:
         raise InputError(f"no usable reference face in {reference_dir} "
                          f"({len(reference_files)} images, none with a detectable face)")
@@ -1060,34 +1455,68 @@ def evaluate(generated_dir, reference_dir, *, threshold=None, backend="insightfa
     else:
         per_reference.append({"path": ref_paths[0], "loo_similarity": None})
         warn("only one usable reference face: no leave-one-out ceiling, identity_ratio is null")
+    for entry, record in zip(per_reference, ref_records):
+        entry["yaw"], entry["pitch"], entry["roll"] = _pose_of(record, 0)
+
+    # Training photos: the references themselves unless given apart (then identity is measured
+    # on held-out photos and the training photos serve memorisation and the rigidity bar).
+    if separate_training:
+        training_rows = _read_photos(training_files, training_dir, engine, cache, "training",
+                                     show_progress, errors, "training")
+        for relative, record, _, content in training_rows:
+            if content is not None:
+                reference_digests.setdefault(content, relative)
+            if record is not None and record.pixels_sha256:
+                reference_digests.setdefault(record.pixels_sha256, relative)
+    else:
+        training_rows = reference_rows
+    training = training_photos(training_rows, warn)
+    if separate_training:
+        for relative, record, error, _ in reference_rows:
+            if error is None and record is not None and record.phash and training["hashes"]:
+                distance, photo = min((hash_distance(record.phash, other), path)
+                                      for path, other in training["hashes"].items())
+                if distance <= PHASH_MAX_DISTANCE:
+                    warn(f"held-out reference {relative} is a near-duplicate of training photo "
+                         f"{photo} ({distance} bits apart): it is not held out")
 
     # Generated images.
     mode = "all" if face_policy == "best" else "largest"
     progress = _Progress(len(generated_files), "generated", show_progress)
-    images = []
+    images, generated_vectors = [], {}
     for path in generated_files:
         relative = path.relative_to(generated_dir).as_posix()
         record, error, content = _embed_file(path, engine, mode, cache)
         progress.step()
         entry = {"path": relative, "faces": 0, "detected": False, "similarity": None,
                  "max_reference": None, "mean_reference": None, "passed": False, "error": error,
-                 "detected_by": None, "identical_to_reference": None, "excluded": False}
+                 "detected_by": None, "identical_to_reference": None, "excluded": False,
+                 "yaw": None, "pitch": None, "roll": None}
         copy_of = reference_digests.get(content) if content is not None else None
         if copy_of is None and record is not None and record.pixels_sha256:
             copy_of = reference_digests.get(record.pixels_sha256)
         if copy_of is not None:
             entry.update(identical_to_reference=copy_of, excluded=True)
+        vector = None
         if error is not None:
             errors.append({"path": relative, "folder": "generated", "error": error})
         elif record.faces > 0:
             to_centroid = record.embeddings.astype(np.float64) @ centroid
             index = int(np.argmax(to_centroid)) if face_policy == "best" else 0
-            to_references = references @ record.embeddings[index].astype(np.float64)
+            vector = record.embeddings[index].astype(np.float64)
+            to_references = references @ vector
             similarity = float(to_centroid[index])
             entry.update(faces=record.faces, detected=True, similarity=_round(similarity),
                          max_reference=_round(to_references.max()),
                          mean_reference=_round(to_references.mean()),
                          passed=bool(similarity >= threshold), detected_by=record.detected_by)
+            entry["yaw"], entry["pitch"], entry["roll"] = _pose_of(record, index)
+        entry.update(memorisation(vector, record.phash if record is not None else None,
+                                  training))
+        if copy_of is not None:
+            entry.update(copy=True, copy_of=copy_of, copy_reason="identical file")
+        elif vector is not None:
+            generated_vectors[relative] = vector
         images.append(entry)
     progress.close()
     copies = [entry for entry in images if entry["excluded"]]
@@ -1111,6 +1540,20 @@ def evaluate(generated_dir, reference_dir, *, threshold=None, backend="insightfa
     if isinstance(engine, InsightFaceBackend):
         engine.refresh_providers()
 
+    # The 2-D map: references, training photos (when apart) and generated faces in one PCA.
+    mapped = [(entry, references[i]) for i, entry in enumerate(per_reference)]
+    training_entries = []
+    if separate_training:
+        for i, photo in enumerate(training["paths"]):
+            yaw, pitch, roll = training["poses"][i]
+            training_entries.append({"path": photo, "yaw": yaw, "pitch": pitch, "roll": roll})
+            mapped.append((training_entries[-1], training["vectors"][i]))
+    mapped += [(entry, generated_vectors[entry["path"]]) for entry in counted
+               if entry["path"] in generated_vectors]
+    coordinates = embedding_map(np.stack([vector for _, vector in mapped]))
+    for (entry, _), point in zip(mapped, coordinates):
+        entry["map"] = [_round(point[0]), _round(point[1])]
+
     # Every counted image is in the figures: one without a face, or unreadable, counts 0.
     scores = np.array([entry["similarity"] if entry["detected"] else 0.0 for entry in counted])
     detected = [entry["similarity"] for entry in counted if entry["detected"]]
@@ -1118,6 +1561,12 @@ def evaluate(generated_dir, reference_dir, *, threshold=None, backend="insightfa
     detection_rate = faces_found / len(counted)
     mean = float(scores.mean())
     identity_ratio = mean / ceiling if ceiling is not None and ceiling > 0 else None
+    copies_found = sum(1 for entry in counted if entry["copy"])
+    gen_spread = spread_per_face(np.stack(list(generated_vectors.values()))) \
+        if len(generated_vectors) >= 2 else None
+    spread = float(gen_spread.mean()) if gen_spread is not None else None
+    spread_ratio = (spread / training["spread"]) if spread is not None and training["spread"] \
+        else None
     summary = {
         "images": len(counted),
         "faces_found": faces_found,
@@ -1136,9 +1585,15 @@ def evaluate(generated_dir, reference_dir, *, threshold=None, backend="insightfa
         "errors": len(errors),
         "excluded": len(copies),
         "no_face_counts_as": 0.0,
+        "copies": copies_found,
+        "copy_rate": _round(copies_found / len(counted)),
+        "spread": _round(spread),
+        "spread_ratio": _round(spread_ratio),
+        "rigid": bool(spread_ratio is not None and spread_ratio < RIGID_SPREAD_RATIO),
     }
+    closest = training["closest"]
     stats = engine.stats
-    return {
+    report = {
         "backend": engine.name,
         "model": engine.model,
         "threshold": threshold,
@@ -1147,10 +1602,41 @@ def evaluate(generated_dir, reference_dir, *, threshold=None, backend="insightfa
         "face_policy": face_policy,
         "generated_dir": str(generated_dir),
         "reference_dir": str(reference_dir),
+        "training_dir": str(training_dir),
+        "identity_against": "held-out photos" if separate_training else "training photos",
         "images": images,
         "references": {"count": len(reference_files), "used": len(ref_paths),
                        "skipped": skipped, "ceiling": _round(ceiling),
                        "per_reference": per_reference, "outliers": outliers},
+        "training": {"separate": separate_training, "count": len(training_files),
+                     "faces": len(training["paths"]),
+                     "per_photo": training_entries if separate_training else None,
+                     "near_duplicates": training["near_duplicates"]},
+        "memorisation": {
+            "rule": (f"a face is a copy of its nearest training photo when its similarity "
+                     f"reaches copy_similarity (1 - {COPY_DISTANCE_FRACTION} x the distance of "
+                     f"the two most alike distinct training photos), or the whole image is "
+                     f"within {PHASH_MAX_DISTANCE} of 64 perceptual-hash bits of one"),
+            "copy_similarity": _round(training["copy_similarity"]),
+            "closest_training_pair": ([closest[1], closest[2], _round(closest[0])]
+                                      if closest else None),
+            "distance_fraction": COPY_DISTANCE_FRACTION,
+            "phash": PHASH_METHOD,
+            "phash_max_distance": PHASH_MAX_DISTANCE,
+            "copies": copies_found,
+            "copy_rate": summary["copy_rate"],
+        },
+        "rigidity": {"reference_spread": _round(training["spread"]),
+                     "reference_yaw_std": _round(training["yaw_std"]),
+                     "reference_pitch_std": _round(training["pitch_std"]),
+                     "spread": summary["spread"], "spread_ratio": summary["spread_ratio"],
+                     "rigid": summary["rigid"], "ratio_threshold": RIGID_SPREAD_RATIO},
+        "pose": {"method": engine.pose_method, "convention": POSE_CONVENTION,
+                 "unavailable": None if engine.pose_method else engine.pose_unavailable,
+                 "frontal_yaw": FRONTAL_YAW,
+                 **pose_summary([entry["yaw"] for entry in counted if entry["detected"]],
+                                [entry["similarity"] for entry in counted
+                                 if entry["detected"]])},
         "errors": errors,
         "summary": summary,
         "warnings": warnings,
@@ -1161,6 +1647,10 @@ def evaluate(generated_dir, reference_dir, *, threshold=None, backend="insightfa
                   "model_load_seconds": round(stats.model_load_seconds, 4),
                   "seconds": round(time.perf_counter() - started, 4)},
     }
+    if keep_vectors:
+        report["vectors"] = {"generated": generated_vectors, "training": training["vectors"],
+                             "training_paths": list(training["paths"])}
+    return report
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1176,7 +1666,7 @@ def format_report(report: dict) -> str:
     """The stdout text: one row per generated image, then the summary."""
     rows = report["images"]
     width = min(60, max([len("image")] + [len(row["path"]) for row in rows]))
-    lines = [f"{'image':<{width}}  faces  similarity  max_ref  mean_ref  result"]
+    lines = [f"{'image':<{width}}  faces  similarity  max_ref  mean_ref    yaw  result"]
     for row in rows:
         path = row["path"] if len(row["path"]) <= width else "..." + row["path"][-(width - 3):]
         if row.get("excluded"):
@@ -1189,8 +1679,12 @@ def format_report(report: dict) -> str:
             result = "pass" if row["passed"] else "FAIL"
             if row["faces"] > 1:
                 result += f" ({row['faces']} faces, used the {report['face_policy']})"
+        if row.get("copy") and not row.get("excluded"):
+            result += f"; COPY of training photo {row['copy_of']} ({row['copy_reason']})"
+        yaw = "-" if row.get("yaw") is None else f"{row['yaw']:+.0f}"
         lines.append(f"{path:<{width}}  {row['faces']:>5}  {_fmt(row['similarity']):>10}  "
-                     f"{_fmt(row['max_reference']):>7}  {_fmt(row['mean_reference']):>8}  {result}")
+                     f"{_fmt(row['max_reference']):>7}  {_fmt(row['mean_reference']):>8}  "
+                     f"{yaw:>5}  {result}")
     summary, refs = report["summary"], report["references"]
     lines += [
         "",
@@ -1210,7 +1704,12 @@ def format_report(report: dict) -> str:
         f"{_fmt(summary['mean_detected'])}, median {_fmt(summary['median'])}, min "
         f"{_fmt(summary['min'])}, max {_fmt(summary['max'])}",
         f"pass_rate {summary['pass_rate']:.3f}, identity_ratio {_fmt(summary['identity_ratio'])} "
-        f"(mean / ceiling)",
+        f"(mean / ceiling); identity against {report['identity_against']}"
+        + ("" if report["identity_against"] == "held-out photos" else
+           " (rewards copying them; --reference held-out photos with --training for a fair one)"),
+        _memorisation_line(report),
+        _rigidity_line(report),
+        _pose_line(report),
         f"RESULT: {'PASS' if summary['pass'] else 'FAIL'} (mean {_fmt(summary['mean'])} "
         f"{'>=' if summary['mean'] >= summary['threshold'] else '<'} {summary['threshold']:.2f}, "
         f"detection_rate {summary['detection_rate']:.3f} "
@@ -1218,6 +1717,41 @@ def format_report(report: dict) -> str:
         f"{summary['min_detection_rate']:.2f})",
     ]
     return "\n".join(lines)
+
+
+def _memorisation_line(report: dict) -> str:
+    memo, summary = report["memorisation"], report["summary"]
+    if memo["copy_similarity"] is not None:
+        faces = f"a face at similarity >= {_fmt(memo['copy_similarity'])} to one"
+    else:
+        faces = "faces not judged: no distinct pair of training photos"
+    images = f"or a whole image within {memo['phash_max_distance']} of 64 hash bits"
+    return (f"memorisation: {summary['copies']} of {summary['images']} images copy a training "
+            f"photo (copy_rate {summary['copy_rate']:.3f}; {faces}, {images})")
+
+
+def _rigidity_line(report: dict) -> str:
+    rigid = report["rigidity"]
+    if rigid["spread_ratio"] is None:
+        return ("rigidity: not measured (it needs 2+ generated faces and 2+ distinct training "
+                "faces)")
+    return (f"rigidity: generated faces' mean pairwise distance {_fmt(rigid['spread'])} = "
+            f"{rigid['spread_ratio']:.2f} x the training photos' {_fmt(rigid['reference_spread'])}"
+            f" ({'RIGID' if rigid['rigid'] else 'not rigid'}; rigid below "
+            f"{rigid['ratio_threshold']:.2f})")
+
+
+def _pose_line(report: dict) -> str:
+    pose = report["pose"]
+    if not pose["method"]:
+        return f"pose: not measured ({pose['unavailable']})"
+    return (f"pose ({pose['convention'].split(';')[0]}; yaw > 0 = turned to the subject's "
+            f"left): {pose['faces_with_pose']} faces, yaw mean {_fmt(pose['yaw_mean'], 1)} "
+            f"std {_fmt(pose['yaw_std'], 1)}; similarity frontal (|yaw| < "
+            f"{pose['frontal_yaw']:.0f}) {_fmt(pose['frontal_similarity'])} over "
+            f"{pose['frontal_faces']}, turned {_fmt(pose['turned_similarity'])} over "
+            f"{pose['turned_faces']}; per 10 degrees of |yaw| "
+            f"{_fmt(pose['similarity_per_10_degrees'])}")
 
 
 # Copied from evals/scorecard.py:output_path_problem
@@ -1283,7 +1817,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--generated", required=True, type=Path, metavar="DIR",
                         help="folder of generated images (searched recursively); required")
     parser.add_argument("--reference", required=True, type=Path, metavar="DIR",
-                        help="folder of the person's reference/training photos; required")
+                        help="folder of the person's reference photos (identity is measured "
+                             "against them); required")
+    parser.add_argument("--training", type=Path, default=None, metavar="DIR",
+                        help="the photos the LoRA was trained on, for memorisation and the "
+                             "rigidity bar, when --reference holds held-out photos (default: "
+                             "--reference)")
     parser.add_argument("--threshold", type=float, default=None, metavar="T",
                         help="cosine similarity needed to pass (default: the backend's, "
                              f"insightface {DEFAULT_THRESHOLDS['insightface']:.2f}, dlib "
@@ -1340,7 +1879,7 @@ def main(argv: list[str] | None = None) -> int:
                           device=args.device, face_policy=args.face_policy,
                           min_detection_rate=args.min_detection_rate, cache_dir=args.cache_dir,
                           use_cache=not args.no_cache, show_progress=True,
-                          download_pack=args.download_pack)
+                          download_pack=args.download_pack, training_dir=args.training)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ line, and prints the scorecard JSON on stdout.
 Usage:
   # The sample sweep, built at run time from photos that installed packages ship (CPU, offline,
   # dlib backend): writes build/demo/{sweep,reference}/, eval_history.jsonl, latest_report.md,
-  # report.html, scorecard.json and runs/ (per-image details):
+  # report.html, scorecard.json, images.csv and runs/ (per-image details):
   python3 evals/scorecard.py --demo build/demo
 
   # A tiny CPU run on that sweep (no GPU, no download), writing outside the repo:
@@ -25,6 +25,9 @@ Usage:
       --html evals/latest_report.html --compare-to v2
   # Fetch a missing insightface pack with insightface's own downloader (default: offline):
   python3 evals/scorecard.py --generated OUT --reference REF --lora-version v3 --download-pack
+  # kohya's own training samples, per checkpoint, identity on held-out photos, a per-image CSV:
+  python3 evals/scorecard.py --generated /workspace/output/sample --reference TRAIN \\
+      --holdout-reference HELD_OUT --lora-version v3 --html report.html --csv images.csv
 
 Configs. A config is a set of numeric settings read from the image's path relative to
 --generated (folders and file stem): `step1500_str0.80_cfg4.0_p03_seed2.png`,
@@ -36,9 +39,14 @@ steps); rank, dim, alpha, lr, res/size, denoise, shift, clipskip); a key may be 
 A config is rendered one way: baseline first, then step, epoch, ckpt, str (2 decimals), cfg (1
 decimal), sampling, the rest, then keys named with --config-key, each with as many decimals as
 its value needs. A `baseline` (or `nolora`) word marks images made without the LoRA:
-`baseline_cfg4.0_p03_seed2.png` is the config `baseline_cfg4.0`; a baseline is never the
-recommendation. Index tokens (seed, p/prompt, idx, img, n, batch, sample...) and bare numbers
-are not config; any other word+digits token (`v3` in `ohwx_v3`) is ignored, with a warning
+`baseline_cfg4.0_p03_seed2.png` is the config `baseline_cfg4.0`; so does strength 0, step 0
+or epoch 0 (an untrained LoRA adds nothing: `step1500_str0_cfg4` is the baseline config
+`step1500_str0.00_cfg4.0`); a baseline is never the recommendation. kohya
+sd-scripts' sample images are read as they are named (library/train_util.py,
+sample_image_inference): `NAME_001500_03_20260216101500_42.png` is step 1500, prompt 3, seed
+42 (`e000004` is epoch 4; the 14-digit timestamp and a missing seed are allowed; NAME is read
+like any other name). Index tokens (seed, p/prompt, idx, img, n, batch, sample...) and bare
+numbers are not config; any other word+digits token (`v3` in `ohwx_v3`) is ignored, with a warning
 naming it, unless --config-key names it (`ComfyUI_00001`, a word, a separator and a counter,
 is ignored without a warning). A value outside its key's plausible range (a strength
 beyond +-5, `w1024`) is not that key. Numeric axes sort as numbers everywhere (500 before 1000).
@@ -65,23 +73,44 @@ Score and grade (per config, and for the whole run):
                would say FAIL on these images (mean similarity below threshold), at D when the
                detection rate is below the face eval's minimum (0.8).
 Configs rank by score (ties: mean similarity, then the settings in numeric order); best_config
-is the first config that is not a baseline, worst_config the last.
+is the recommended config (the first that is not a baseline, unless the judge prefers another:
+see Recommendation), worst_config the last.
+
+The judge (over-training, memorisation, rigidity, pose; per face from face_similarity_eval, per
+config here). --holdout-reference DIR: identity against photos not used in training; without it
+the report says that identity against the training photos rewards copying. Per config: copy
+rate (faces that copy a training photo, or whole images that are near-duplicates of one),
+spread (each face's mean identity distance to the other seeds of its config and prompt; all of
+the config when no prompt index is known) over the training photos' own (rigid below 0.35),
+yaw spread and identity frontal vs turned, and the identity lift over the no-LoRA baseline
+(the baselines sharing its other settings, such as CFG, else all of them; it beats the
+baseline when the lift exceeds 0.01). Flags: copying (25%+ of its images), rigid, not above
+the baseline, past the over-training point. Checkpoint curves: per combination of the other
+settings (strength, CFG), identity, realism, copy rate and spread against step (else epoch,
+else ckpt); over-training from checkpoint N where identity stops rising (up by 0.01 or less)
+while the copy rate rises by 0.10 or the spread falls by 0.10, else none found.
 
 Recommendation. The best config with its grade, identity, realism and pass rate, and a 95%
 percentile-bootstrap interval (10000 resamples of its images, seed 0) of its score, mean
 similarity and pass rate, and the grades that interval spans. How sure: "sure" when the
 runner-up is clearly behind (the 95% bootstrap interval of the score difference excludes 0),
 the interval spans one grade and the grade rests on 8+ images; "not sure" when the runner-up is
-within noise or the grade rests on fewer than 3 images; "fairly sure" otherwise.
+within noise or the grade rests on fewer than 3 images; "fairly sure" otherwise. When the best
+config is flagged by the judge and the best unflagged one is within noise of it, the unflagged
+one is recommended (preferred_over names the other); a flagged recommendation carries its flags.
 
 History. --history gets one JSON line per run (append-only: one O_APPEND write under a lock file
 beside it, fsync'd, never rewritten). Per-image scores go to a sidecar, runs/<run_id>.json beside
 the history. The reader skips a UTF-8 BOM, a torn last line and corrupt lines (a warning each),
 reads a timestamp without a zone as UTC (a warning), and the run id check sees every parseable
-line; an existing sidecar is never overwritten. Every output path (--json, --report, --html,
---history, the sidecar folder, --demo) is checked before any image is read (exit 2 naming the
-flag). The reports and the sidecar are written first and the history line last, in one write;
-a failure on the way (full disk) removes the sidecar and leaves no partial line (exit 2).
+line; an existing sidecar is never overwritten. --csv PATH writes one row per image (config,
+settings, prompt, seed, identity, realism, copy, spread, pose; a cell that a spreadsheet would
+run as a formula starts with an apostrophe). Every output path (--json, --report, --html,
+--csv, --history, the sidecar folder, --demo) is checked before any image is read (exit 2
+naming the flag). The reports and the sidecar are written first and the history line last, in
+one write; a failure on the way (full disk) removes the sidecar and leaves no partial line
+(exit 2). The history line is the scorecard JSON, judge included (copy_rate, spread_ratio,
+rigid_configs, configs_below_baseline, over_training_from).
 
 --compare-to VERSION_OR_RUN_ID compares like with like against the newest run of that run id or
 lora version: this run's best config against that run's best config, every config both runs
@@ -89,8 +118,11 @@ have, and all shared configs pooled (resampled within each config), each on iden
 similarity, a failed image 0), pass rate (at this run's threshold for both) and realism (over
 images with a face), each with a 95% bootstrap interval of the difference (10000 resamples).
 A change is clearly worse when it is beyond a practical margin (identity 0.01, pass rate 0.05,
-realism 0.03) and the one-sided bootstrap bound at family-wise 5% (Bonferroni over every
-comparison made) is below 0; clearly better likewise. A comparison needs 5+ images per side.
+realism 0.03, copy rate 0.05, spread ratio 0.10) and the one-sided bootstrap bound at
+family-wise 5% (Bonferroni over every comparison made) is below 0; clearly better likewise.
+More copying and a lower spread (more rigid) are worse; a run that did not measure them (an
+older sidecar) cannot decide those two, the others still count. A comparison needs 5+ images
+per side.
 Runs scored by other backends or models are refused (exit 2). Without --compare-to the report
 still compares with the newest run of another version, without changing the exit code.
 
@@ -141,7 +173,8 @@ BOOTSTRAP_CONFIDENCE = 0.95
 FAMILY_ALPHA = 0.05  # --compare-to: family-wise error rate, one-sided, Bonferroni
 MIN_COMPARE_IMAGES = 5
 # A change smaller than this is never "clearly" worse or better, however many images.
-PRACTICAL_MARGINS = {"identity": 0.01, "pass_rate": 0.05, "realism": 0.03}
+PRACTICAL_MARGINS = {"identity": 0.01, "pass_rate": 0.05, "realism": 0.03, "copying": 0.05,
+                     "rigidity": 0.10}
 SURE_MIN_IMAGES = 8
 UNSURE_MAX_IMAGES = 3
 THUMB_SIZE = 160
@@ -216,6 +249,16 @@ INDEX_AXES = {
 _TOKEN_RE = re.compile(r"(?<![A-Za-z0-9.])([A-Za-z]+)([_=-]?)(\d+(?:\.\d+)?)(?![A-Za-z0-9]|\.\d)")
 _BASELINE_RE = re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(map(re.escape, BASELINE_WORDS))
                           + r")(?![A-Za-z])", re.IGNORECASE)
+# kohya sd-scripts' sample images (library/train_util.py: sample_image_inference, and its copies
+# for SD3/Flux/Lumina/HunyuanImage/Anima): f"{output_name + '_' if set}{num_suffix}_{i:02d}_"
+# f"{ts_str}{'_' + seed if set}.png", num_suffix = f"e{epoch:06d}" at an epoch's end (epoch 0 is
+# sample_at_first) else f"{steps:06d}", i the prompt's position, ts_str %Y%m%d%H%M%S.
+KOHYA_SAMPLE_RE = re.compile(r"^(?:(?P<name>.+)_)?(?:e(?P<epoch>\d{6,})|(?P<step>\d{6,}))"
+                             r"_(?P<prompt>\d{2,})_(?P<time>\d{14})(?:_(?P<seed>\d+))?$")
+# The settings that make a LoRA config (the rest, e.g. CFG, a baseline has too): a config at
+# strength 0, or before any training step (step 0, epoch 0), is the no-LoRA baseline.
+LORA_AXES = ("step", "epoch", "checkpoint", "strength")
+ZERO_IS_BASELINE = ("strength", "step", "epoch")
 
 
 class ConfigId(NamedTuple):
@@ -304,6 +347,15 @@ class ConfigSchema:
         indices: dict[str, float | int] = {}
         ignored: list[str] = []
         baseline = False
+        kohya = KOHYA_SAMPLE_RE.match(parts[-1]) if parts else None
+        if kohya:  # the checkpoint, prompt and seed are positional; the output name is read below
+            parts[-1] = kohya.group("name") or ""
+            for key in ("step", "epoch"):
+                if kohya.group(key) is not None and key in self.by_key:
+                    values.setdefault(key, float(kohya.group(key)))
+            indices["prompt"] = int(kohya.group("prompt"))
+            if kohya.group("seed") is not None:
+                indices["seed"] = int(kohya.group("seed"))
         for part in parts:
             if _BASELINE_RE.search(part):
                 baseline = True
@@ -345,14 +397,19 @@ class ConfigSchema:
         return self.make(values, baseline)
 
     def make(self, values: dict, baseline: bool = False) -> ConfigId:
+        """The ConfigId of {key: value}; strength 0, step 0 or epoch 0 make it a baseline."""
         ordered = tuple(sorted(((key, float(value) + 0.0) for key, value in values.items()),
                                key=lambda item: self.order[item[0]]))
-        return ConfigId(ordered, bool(baseline), self.render(ordered, baseline))
+        baseline = bool(baseline) or any(key in ZERO_IS_BASELINE and value == 0
+                                         for key, value in ordered)
+        return ConfigId(ordered, baseline, self.render(ordered, baseline))
 
     # -- writing
     def render(self, values, baseline: bool = False) -> str:
-        """The canonical name: `baseline`, then token+number per axis in schema order."""
-        parts = ["baseline"] if baseline else []
+        """The canonical name: `baseline`, then token+number per axis in schema order. A zero
+        strength, step or epoch already says baseline: `step250_str0.00_cfg4.0` keeps its name."""
+        implied = any(key in ZERO_IS_BASELINE and value == 0 for key, value in values)
+        parts = ["baseline"] if baseline and not implied else []
         for key, value in sorted(values, key=lambda item: self.order[item[0]]):
             axis = self.by_key[key]
             parts.append(f"{axis.token}{format_number(value, axis.decimals)}")
@@ -628,6 +685,20 @@ def join_images(face: dict, skin: dict, generated_dir: Path,
             "color": (skin_image or {}).get("color_naturalness_score"),
             "skin_face_found": (skin_image or {}).get("face_found"),
             "skin_error": (skin_image or {}).get("error") if skin_image else "not scored",
+            # Memorisation and pose, per face (face_similarity_eval); spread is filled per
+            # config and prompt by judge().
+            "copy": bool(face_image.get("copy")),
+            "copy_of": face_image.get("copy_of"),
+            "copy_reason": face_image.get("copy_reason"),
+            "nearest_training": face_image.get("nearest_training"),
+            "nearest_training_similarity": face_image.get("nearest_training_similarity"),
+            "phash_distance": face_image.get("phash_distance"),
+            "yaw": face_image.get("yaw") if detected else None,
+            "pitch": face_image.get("pitch") if detected else None,
+            "roll": face_image.get("roll") if detected else None,
+            "map": face_image.get("map") if detected else None,
+            "spread": None,
+            "spread_ratio": None,
         })
     return counted, excluded
 
@@ -658,6 +729,238 @@ def rank_configs(images: list[dict], *, threshold: float, min_detection_rate: fl
     return table
 
 
+# --------------------------------------------------------------------------- the judge
+#
+# Memorisation, rigidity and pose are measured per face by face_similarity_eval; here they are
+# grouped per config (rigidity per prompt across seeds), set against the no-LoRA baseline, and
+# followed along the checkpoints ("over-training from step N").
+
+COPY_RISE = 0.10     # a copy rate up by this much from one checkpoint to the next is "rising"
+SPREAD_DROP = 0.10   # a spread ratio down by this much is rigidity "rising"
+# A config is flagged as copying from this copy rate on (fewer copies are listed, not flagged).
+CAUTION_COPY_RATE = 0.25
+
+
+def non_lora_settings(settings: dict) -> dict:
+    """The settings a baseline shares with a LoRA config (CFG, sampler steps...): all but
+    LORA_AXES."""
+    return {key: value for key, value in settings.items() if key not in LORA_AXES}
+
+
+def assign_spreads(images: list[dict], vectors: dict, reference_spread: float | None) -> None:
+    """Each face's spread: its mean identity distance to the other faces of its config made
+    with the same prompt (prompt index from the name; all of the config when none is known),
+    and that / the training photos' own spread (spread_ratio). Faces alone in their group
+    keep None."""
+    fse = load_evaluators()[0]
+    groups: dict[tuple, list[dict]] = {}
+    for image in images:
+        if image["detected"] and image["path"] in vectors:
+            groups.setdefault((image["config"], image["indices"].get("prompt")), []).append(image)
+    for members in groups.values():
+        spread = fse.spread_per_face(np.stack([vectors[image["path"]] for image in members]))
+        if spread is None:
+            continue
+        for image, value in zip(members, spread):
+            image["spread"] = float(value)
+            image["spread_ratio"] = (float(value) / reference_spread
+                                     if reference_spread else None)
+
+
+def _judge_group(members: list[dict], face: dict, rigid_ratio: float) -> dict:
+    """Copy rate, spread, rigidity and pose of one set of images (a config, or the LoRA images)."""
+    fse = load_evaluators()[0]
+    count = len(members)
+    copies = [image for image in members if image["copy"]]
+    photos: dict[str, int] = {}
+    for image in copies:
+        photos[str(image["copy_of"])] = photos.get(str(image["copy_of"]), 0) + 1
+    spreads = [image["spread"] for image in members if image["spread"] is not None]
+    ratios = [image["spread_ratio"] for image in members if image["spread_ratio"] is not None]
+    groups = {image["indices"].get("prompt") for image in members if image["spread"] is not None}
+    spread_ratio = _mean(ratios)
+    faces = [image for image in members if image["detected"]]
+    pose = fse.pose_summary([image["yaw"] for image in faces],
+                            [image["similarity"] for image in faces])
+    reference_yaw = (face.get("rigidity") or {}).get("reference_yaw_std")
+    pose["yaw_spread_ratio"] = (pose["yaw_std"] / reference_yaw
+                                if pose["yaw_std"] is not None and reference_yaw else None)
+    return {"copies": len(copies), "copy_rate": len(copies) / count if count else 0.0,
+            "copied_photos": [[photo, photos[photo]] for photo in sorted(photos)],
+            "spread": _mean(spreads), "spread_ratio": spread_ratio,
+            "spread_faces": len(spreads), "spread_groups": len(groups),
+            "rigid": None if spread_ratio is None else bool(spread_ratio < rigid_ratio),
+            "pose": pose}
+
+
+def baseline_lift(row: dict, configs: list[dict], images: list[dict]) -> dict | None:
+    """A LoRA config's identity lift over the no-LoRA baseline: its mean similarity (a failed
+    image 0) minus that of the baselines that share its other settings (CFG...), or of every
+    baseline when none does; a 95% bootstrap interval; beats_baseline when the lift exceeds the
+    identity margin (PRACTICAL_MARGINS, 0.01: a smaller lift is no use to anyone)."""
+    baselines = [other for other in configs if other["baseline"]]
+    if not baselines or row["baseline"]:
+        return None
+    own = non_lora_settings(row["settings"])
+    matching = [other for other in baselines if non_lora_settings(other["settings"]) == own]
+    chosen = matching or baselines
+    names = {other["config"] for other in chosen}
+    floor = [image["similarity_or_zero"] for image in images if image["config"] in names]
+    mine = [image["similarity_or_zero"] for image in images if image["config"] == row["config"]]
+    lift = float(np.mean(mine) - np.mean(floor))
+    low, high = bootstrap_delta(mine, floor, resamples=TABLE_RESAMPLES,
+                                seed=zlib.crc32(f"lift {row['config']}".encode("utf-8")))
+    return {"against": sorted(names), "matched_settings": bool(matching),
+            "baseline_similarity": float(np.mean(floor)), "baseline_images": len(floor),
+            "lift": lift, "interval": [low, high],
+            "beats_baseline": bool(lift > PRACTICAL_MARGINS["identity"])}
+
+
+def config_flags(row: dict) -> list[str]:
+    """What the judge holds against a config, in words (empty: nothing)."""
+    flags = []
+    if row.get("copies") and row["copy_rate"] >= CAUTION_COPY_RATE:
+        flags.append(f"copies training photos ({row['copies']} of {row['images']} images)")
+    if row.get("rigid"):
+        flags.append(f"is rigid (its faces vary {row['spread_ratio']:.2f} x as much as the "
+                     "training photos)")
+    lift = row.get("baseline_lift")
+    if lift and not lift["beats_baseline"]:
+        flags.append(f"does not beat the no-LoRA baseline (identity lift {lift['lift']:+.3f})")
+    return flags
+
+
+def checkpoint_curves(configs: list[dict], schema: ConfigSchema = DEFAULT_SCHEMA) -> dict:
+    """Identity, realism, copy rate and rigidity against the checkpoint, one series per
+    combination of the other settings (strength, CFG...), in numeric order. The checkpoint axis
+    is step, else epoch, else ckpt: the first that a LoRA config names."""
+    lora = [row for row in configs if not row["baseline"]]
+    axis = next((key for key in ("step", "epoch", "checkpoint")
+                 if any(key in row["settings"] for row in lora)), None)
+    result = {"axis": axis, "label": schema.by_key[axis].label if axis else None, "series": []}
+    if axis is None:
+        return result
+    series: dict[tuple, dict] = {}
+    for row in lora:
+        if axis not in row["settings"]:
+            continue
+        rest = {key: value for key, value in row["settings"].items() if key != axis}
+        config = schema.make(rest)
+        entry = series.setdefault(schema.sort_key(config), {
+            "settings": rest, "name": config.name if config.parsed else "all",
+            "words": schema.describe(config) if config.parsed else "every config", "points": []})
+        entry["points"].append({
+            "x": row["settings"][axis], "config": row["config"], "images": row["images"],
+            "identity": row["similarity_mean"], "realism": row["realism_mean"],
+            "copy_rate": row["copy_rate"], "spread_ratio": row["spread_ratio"],
+            "score": row["score"], "grade": row["grade"]})
+    for _, entry in sorted(series.items()):
+        entry["points"].sort(key=lambda point: point["x"])
+        entry["over_training"] = over_training_point(entry["points"])
+        result["series"].append(entry)
+    return result
+
+
+def over_training_point(points: list[dict]) -> dict | None:
+    """The first checkpoint at which identity stops rising (up by no more than the identity
+    margin) while the copy rate rises (by COPY_RISE) or the spread falls (by SPREAD_DROP), with
+    the figures that show it; None when no such checkpoint."""
+    margin = PRACTICAL_MARGINS["identity"]
+    for before, after in zip(points, points[1:]):
+        if before["identity"] is None or after["identity"] is None:
+            continue
+        if after["identity"] - before["identity"] > margin:
+            continue
+        reasons = []
+        if after["copy_rate"] - before["copy_rate"] >= COPY_RISE:
+            reasons.append(f"copy rate {_pct(before['copy_rate'])} -> {_pct(after['copy_rate'])}")
+        if before["spread_ratio"] is not None and after["spread_ratio"] is not None \
+                and before["spread_ratio"] - after["spread_ratio"] >= SPREAD_DROP:
+            reasons.append(f"spread {before['spread_ratio']:.2f} -> "
+                           f"{after['spread_ratio']:.2f} x the training photos'")
+        if reasons:
+            return {"from": after["x"], "last_good": before["x"], "config": after["config"],
+                    "identity": [before["identity"], after["identity"]], "why": reasons}
+    return None
+
+
+def over_training_verdict(curves: dict, recommended: str | None) -> dict:
+    """The sweep's over-training verdict: the series of the recommended config first, then the
+    others; "over-training from step N" for the first series that shows it, else none found."""
+    axis, label = curves["axis"], curves["label"]
+    usable = [entry for entry in curves["series"] if len(entry["points"]) >= 2]
+    if axis is None or not usable:
+        why = ("the configs name no step, epoch or checkpoint" if axis is None else
+               f"no setting has two or more {label}s to follow")
+        return {"found": False, "axis": axis, "at": None, "series": None,
+                "verdict": f"no checkpoint curve: {why}"}
+    usable.sort(key=lambda entry: 0 if any(point["config"] == recommended
+                                           for point in entry["points"]) else 1)
+    for entry in usable:
+        point = entry["over_training"]
+        if point:
+            text = (f"over-training from {label} {format_number(point['from'])} ("
+                    f"{entry['words']}): identity {_f(point['identity'][0])} -> "
+                    f"{_f(point['identity'][1])} stops rising while "
+                    + " and ".join(point["why"])
+                    + f"; use {label} {format_number(point['last_good'])} or earlier")
+            return {"found": True, "axis": axis, "at": point["from"],
+                    "last_good": point["last_good"], "series": entry["name"], "verdict": text}
+    count = max(len(entry["points"]) for entry in usable)
+    return {"found": False, "axis": axis, "at": None, "series": None,
+            "verdict": f"none found: along {count} {label}s no checkpoint stops gaining identity "
+                       "while copying or rigidity rises"}
+
+
+def judge(images: list[dict], configs: list[dict], face: dict, vectors: dict, *,
+          schema: ConfigSchema = DEFAULT_SCHEMA) -> dict:
+    """Fill every config row with copy rate, spread, rigidity, pose, baseline lift and flags;
+    return the sweep's judge block (memorisation, rigidity, pose, baseline, curves, verdict)."""
+    rigidity = face.get("rigidity") or {}
+    rigid_ratio = float(rigidity.get("ratio_threshold") or 0.35)
+    assign_spreads(images, vectors, rigidity.get("reference_spread"))
+    by_config: dict[str, list[dict]] = {}
+    for image in images:
+        by_config.setdefault(image["config"], []).append(image)
+    for row in configs:
+        row.update(_judge_group(by_config.get(row["config"], []), face, rigid_ratio))
+    for row in configs:
+        row["baseline_lift"] = baseline_lift(row, configs, images)
+        row["flags"] = config_flags(row)
+    lora_images = [image for image in images if not image["baseline"]] or images
+    sweep = _judge_group(lora_images, face, rigid_ratio)
+    baselines = [row for row in configs if row["baseline"]]
+    curves = checkpoint_curves(configs, schema)
+    rows = {row["config"]: row for row in configs}
+    for entry in curves["series"]:
+        point = entry["over_training"]
+        for later in entry["points"] if point else ():
+            if later["x"] >= point["from"]:
+                rows[later["config"]]["flags"].append(
+                    f"is past the over-training point ({curves['label']} "
+                    f"{format_number(point['from'])} of its curve)")
+    return {
+        "identity_against": face.get("identity_against", "training photos"),
+        "memorisation": {**(face.get("memorisation") or {}), "copies": sweep["copies"],
+                         "copy_rate": sweep["copy_rate"], "copied_photos": sweep["copied_photos"],
+                         "images": len(lora_images)},
+        "rigidity": {**rigidity, "spread": sweep["spread"], "spread_ratio": sweep["spread_ratio"],
+                     "rigid": sweep["rigid"], "per": "config and prompt, across seeds",
+                     "rigid_configs": [row["config"] for row in configs if row.get("rigid")]},
+        "pose": {**{key: value for key, value in (face.get("pose") or {}).items()
+                    if key in ("method", "convention", "unavailable", "frontal_yaw")},
+                 **sweep["pose"]},
+        "baseline": ({"configs": [row["config"] for row in baselines],
+                      "similarity_mean": _mean(image["similarity_or_zero"] for image in images
+                                               if image["baseline"]),
+                      "below": [row["config"] for row in configs
+                                if row.get("baseline_lift")
+                                and not row["baseline_lift"]["beats_baseline"]]}
+                     if baselines else None),
+        "curves": curves,
+    }
+
+
 # --------------------------------------------------------------------------- bootstrap
 
 def _seed_for(label: str) -> list[int]:
@@ -665,8 +968,10 @@ def _seed_for(label: str) -> list[int]:
     return [BOOTSTRAP_SEED, zlib.crc32(label.encode("utf-8"))]
 
 
-def _columns(images: list[dict], threshold: float | None = None) -> dict[str, np.ndarray]:
-    """Per-image arrays: similarity (a failed image 0), passed, face found, identity, realism."""
+def _columns(images: list[dict], threshold: float | None = None,
+             judged: bool = False) -> dict[str, np.ndarray]:
+    """Per-image arrays: similarity (a failed image 0), passed, face found, identity, realism;
+    with `judged` also copied / measured and spread ratio / measured (for --compare-to)."""
     detected = np.array([bool(image["detected"]) for image in images], dtype=bool)
     similarity = np.array([float(image["similarity_or_zero"]) for image in images])
     if threshold is None:
@@ -680,9 +985,18 @@ def _columns(images: list[dict], threshold: float | None = None) -> dict[str, np
     relative = np.array([image["realism_relative"] if has else 0.0
                          for image, has in zip(images, has_realism)], dtype=np.float64)
     identity = np.array([float(image.get("identity") or 0.0) for image in images])
-    return {"similarity": similarity, "passed": passed, "detected": detected.astype(np.float64),
-            "identity": identity, "realism": realism, "has_realism": has_realism,
-            "relative": relative}
+    columns = {"similarity": similarity, "passed": passed, "detected": detected.astype(np.float64),
+               "identity": identity, "realism": realism, "has_realism": has_realism,
+               "relative": relative}
+    if judged:
+        copy = [image.get("copy") for image in images]
+        spread = [image.get("spread_ratio") for image in images]
+        columns.update(
+            copied=np.array([1.0 if value else 0.0 for value in copy]),
+            has_copy=np.array([0.0 if value is None else 1.0 for value in copy]),
+            spread=np.array([float(value) if value is not None else 0.0 for value in spread]),
+            has_spread=np.array([0.0 if value is None else 1.0 for value in spread]))
+    return columns
 
 
 def resample_totals(groups: list[dict[str, np.ndarray]], resamples: int,
@@ -721,6 +1035,13 @@ def _statistics(totals: dict, *, threshold: float | None,
     stats = {"similarity": totals["similarity"] / count, "pass_rate": totals["passed"] / count,
              "detection_rate": totals["detected"] / count, "realism": realism,
              "faces": totals["detected"], "score": score}
+    if "copied" in totals:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            stats["copy_rate"] = np.where(totals["has_copy"] > 0, totals["copied"]
+                                          / np.maximum(totals["has_copy"], 1), np.nan)
+            stats["spread_ratio"] = np.where(totals["has_spread"] > 0, totals["spread"]
+                                             / np.maximum(totals["has_spread"], 1), np.nan)
+        stats["copy_measured"], stats["spread_measured"] = totals["has_copy"], totals["has_spread"]
     if threshold is not None and min_detection_rate is not None:
         grade = np.full(score.shape, len(GRADE_CUTS), dtype=np.int64)
         for index, (_, cut) in reversed(list(enumerate(GRADE_CUTS))):
@@ -764,14 +1085,38 @@ def bootstrap_delta(new: list[float], old: list[float], *, resamples: int = BOOT
 
 def recommend(configs: list[dict], images: list[dict], *, threshold: float,
               min_detection_rate: float) -> dict | None:
-    """The headline: the best config that is not a baseline, its intervals and how sure it is."""
+    """The headline: the best config that is not a baseline, its intervals and how sure it is.
+
+    When the top-scoring config is flagged by the judge (copying, rigid, not above the baseline)
+    and the best unflagged config is within noise of it (the 95% bootstrap interval of their
+    score difference includes 0), the unflagged one is recommended instead ("preferred_over").
+    """
     candidates = [row for row in configs if not row["baseline"]]
     if not candidates:
         return None
-    best = candidates[0]
-    members = [image for image in images if image["config"] == best["config"]]
-    stats = group_statistics(members, resamples=BOOTSTRAP_RESAMPLES, seed=_seed_for(best["config"]),
-                             threshold=threshold, min_detection_rate=min_detection_rate)
+
+    computed: dict[str, dict] = {}
+
+    def statistics_of(row: dict) -> dict:
+        if row["config"] not in computed:
+            members = [image for image in images if image["config"] == row["config"]]
+            computed[row["config"]] = group_statistics(
+                members, resamples=BOOTSTRAP_RESAMPLES, seed=_seed_for(row["config"]),
+                threshold=threshold, min_detection_rate=min_detection_rate)
+        return computed[row["config"]]
+
+    best, stats, preferred_over = candidates[0], None, None
+    if best.get("flags"):
+        clean = next((row for row in candidates[1:] if not row.get("flags")), None)
+        if clean is not None:
+            top_stats, clean_stats = statistics_of(best), statistics_of(clean)
+            low, _ = _percentile_interval(top_stats["score"] - clean_stats["score"])
+            if low is None or low <= 0:
+                preferred_over = {"config": best["config"], "words": best["words"],
+                                  "score": best["score"], "flags": list(best["flags"])}
+                best, stats = clean, clean_stats
+    if stats is None:
+        stats = statistics_of(best)
     grades = stats["grade_index"]
     grade_range = [GRADE_ORDER[int(np.quantile(grades, 0.025, method="lower"))],
                    GRADE_ORDER[int(np.quantile(grades, 0.975, method="higher"))]]
@@ -794,14 +1139,15 @@ def recommend(configs: list[dict], images: list[dict], *, threshold: float,
                      "pass_rate": list(_percentile_interval(stats["pass_rate"])),
                      "grades": grade_range},
         "runner_up": None,
+        "flags": list(best.get("flags") or []),
+        "baseline_lift": best.get("baseline_lift"),
+        "preferred_over": preferred_over,
     }
     runner_within_noise = False
-    if len(candidates) > 1:
-        runner = candidates[1]
-        runner_members = [image for image in images if image["config"] == runner["config"]]
-        runner_stats = group_statistics(runner_members, resamples=BOOTSTRAP_RESAMPLES,
-                                        seed=_seed_for(runner["config"]), threshold=threshold,
-                                        min_detection_rate=min_detection_rate)
+    others = [row for row in candidates if row is not best]
+    if others:
+        runner = others[0]
+        runner_stats = statistics_of(runner)
         low, high = _percentile_interval(stats["score"] - runner_stats["score"])
         runner_within_noise = low is None or low <= 0
         result["runner_up"] = {"config": runner["config"], "words": runner["words"],
@@ -833,9 +1179,13 @@ def build_scorecard(face: dict, skin: dict, *, generated_dir: Path, reference_di
     ceiling = references.get("ceiling")
     configs = rank_configs(images, threshold=threshold, min_detection_rate=min_detection_rate,
                            schema=schema)
+    vectors = (face.get("vectors") or {}).get("generated") or {}
+    verdicts = judge(images, configs, face, vectors, schema=schema)
     run = summarize_group(images, threshold=threshold, min_detection_rate=min_detection_rate)
     recommendation = recommend(configs, images, threshold=threshold,
                                min_detection_rate=min_detection_rate)
+    verdicts["over_training"] = over_training_verdict(
+        verdicts["curves"], recommendation["config"] if recommendation else None)
     lora_configs = [row for row in configs if not row["baseline"]]
     config_order = [row["config"] for row in sorted(configs, key=lambda row: row["_sort"])]
     for row in configs:
@@ -845,6 +1195,7 @@ def build_scorecard(face: dict, skin: dict, *, generated_dir: Path, reference_di
                "reason": image["error"] or "no face found"}
               for image in images if not image["detected"]]
     warnings = _collect_warnings(face, skin, images, failed, excluded)
+    holdout = face.get("identity_against") == "held-out photos"
     scorecard = {
         "run_id": run_id,
         "timestamp": timestamp,
@@ -885,6 +1236,17 @@ def build_scorecard(face: dict, skin: dict, *, generated_dir: Path, reference_di
         "config_order": config_order,
         "generated_dir": str(generated_dir),
         "reference_dir": str(reference_dir),
+        # The judge (issue 17): what identity is measured against, copying, rigidity, the
+        # baseline floor and the checkpoint verdict; details per config in "configs".
+        "identity_against": verdicts["identity_against"],
+        "holdout_dir": face.get("reference_dir") if holdout else None,
+        "copy_rate": verdicts["memorisation"]["copy_rate"],
+        "spread_ratio": verdicts["rigidity"]["spread_ratio"],
+        "rigid_configs": verdicts["rigidity"]["rigid_configs"],
+        "configs_below_baseline": (verdicts["baseline"] or {}).get("below", []),
+        "over_training_from": verdicts["over_training"]["at"],
+        "over_training": verdicts["over_training"],
+        "judge": verdicts,
         "configs": configs,
         "warnings": warnings,
     }
@@ -903,6 +1265,8 @@ def build_scorecard(face: dict, skin: dict, *, generated_dir: Path, reference_di
                        for image in images if image["error"]],
         "excluded": excluded,
         "references": references,
+        "training": face.get("training"),
+        "identity_against": verdicts["identity_against"],
         "skin_references": skin.get("references"),
         "skin_method": skin.get("method"),
         "face_summary": face_summary,
@@ -999,6 +1363,51 @@ def check_outputs(outputs: list[tuple[str, Path | None, bool]]) -> None:
         problem = output_path_problem(path, in_place=in_place)
         if problem is not None:
             raise UsageError(f"{flag} {path}: {problem}; nothing was evaluated or written")
+
+
+CSV_SETTING_KEYS_FIRST = ("path", "config", "baseline")
+CSV_COLUMNS = ("prompt", "seed", "index", "error", "detected", "faces", "similarity", "passed",
+               "identity", "realism", "realism_relative", "copy", "copy_of", "copy_reason",
+               "nearest_training", "nearest_training_similarity", "phash_distance", "spread",
+               "spread_ratio", "yaw", "pitch", "roll", "map_x", "map_y")
+# A cell that a spreadsheet would run as a formula (=, +, -, @, tab, CR first) is quoted with
+# a leading apostrophe: a file name is data, never a formula.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else format_number(round(value, 6))
+    if isinstance(value, int):
+        return str(value)
+    text = str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def images_csv(images: list[dict], schema: ConfigSchema = DEFAULT_SCHEMA) -> str:
+    """One CSV row per counted image (RFC 4180, CRLF): path, config, baseline, one column per
+    setting the sweep uses (schema order), then CSV_COLUMNS. Empty cells are unknown."""
+    import csv
+
+    used = {key for image in images for key in (image.get("settings") or {})}
+    settings = [axis.key for axis in schema.axes if axis.key in used]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(list(CSV_SETTING_KEYS_FIRST) + settings + list(CSV_COLUMNS))
+    for image in images:
+        indices = image.get("indices") or {}
+        point = image.get("map") or [None, None]
+        values = {**image, "prompt": indices.get("prompt"), "seed": indices.get("seed"),
+                  "index": indices.get("index"), "map_x": point[0], "map_y": point[1]}
+        row = [values.get(key) for key in CSV_SETTING_KEYS_FIRST]
+        row += [(image.get("settings") or {}).get(key) for key in settings]
+        row += [values.get(key) for key in CSV_COLUMNS]
+        writer.writerow([_csv_cell(value) for value in row])
+    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------- history
@@ -1251,11 +1660,15 @@ def load_details(history: Path, record: dict) -> dict | None:
 # --------------------------------------------------------------------------- comparison
 
 COMPARED_METRICS = ("face_similarity_mean", "skin_realism_mean", "detection_rate", "identity_score",
-                    "score", "pass_rate", "images_evaluated")
+                    "score", "pass_rate", "images_evaluated", "copy_rate", "spread_ratio")
 # What --compare-to tests, per pair of image sets: name, the figure it reads, in words.
-GATED_METRICS = (("identity", "similarity", "mean similarity (a failed image 0)"),
-                 ("pass_rate", "pass_rate", "pass rate"),
-                 ("realism", "realism", "skin realism (images with a face)"))
+# The last field is the direction: +1 higher is better, -1 lower is better (more copying).
+GATED_METRICS = (("identity", "similarity", "mean similarity (a failed image 0)", 1),
+                 ("pass_rate", "pass_rate", "pass rate", 1),
+                 ("realism", "realism", "skin realism (images with a face)", 1),
+                 ("copying", "copy_rate", "copy rate (images copying a training photo)", -1),
+                 ("rigidity", "spread_ratio", "spread across seeds / the training photos' "
+                  "(lower: more rigid)", 1))
 
 
 def comparison_images(details: dict, schema: ConfigSchema = DEFAULT_SCHEMA) -> list[dict]:
@@ -1281,7 +1694,10 @@ def comparison_images(details: dict, schema: ConfigSchema = DEFAULT_SCHEMA) -> l
                      "passed": bool(image.get("passed")) and detected,
                      "identity": image.get("identity") or 0.0,
                      "realism": image.get("realism") if detected else None,
-                     "realism_relative": image.get("realism_relative") if detected else None})
+                     "realism_relative": image.get("realism_relative") if detected else None,
+                     # None where an older sidecar did not measure them.
+                     "copy": bool(image["copy"]) if image.get("copy") is not None else None,
+                     "spread_ratio": image.get("spread_ratio") if detected else None})
     for item in details.get("unreadable", []) or []:
         if not isinstance(item, dict) or item.get("path") in seen:
             continue
@@ -1290,7 +1706,8 @@ def comparison_images(details: dict, schema: ConfigSchema = DEFAULT_SCHEMA) -> l
         rows.append({"path": item.get("path"), "config": config.name,
                      "baseline": config.baseline, "detected": False,
                      "similarity_or_zero": 0.0, "passed": False, "identity": 0.0,
-                     "realism": None, "realism_relative": None})
+                     "realism": None, "realism_relative": None, "copy": None,
+                     "spread_ratio": None})
     return rows
 
 
@@ -1306,8 +1723,8 @@ def _compare_sets(label: str, new_groups: list[list[dict]], old_groups: list[lis
         result["images_needed"] = max(0, MIN_COMPARE_IMAGES - min(new_count, old_count))
         return result
     rng = np.random.default_rng(_seed_for(label))
-    new_cols = [_columns(group, threshold) for group in new_groups if group]
-    old_cols = [_columns(group, threshold) for group in old_groups if group]
+    new_cols = [_columns(group, threshold, judged=True) for group in new_groups if group]
+    old_cols = [_columns(group, threshold, judged=True) for group in old_groups if group]
     point_new = _statistics({**{key: sum(col[key].sum() for col in new_cols)
                                 for key in new_cols[0]}, "n": new_count},
                             threshold=None, min_detection_rate=None)
@@ -1318,13 +1735,26 @@ def _compare_sets(label: str, new_groups: list[list[dict]], old_groups: list[lis
                            threshold=None, min_detection_rate=None)
     boot_old = _statistics(resample_totals(old_cols, BOOTSTRAP_RESAMPLES, rng),
                            threshold=None, min_detection_rate=None)
-    for name, column, words in GATED_METRICS:
+    for name, column, words, direction in GATED_METRICS:
         new_value, old_value = float(point_new[column]), float(point_old[column])
-        entry = {"metric": words, "new": new_value, "old": old_value}
+        entry = {"metric": words, "new": new_value, "old": old_value, "direction": direction}
         if name == "realism" and (point_new["faces"] < MIN_COMPARE_IMAGES
                                   or point_old["faces"] < MIN_COMPARE_IMAGES):
             entry["undecided"] = (f"too few faces for realism ({int(point_new['faces'])} now, "
                                   f"{int(point_old['faces'])} then)")
+            result["metrics"][name] = entry
+            continue
+        if name == "copying" and min(point_new["copy_measured"], point_old["copy_measured"]) \
+                < MIN_COMPARE_IMAGES:
+            entry["undecided"] = ("copying not measured in both runs (an older run, or too few "
+                                  "images)")
+            result["metrics"][name] = entry
+            continue
+        if name == "rigidity" and min(point_new["spread_measured"],
+                                      point_old["spread_measured"]) < MIN_COMPARE_IMAGES:
+            entry["undecided"] = (f"too few faces with a spread for rigidity "
+                                  f"({int(point_new['spread_measured'])} now, "
+                                  f"{int(point_old['spread_measured'])} then)")
             result["metrics"][name] = entry
             continue
         deltas = boot_new[column] - boot_old[column]
@@ -1347,22 +1777,25 @@ def _decide(comparisons: list[dict]) -> int:
             if "_deltas" not in entry:
                 entry["verdict"] = "cannot decide"
                 continue
-            deltas = entry.pop("_deltas")
+            # Judged as "better" = direction x delta, so more copying reads as a drop.
+            direction = entry.get("direction", 1)
+            deltas = direction * entry.pop("_deltas")
+            gain = direction * entry["delta"]
             margin = PRACTICAL_MARGINS[name]
             upper = float(np.quantile(deltas, 1 - level)) if len(deltas) else math.inf
             lower = float(np.quantile(deltas, level)) if len(deltas) else -math.inf
-            entry["decision_bounds"] = [lower, upper]
-            if upper < 0 and entry["delta"] < -margin:
+            entry["decision_bounds"] = sorted([direction * lower, direction * upper])
+            if upper < 0 and gain < -margin:
                 entry["verdict"] = "clearly worse"
-            elif lower > 0 and entry["delta"] > margin:
+            elif lower > 0 and gain > margin:
                 entry["verdict"] = "clearly better"
             else:
                 entry["verdict"] = "within noise"
-                if entry["delta"] < -margin and upper > entry["delta"]:
+                if gain < -margin and upper > gain:
                     # How many images per side would make a drop this size clear: the bound
                     # shrinks as 1/sqrt(n).
-                    width = upper - entry["delta"]
-                    factor = (width / abs(entry["delta"])) ** 2
+                    width = upper - gain
+                    factor = (width / abs(gain)) ** 2
                     entry["images_needed"] = int(math.ceil(
                         max(comparison["images_new"], comparison["images_old"]) * factor))
     return family
@@ -1400,6 +1833,7 @@ def compare_runs(new: dict, new_details: dict | None, old: dict, old_details: di
         "significant_regression": False,
         "confidence": BOOTSTRAP_CONFIDENCE,
         "family_alpha": FAMILY_ALPHA,
+        "margins": dict(PRACTICAL_MARGINS),
         "notes": [],
     }
     threshold = float(new.get("threshold"))
@@ -1486,7 +1920,11 @@ def same_scorer(a: dict, b: dict) -> bool:
 
 
 # --------------------------------------------------------------------------- report
+#
+# The Markdown and HTML rendering lives in evals/scorecard_render.py (one job per file); these
+# are its entry points, loaded from this script's folder.
 
+# Copied from evals/scorecard_render.py:_f
 def _f(value, digits: int = 3) -> str:
     if value is None:
         return "-"
@@ -1495,423 +1933,44 @@ def _f(value, digits: int = 3) -> str:
     return str(value)
 
 
+# Copied from evals/scorecard_render.py:_pct
 def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
 
-def _signed(value, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+d}" if isinstance(value, int) else f"{value:+.{digits}f}"
+_RENDERER = None
 
 
-def _range(pair, formatter=_f, joiner: str = " .. ") -> str:
-    if not pair or pair[0] is None or pair[1] is None:
-        return "-"
-    return f"{formatter(pair[0])}{joiner}{formatter(pair[1])}"
-
-
-GRADE_WORDS = {
-    "A": "strong: identity and skin both hold",
-    "B": "good: usable, check the weakest metric",
-    "C": "borderline: identity or realism is weak",
-    "D": "weak: most images miss the person or look artificial",
-    "F": "failing: the person is not there",
-}
+def load_renderer():
+    """evals/scorecard_render.py, imported from this script's folder."""
+    global _RENDERER
+    if _RENDERER is None:
+        if str(SCRIPT_DIR) not in sys.path:
+            sys.path.insert(0, str(SCRIPT_DIR))
+        import scorecard_render
+        _RENDERER = scorecard_render
+    return _RENDERER
 
 
 def headline(scorecard: dict, *, code: str = "`") -> list[tuple[str, str]]:
-    """The report's first lines, as (label, text): the recommendation, how sure, the sweep."""
-    s = scorecard
-    best = s.get("recommendation")
-    sweep = (f"grade {s['overall_grade']} (score {_f(s['score'], 2)}) over "
-             f"{s['overall_grade_basis']}. A sweep holds weak configs on purpose: judge the LoRA "
-             "by its best config.")
-    if not best:
-        return [("Recommendation", "none: this sweep has no LoRA config (only a baseline), "
-                 "so there is nothing to choose."), ("Whole sweep (context)", sweep)]
-    interval = best["interval"]
-    name = f"{code}{best['config']}{code}"
-    if best["grade"] in "ABC":
-        verb = f"use {best['words']} ({name})"
-    else:
-        verb = (f"no config is ready; the best is {best['words']} ({name}), and it grades "
-                f"{best['grade']} ({GRADE_WORDS[best['grade']].split(':')[0]})")
-    recommendation = (
-        f"{verb}: grade {best['grade']} on {best['grade_basis']}; identity "
-        f"{_f(best['similarity_mean'])} (95% interval "
-        f"{_range(interval['face_similarity_mean'])}), realism {_f(best['realism_mean'])}, "
-        f"pass rate {_pct(best['pass_rate'])} ({best['passed']}/{best['images']}, interval "
-        f"{_range(interval['pass_rate'], _pct)}), score {_f(best['score'], 2)} (interval "
-        f"{_range(interval['score'], lambda v: _f(v, 2))}).")
-    grades = interval["grades"]
-    sure = [f"{best['how_sure']}: {best['images']} image{'s' if best['images'] != 1 else ''}",
-            f"the interval spans grade {grades[0]}" + (f" to {grades[1]}"
-                                                       if grades[0] != grades[1] else " only")]
-    runner = best.get("runner_up")
-    if runner:
-        difference = (f"score {_f(runner['score'], 2)}, difference "
-                      f"{_f(runner['score_difference'], 2)}, interval "
-                      f"{_range(runner['score_difference_interval'], lambda v: _f(v, 2))}")
-        if runner["within_noise"]:
-            either = "either will do, " if best["grade"] in "ABC" else ""
-            sure.append(f"the runner-up {code}{runner['config']}{code} (grade {runner['grade']}, "
-                        f"{difference}) is within noise of it: {either}more images would "
-                        "separate them")
-        else:
-            sure.append(f"the runner-up {code}{runner['config']}{code} (grade {runner['grade']}, "
-                        f"{difference}) is clearly behind")
-    else:
-        sure.append("it is the only LoRA config")
-    return [("Recommendation", recommendation), ("How sure", "; ".join(sure) + "."),
-            ("Whole sweep (context)", sweep)]
-
-
-def comparison_lines(comparison: dict) -> list[str]:
-    """The Markdown of a comparison: verdict, why, the like-with-like table, sweep deltas."""
-    c = comparison
-    lines = [f"Against `{c['lora_version']}` run `{c['run_id']}` ({c['timestamp']}): "
-             f"**{c['verdict']}**" + (f": {c['why']}" if c.get("why") else "") + "."]
-    if c.get("images_needed"):
-        if c["verdict"] == "cannot decide":
-            lines.append(f"Images needed: at least {c['images_needed']} more in the best config "
-                         "of the smaller run.")
-        else:
-            lines.append(f"Images needed: about {c['images_needed']} per side (in the comparison "
-                         "that needs the most) to tell the largest drop seen from noise.")
-    lines.append(f"Best config: `{c.get('old_best_config')}` (grade "
-                 f"{c.get('old_best_config_grade') or '-'}) then, `{c.get('new_best_config')}` "
-                 f"(grade {c.get('new_best_config_grade') or '-'}) now; sweep grade "
-                 f"{c['old_grade']} -> {c['new_grade']}.")
-    if c.get("comparisons"):
-        lines += ["", f"Like with like (95% bootstrap intervals of now - then; \"clearly\" needs "
-                  f"the one-sided bound at family-wise {c['family_alpha']:.0%} over "
-                  f"{c.get('family_size', 0)} tests and a change beyond "
-                  f"{', '.join(f'{k} {v}' for k, v in PRACTICAL_MARGINS.items())}):", "",
-                  "| comparison | images then/now | metric | then | now | delta | 95% interval "
-                  "| verdict |", "|---|---|---|---|---|---|---|---|"]
-        for item in c["comparisons"]:
-            counts = f"{item['images_old']}/{item['images_new']}"
-            if item.get("undecided"):
-                lines.append(f"| {item['label']} | {counts} | all | - | - | - | - "
-                             f"| cannot decide: {item['undecided']} |")
-                continue
-            for name, entry in item["metrics"].items():
-                verdict = entry.get("verdict", "-")
-                if entry.get("undecided"):
-                    verdict = f"cannot decide: {entry['undecided']}"
-                elif entry.get("images_needed"):
-                    verdict += f" (to be sure: ~{entry['images_needed']} images per side)"
-                percent = name == "pass_rate"
-                show = _pct if percent else _f
-                lines.append(f"| {item['label']} | {counts} | {entry['metric']} "
-                             f"| {show(entry.get('old'))} | {show(entry.get('new'))} "
-                             f"| {_signed(entry.get('delta'))} | {_range(entry.get('interval'))} "
-                             f"| {verdict} |")
-    lines += ["", "Whole sweep (context, not like with like when the configs differ):", "",
-              "| metric | then | now | delta |", "|---|---|---|---|"]
-    for metric in COMPARED_METRICS:
-        lines.append(f"| {metric} | {_f(c['old'].get(metric))} | "
-                     f"{_f(c.get('now', {}).get(metric))} | {_signed(c['deltas'].get(metric))} |")
-    for note in c.get("notes") or []:
-        lines += ["", f"Note: {note}"]
-    return lines
+    """The report's first lines, as (label, text); see scorecard_render.headline."""
+    return load_renderer().headline(scorecard, code=code)
 
 
 def render_report(scorecard: dict, comparison: dict | None, *, notes: str | None = None,
                   training_params=None) -> str:
-    """The Markdown summary a person reads."""
-    s = scorecard
-    lines = [f"# Scorecard: {s['lora_version']} ({s['run_id']})", ""]
-    for label, text in headline(s):
-        lines += [f"**{label}:** {text}", ""]
-    lines += [
-        f"- Sweep grade: **{s['overall_grade']}** (score {_f(s['score'], 2)}; "
-        "score = identity x (0.4 + 0.6 x realism relative to the training photos); "
-        f"A >= 0.80, B >= 0.65, C >= 0.50, D >= 0.35) over {s['overall_grade_basis']}",
-        f"- Identity: mean similarity {_f(s['face_similarity_mean'])} (failed images count 0; "
-        f"{_f(s['face_similarity_mean_detected'])} over found faces) against threshold "
-        f"{_f(s['threshold'])} and reference ceiling {_f(s['reference_ceiling'])}; "
-        f"identity ratio {_f(s['identity_ratio'])}; "
-        f"{'PASS' if s['face_similarity_pass'] else 'FAIL'}",
-        f"- Skin realism: {_f(s['skin_realism_mean'])} (mean over images with a face, 0..1)",
-        f"- Faces found: {_pct(s['detection_rate'])} of {s['images_evaluated']} images "
-        f"(minimum {_pct(s['min_detection_rate'])}); failed images {s['images_failed']} "
-        f"({s['images_unreadable']} unreadable); excluded copies of references "
-        f"{s['images_excluded']}",
-        f"- Scored by: {s['backend']} / {s['model']}; {s['timestamp']}",
-        f"- Best config: `{s['best_config']}` (grade {s['best_config_grade']}); worst config: "
-        f"`{s['worst_config']}`",
-    ]
-    if notes:
-        lines.append(f"- Notes: {notes}")
-    if training_params:
-        params = json.dumps(training_params, ensure_ascii=False)[:400]
-        lines.append(f"- Training params: `{params}`")
-    lines += ["", "## Configs, ranked", "",
-              "| # | config | grade | rests on | similarity | pass | realism "
-              "| score (95% interval) |",
-              "|---|---|---|---|---|---|---|---|"]
-    for row in s["configs"]:
-        name = f"`{row['config']}`" + (" (baseline)" if row["baseline"] else "")
-        lines.append(
-            f"| {row['rank']} | {name} | {row['grade']} | {row['grade_basis']} "
-            f"| {_f(row['similarity_mean'])} | {_pct(row['pass_rate'])} "
-            f"| {_f(row['realism_mean'])} "
-            f"| {_f(row['score'], 2)} ({_range(row['score_interval'], lambda v: _f(v, 2))}) |")
-    if len(s["configs"]) > 1:
-        lines += ["", "By setting (numeric order): "
-                  + ", ".join(f"`{name}`" for name in s["config_order"])]
-    if s["failed_images"]:
-        lines += ["", "## Failed images (each counts as 0 in its config and the sweep)", "",
-                  "| image | config | reason |", "|---|---|---|"]
-        lines += [f"| `{item['path']}` | `{item['config']}` | {item['reason']} |"
-                  for item in s["failed_images"]]
-    if s["excluded_images"]:
-        lines += ["", "## Excluded: identical to a training photo", "",
-                  "| image | config | identical to |", "|---|---|---|"]
-        lines += [f"| `{item['path']}` | `{item['config']}` | `{item['identical_to_reference']}` |"
-                  for item in s["excluded_images"]]
-    lines += ["", "## Comparison with the previous version", ""]
-    if comparison is None:
-        lines.append("No earlier run of another version in the history.")
-    elif comparison.get("refused"):
-        lines.append(comparison["refused"])
-    else:
-        lines += comparison_lines({**comparison, "now": {m: s.get(m) for m in COMPARED_METRICS}})
-    lines += ["", "## Warnings", ""]
-    lines += [f"- {message}" for message in s["warnings"]] or ["None."]
-    lines.append("")
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- HTML
-
-GRADE_COLORS = {"A": "#1a7f37", "B": "#4c9a2a", "C": "#b08800", "D": "#d4661b", "F": "#c0392b"}
-
-CSS = """
-body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1f2328;
- background:#f6f8fa}
-h1{margin:0 0 4px;font-size:24px} h2{margin:28px 0 10px;font-size:19px} h3{margin:0;font-size:16px}
-.sub{color:#57606a}
-.verdict{display:flex;gap:18px;align-items:center;background:#fff;border:1px solid #d0d7de;
- border-radius:8px;padding:14px 18px;margin:14px 0}
-.big{font-size:46px;font-weight:700;color:#fff;width:72px;height:72px;border-radius:10px;
- display:flex;align-items:center;justify-content:center;flex:none}
-.stats{display:flex;flex-wrap:wrap;gap:10px;margin:10px 0}
-.stat{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:8px 12px;min-width:120px}
-.stat b{display:block;font-size:18px}
-table{border-collapse:collapse;background:#fff;border:1px solid #d0d7de}
-th,td{padding:5px 10px;border-bottom:1px solid #eaeef2;text-align:right}
-th{background:#f0f3f6} td.l,th.l{text-align:left}
-.g{display:inline-block;min-width:22px;text-align:center;border-radius:4px;color:#fff;
- font-weight:700}
-.bar{display:inline-block;height:8px;background:#0969da;border-radius:4px;vertical-align:middle}
-.grid td{text-align:center;vertical-align:top;padding:6px}
-.grid img{display:block;margin:0 auto 4px;border-radius:4px}
-.config{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:12px 14px;margin:14px 0}
-.sheet{display:flex;flex-wrap:wrap;gap:10px;margin-top:10px}
-.card{width:164px;font-size:12px}
-.card img,.noimg{width:160px;height:160px;object-fit:contain;background:#eaeef2;border-radius:4px;
- border:2px solid #d0d7de;display:block}
-.card.ok img{border-color:#1a7f37} .card.bad img{border-color:#c0392b}
-.card.noface img{border-color:#8c959f;opacity:.8}
-.name{color:#57606a;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.ok-t{color:#1a7f37;font-weight:600} .bad-t{color:#c0392b;font-weight:600}
-.hl{margin:3px 0}
-ul.w{background:#fff8c5;border:1px solid #d4a72c;border-radius:6px;padding:10px 28px}
-"""
-
-
-def thumbnail_data_uri(path: Path, size: int = THUMB_SIZE) -> str | None:
-    """A base64 JPEG data URI of the image fitted in size x size, or None when it cannot be read."""
-    try:
-        from PIL import Image
-        fse = load_evaluators()[0]
-        rgb = fse.load_image(path)[:, :, ::-1]
-        image = Image.fromarray(np.ascontiguousarray(rgb))
-        image.thumbnail((size, size), Image.Resampling.LANCZOS)
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=82)
-    except Exception:
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _grade_badge(grade: str) -> str:
-    return f'<span class="g" style="background:{GRADE_COLORS.get(grade, "#57606a")}">{grade}</span>'
-
-
-def _short_name(path: str, config: str) -> str:
-    """The file name without the config it repeats (`..._cfg4.0_seed42.png` -> `seed42.png`)."""
-    name = PurePosixPath(path).name
-    if config != UNPARSED and name.startswith(config) and len(name) > len(config) + 1:
-        return name[len(config):].lstrip("_-. ")
-    return name
-
-
-def _anchor(config: str) -> str:
-    return "cfg-" + re.sub(r"[^A-Za-z0-9_.-]", "-", config)
-
-
-def strength_cfg_grids(configs: list[dict], schema: ConfigSchema = DEFAULT_SCHEMA) -> list[dict]:
-    """Strength x CFG grids, one per combination of the other settings, each with >= 2 cells;
-    rows, columns and grids in numeric order."""
-    groups: dict[tuple, dict] = {}
-    for row in configs:
-        settings = dict(row["settings"])
-        strength, cfg = settings.pop("strength", None), settings.pop("cfg", None)
-        if strength is None or cfg is None or row["baseline"]:
-            continue
-        rest = schema.make(settings)
-        group = groups.setdefault(schema.sort_key(rest), {"title": rest.name if rest.parsed
-                                                          else "all", "cells": {}})
-        cell = group["cells"].get((strength, cfg))
-        if cell is None or row["score"] > cell["score"]:
-            group["cells"][(strength, cfg)] = row
-    grids = []
-    for _, group in sorted(groups.items()):
-        if len(group["cells"]) >= 2:
-            group["strengths"] = sorted({key[0] for key in group["cells"]})
-            group["cfgs"] = sorted({key[1] for key in group["cells"]})
-            grids.append(group)
-    return grids
+    """The Markdown summary a person reads (scorecard_render.render_report)."""
+    return load_renderer().render_report(scorecard, comparison, notes=notes,
+                                         training_params=training_params)
 
 
 def render_html(scorecard: dict, details: dict, comparison: dict | None, generated_dir: Path, *,
                 notes: str | None = None) -> str:
-    """A self-contained page: the recommendation, ranked configs, strength x CFG grids, contact
-    sheets, failed and excluded images."""
-    s = scorecard
-    e = html.escape
-    schema = ConfigSchema(s.get("config_keys") or ())
-    thumbs = {image["path"]: thumbnail_data_uri(generated_dir / image["path"])
-              for image in details["images"] if not image.get("error")}
-    by_config: dict[str, list[dict]] = {}
-    for image in details["images"]:
-        by_config.setdefault(image["config"], []).append(image)
-    best = s.get("recommendation")
-    badge = best["grade"] if best else s["overall_grade"]
-    out = ["<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
-           f"<title>Scorecard {e(str(s['lora_version']))} - best config grade {badge}</title>",
-           f"<style>{CSS}</style></head><body>",
-           f"<h1>LoRA scorecard: {e(str(s['lora_version']))}</h1>",
-           f"<div class=\"sub\">run <code>{e(s['run_id'])}</code> · {e(s['timestamp'])} · "
-           f"{e(str(s['backend']))} / {e(str(s['model']))} · {s['images_evaluated']} images · "
-           f"{e(s['generated_dir'])}</div>",
-           f"<div class=\"verdict\"><div class=\"big\" style=\"background:{GRADE_COLORS[badge]}\">"
-           f"{badge}</div><div>"]
-    for label, text in headline(s, code=""):
-        out.append(f"<div class=\"hl\"><b>{e(label)}:</b> {e(text)}</div>")
-    if comparison and not comparison.get("refused"):
-        out.append(f"<div class=\"hl\"><b>Against {e(str(comparison['lora_version']))}</b> "
-                   f"(<code>{e(str(comparison['run_id']))}</code>): "
-                   f"<b>{e(comparison['verdict'])}</b>"
-                   + (f": {e(str(comparison['why']))}" if comparison.get("why") else "")
-                   + "</div>")
-    if notes:
-        out.append(f"<div class=\"sub\">Notes: {e(notes)}</div>")
-    out.append("</div></div><div class=\"stats\">")
-    for label, value in (
-        ("best config grade", f"{s['best_config_grade'] or '-'}"),
-        ("sweep grade (context)", s["overall_grade"]),
-        ("identity (mean sim.)", _f(s["face_similarity_mean"])),
-        ("threshold", _f(s["threshold"])),
-        ("reference ceiling", _f(s["reference_ceiling"])),
-        ("skin realism", _f(s["skin_realism_mean"])),
-        ("faces found", _pct(s["detection_rate"])),
-        ("failed images", str(s["images_failed"])),
-    ):
-        out.append(f"<div class=\"stat\">{e(label)}<b>{e(value)}</b></div>")
-    out.append("</div><h2>Configs, ranked</h2><table><tr><th>#</th><th class=\"l\">config</th>"
-               "<th>grade</th><th class=\"l\">rests on</th><th>similarity</th><th>pass</th>"
-               "<th>realism</th><th class=\"l\">score (95% interval)</th></tr>")
-    for row in s["configs"]:
-        width = int(round(100 * row["score"]))
-        extra = " <span class=\"sub\">(baseline)</span>" if row["baseline"] else ""
-        out.append(
-            f"<tr><td>{row['rank']}</td><td class=\"l\"><a href=\"#{_anchor(row['config'])}\">"
-            f"{e(row['config'])}</a>{extra}</td><td>{_grade_badge(row['grade'])}</td>"
-            f"<td class=\"l\">{e(row['grade_basis'])}</td>"
-            f"<td>{_f(row['similarity_mean'])}</td><td>{_pct(row['pass_rate'])}</td>"
-            f"<td>{_f(row['realism_mean'])}</td><td class=\"l\"><span class=\"bar\" "
-            f"style=\"width:{width}px\"></span> {row['score']:.2f} "
-            f"<span class=\"sub\">({_range(row['score_interval'], lambda v: _f(v, 2))})</span>"
-            "</td></tr>")
-    out.append("</table>")
-    strength_axis, cfg_axis = schema.by_key.get("strength"), schema.by_key.get("cfg")
-    for grid in strength_cfg_grids(s["configs"], schema):
-        out.append(f"<h2>Strength x CFG ({e(grid['title'])})</h2>"
-                   "<table class=\"grid\"><tr><th></th>")
-        for cfg in grid["cfgs"]:
-            out.append(f"<th>cfg{e(format_number(cfg, cfg_axis.decimals))}</th>")
-        out.append("</tr>")
-        for strength in grid["strengths"]:
-            out.append(f"<tr><th>str{e(format_number(strength, strength_axis.decimals))}</th>")
-            for cfg in grid["cfgs"]:
-                row = grid["cells"].get((strength, cfg))
-                if row is None:
-                    out.append("<td class=\"sub\">-</td>")
-                    continue
-                best_image = max((image for image in by_config.get(row["config"], [])
-                                  if not image.get("error")), default=None,
-                                 key=lambda image: (image["identity"], image["realism"] or 0.0))
-                thumb = thumbs.get(best_image["path"]) if best_image else None
-                image_html = f"<img src=\"{thumb}\" width=\"120\" alt=\"\">" if thumb else ""
-                out.append(f"<td><a href=\"#{_anchor(row['config'])}\">{image_html}</a>"
-                           f"{_grade_badge(row['grade'])} {row['score']:.2f}<br>"
-                           f"<span class=\"sub\">id {_f(row['similarity_mean'])} · "
-                           f"real {_f(row['realism_mean'], 2)} · {row['images']} img</span></td>")
-            out.append("</tr>")
-        out.append("</table>")
-    out.append("<h2>Contact sheets</h2><div class=\"sub\">Border: green = identity at or above "
-               f"the threshold ({_f(s['threshold'])}), red = below, grey = no face found or "
-               "unreadable (both count as failed). Best identity first.</div>")
-    threshold = s["threshold"]
-    for row in s["configs"]:
-        out.append(f"<div class=\"config\" id=\"{_anchor(row['config'])}\"><h3>#{row['rank']} "
-                   f"{e(row['config'])} {_grade_badge(row['grade'])}</h3><div class=\"sub\">score "
-                   f"{row['score']:.2f} · similarity {_f(row['similarity_mean'])} · realism "
-                   f"{_f(row['realism_mean'])} · {e(row['grade_basis'])}</div>"
-                   "<div class=\"sheet\">")
-        members = sorted(by_config.get(row["config"], []),
-                         key=lambda image: (-image["identity"], image["path"]))
-        for image in members:
-            if image.get("error"):
-                state = "noface"
-                identity = f"<span class=\"bad-t\">unreadable: {e(str(image['error']))}</span>"
-            elif not image["detected"]:
-                state, identity = "noface", "<span class=\"bad-t\">no face found</span>"
-            else:
-                passed = image["similarity"] is not None and image["similarity"] >= threshold
-                state = "ok" if passed else "bad"
-                identity = (f"identity <span class=\"{'ok-t' if passed else 'bad-t'}\">"
-                            f"{_f(image['similarity'])}</span>")
-            thumb = thumbs.get(image["path"])
-            picture = (f"<img src=\"{thumb}\" alt=\"{e(image['path'])}\">" if thumb
-                       else "<div class=\"noimg\"></div>")
-            out.append(f"<div class=\"card {state}\" title=\"{e(image['path'])}\">{picture}"
-                       f"<div class=\"name\">{e(_short_name(image['path'], row['config']))}</div>"
-                       f"<div>{identity}</div>"
-                       f"<div>realism {_f(image['realism'] if image['detected'] else None, 2)}"
-                       "</div></div>")
-        out.append("</div></div>")
-    if s["excluded_images"]:
-        out.append("<h2>Excluded: identical to a training photo</h2><ul class=\"w\">")
-        out += [f"<li>{e(item['path'])} = {e(str(item['identical_to_reference']))}</li>"
-                for item in s["excluded_images"]]
-        out.append("</ul>")
-    if s["warnings"]:
-        out.append("<h2>Warnings</h2><ul class=\"w\">")
-        out += [f"<li>{e(message)}</li>" for message in s["warnings"]]
-        out.append("</ul>")
-    out.append("<p class=\"sub\">score = identity x (0.4 + 0.6 x relative realism); identity "
-               "is 0.5 at the threshold, 1 at the reference ceiling, 0 without a face or when "
-               "unreadable; grade A &ge; 0.80, B &ge; 0.65, C &ge; 0.50, D &ge; 0.35; capped at C "
-               "when mean similarity is below the threshold, at D when too few faces are found. "
-               "Intervals: 95% percentile bootstrap over each config's images.</p>")
-    out.append("</body></html>\n")
-    return "\n".join(out)
+    """The self-contained HTML page (scorecard_render.render_html)."""
+    schema = ConfigSchema(scorecard.get("config_keys") or ())
+    return load_renderer().render_html(scorecard, details, comparison, generated_dir,
+                                       schema=schema, load_image=load_evaluators()[0].load_image,
+                                       notes=notes)
 
 
 _EVALUATORS = None
@@ -1931,15 +1990,18 @@ def load_evaluators():
 
 def run_evals(generated: Path, reference: Path, *, backend: str, threshold: float | None,
               model_pack: str, device: str, cache_dir: Path | None, show_progress: bool,
-              download_pack: bool = False) -> tuple[dict, dict]:
+              download_pack: bool = False, holdout: Path | None = None) -> tuple[dict, dict]:
     """Both evals' result dicts; their InputError becomes UsageError. Their warnings are
-    collected (and printed once, at the end, by main)."""
+    collected (and printed once, at the end, by main). With `holdout`, identity is measured
+    against it and `reference` (the training photos) serves memorisation and rigidity; skin
+    realism is always relative to `reference`."""
     fse, sre = load_evaluators()
     try:
-        face = fse.evaluate(generated, reference, threshold=threshold, backend=backend,
-                            model_pack=model_pack, device=device, cache_dir=cache_dir,
-                            show_progress=show_progress, download_pack=download_pack,
-                            print_warnings=False)
+        face = fse.evaluate(generated, holdout or reference, threshold=threshold,
+                            backend=backend, model_pack=model_pack, device=device,
+                            cache_dir=cache_dir, show_progress=show_progress,
+                            download_pack=download_pack, print_warnings=False,
+                            training_dir=reference, keep_vectors=True)
         skin = sre.evaluate(generated, reference, show_progress=show_progress)
     except (fse.InputError, sre.InputError) as error:
         raise UsageError(str(error)) from error
@@ -2089,6 +2151,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "no gate)")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the scorecard JSON to this file (default: stdout only)")
+    parser.add_argument("--csv", type=Path, default=None, metavar="PATH",
+                        help="also write one CSV row per image (config, prompt, seed, identity, "
+                        "realism, copy, spread, pose) here (default: none)")
+    parser.add_argument("--holdout-reference", type=Path, default=None, metavar="DIR",
+                        help="photos of the person NOT used in training: identity is measured "
+                        "against them, --reference then serves memorisation only (default: "
+                        "identity against --reference, which rewards copying it)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     parser.add_argument("--demo", type=Path, metavar="OUT_DIR", default=None,
                         help="build the sample sweep under OUT_DIR and score it with the dlib "
@@ -2110,6 +2179,10 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         args.report = args.report or args.demo / "latest_report.md"
         args.html = args.html or args.demo / "report.html"
         args.json = args.json or args.demo / "scorecard.json"
+        args.csv = args.csv or args.demo / "images.csv"
+        if args.holdout_reference is not None:
+            parser.error("--demo builds its own sweep; do not combine it with "
+                         "--holdout-reference")
         args.cache_dir = args.cache_dir or args.demo / "cache"
     else:
         missing = [flag for flag, value in (("--generated", args.generated),
@@ -2117,9 +2190,17 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
                                             ("--lora-version", args.lora_version)) if not value]
         if missing:
             parser.error(f"{', '.join(missing)} required (or --demo OUT_DIR for the sample sweep)")
-        for flag, folder in (("--generated", args.generated), ("--reference", args.reference)):
-            if not folder.is_dir():
+        for flag, folder in (("--generated", args.generated), ("--reference", args.reference),
+                             ("--holdout-reference", args.holdout_reference)):
+            if folder is not None and not folder.is_dir():
                 parser.error(f"{flag} {folder} is not a folder")
+        if args.holdout_reference is not None:
+            holdout = args.holdout_reference.resolve()
+            if holdout == args.reference.resolve():
+                parser.error("--holdout-reference is the --reference folder: held-out photos "
+                             "must be photos the LoRA was not trained on")
+            if holdout == args.generated.resolve():
+                parser.error("--holdout-reference is the --generated folder")
     args.backend = args.backend or "insightface"
     if args.download_pack and args.backend != "insightface":
         parser.error(f"--download-pack applies only to --backend insightface, not --backend "
@@ -2139,6 +2220,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     args.report = (args.report or DEFAULT_REPORT).resolve()
     args.html = args.html.resolve() if args.html is not None else None
     args.json = args.json.resolve() if args.json is not None else None
+    args.csv = args.csv.resolve() if args.csv is not None else None
 
 
 def default_run_id(lora_version: str, now: dt.datetime) -> str:
@@ -2177,7 +2259,7 @@ def _run(args: argparse.Namespace, training_params) -> int:
     check_outputs([("--history", history, True), ("--history", lock_path_for(history), True),
                    ("--history (its runs/ sidecar folder)", sidecar, False),
                    ("--report", args.report, False), ("--html", args.html, False),
-                   ("--json", args.json, False),
+                   ("--json", args.json, False), ("--csv", args.csv, False),
                    ("--demo", args.demo / "sweep" / "probe.png" if args.demo else None, False)])
     records = read_history(history)
     if any(str(record.get("run_id")) == run_id for record in records):
@@ -2207,9 +2289,11 @@ def _run(args: argparse.Namespace, training_params) -> int:
     else:
         generated, reference = args.generated.resolve(), args.reference.resolve()
 
+    holdout = args.holdout_reference.resolve() if args.holdout_reference else None
     face, skin = run_evals(generated, reference, backend=args.backend, threshold=args.threshold,
                            model_pack=args.model_pack, device=args.device, cache_dir=args.cache_dir,
-                           show_progress=not args.no_progress, download_pack=args.download_pack)
+                           show_progress=not args.no_progress, download_pack=args.download_pack,
+                           holdout=holdout)
     timestamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     scorecard, details = build_scorecard(face, skin, generated_dir=generated,
                                          reference_dir=reference, lora_version=args.lora_version,
@@ -2250,6 +2334,8 @@ def _run(args: argparse.Namespace, training_params) -> int:
                                                          notes=args.notes)))
     if args.json is not None:
         outputs.append(("--json", args.json, text + "\n"))
+    if args.csv is not None:
+        outputs.append(("--csv", args.csv, images_csv(details["images"], schema)))
     sidecar_text = json.dumps(clean_json(details), indent=1, ensure_ascii=False) + "\n"
     # Reports and sidecar first, the history line last (one write); see append_history.
     append_history(history, record, sidecar, sidecar_text, outputs)

@@ -16,6 +16,10 @@ model_zoo.ModelRouter -> SCRFD / ArcFaceONNX, norm_crop alignment):
 - rec_tiny.onnx: a 112x112 ArcFace-shaped recogniser: 8x8 average pooling, flatten, a fixed
   random Gemm to a 64-d embedding that is NOT unit length (the caller must normalise).
   Its node names avoid "Sub"/"Mul", so insightface uses ArcFace's 127.5/127.5 input scaling.
+- lmk_tiny.onnx (only when asked): a 192x192-input model with one 3309-value output, which
+  insightface routes to its Landmark class as "landmark_3d_68" (buffalo_l's 1k3d68.onnx has
+  that form); it answers the same 68 landmarks for every face, so a test can place a face
+  turned by a known yaw and read it back through insightface's own Landmark.get.
 
 Test images: `face_patch(seed)` is an "identity" (random 8x8-pixel blocks, values 64..255);
 `place_faces` puts patches on a black canvas. With a canvas whose longer side is L, a patch of
@@ -125,16 +129,53 @@ def _recognizer_model(seed: int = 1234):
                              ir_version=IR_VERSION, producer_name="insightface_test_pack")
 
 
-def build_pack(folder: Path, recognizer_seed: int = 1234) -> Path:
+LANDMARK_INPUT = 192  # insightface routes a 192x192 input to its Landmark model
+LANDMARK_ROWS = 1103  # 1103 x 3 = 3309 outputs: "landmark_3d_68" (the last 68 rows are used)
+
+
+def _landmark_model(points: np.ndarray):
+    """A 1k3d68-shaped landmark model whose answer is always `points` (68 x 2, pixels of the
+    192x192 face crop insightface's Landmark.get makes around the detected box)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    points = np.asarray(points, dtype=np.float32)
+    assert points.shape == (68, 2)
+    rows = np.zeros((LANDMARK_ROWS, 3), dtype=np.float32)
+    # Landmark.get: pred[:, :2] = (pred[:, :2] + 1) * (192 // 2), so store crop / 96 - 1.
+    rows[-68:, :2] = points / (LANDMARK_INPUT // 2) - 1.0
+    nodes = [
+        helper.make_node("ReduceMean", ["data"], ["level"], axes=[1, 2, 3], keepdims=0,
+                         name="level"),
+        helper.make_node("Unsqueeze", ["level", "axis_one"], ["column"], name="column"),
+        helper.make_node("Mul", ["column", "zero"], ["nothing"], name="scaled_to_zero"),
+        helper.make_node("Add", ["nothing", "answer"], ["fc1"], name="answer"),
+    ]
+    graph = helper.make_graph(
+        nodes, "landmark_3d_68_shaped_test_model",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT,
+                                       [1, 3, LANDMARK_INPUT, LANDMARK_INPUT])],
+        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, [1, LANDMARK_ROWS * 3])],
+        [numpy_helper.from_array(np.array([1], dtype=np.int64), "axis_one"),
+         numpy_helper.from_array(np.zeros((1, 1), dtype=np.float32), "zero"),
+         numpy_helper.from_array(rows.reshape(1, -1), "answer")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                             ir_version=IR_VERSION, producer_name="insightface_test_pack")
+
+
+def build_pack(folder: Path, recognizer_seed: int = 1234, landmarks=None) -> Path:
     """Write det_tiny.onnx and rec_tiny.onnx into `folder` (created); returns the folder.
 
-    A different `recognizer_seed` gives a different recogniser (other weights, same names)."""
+    A different `recognizer_seed` gives a different recogniser (other weights, same names).
+    With `landmarks` (68 x 2 pixels of insightface's 192x192 landmark crop) the pack also holds
+    lmk_tiny.onnx, a landmark_3d_68 model (as buffalo_l's 1k3d68.onnx) that always answers them."""
     import onnx
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    models = (("det_tiny.onnx", _detector_model()),
-              ("rec_tiny.onnx", _recognizer_model(recognizer_seed)))
+    models = [("det_tiny.onnx", _detector_model()),
+              ("rec_tiny.onnx", _recognizer_model(recognizer_seed))]
+    if landmarks is not None:
+        models.append(("lmk_tiny.onnx", _landmark_model(landmarks)))
     for name, model in models:
         onnx.checker.check_model(model)
         (folder / name).write_bytes(model.SerializeToString())

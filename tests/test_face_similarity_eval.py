@@ -140,7 +140,13 @@ def test_cli_insightface_run_writes_json_with_every_contract_field(tiny_pack, id
     assert report["providers"] == ["CPUExecutionProvider"] and report["device"] == "cpu"
     assert [entry["path"] for entry in report["images"]] == ["other.png", "same_a.png",
                                                             "same_b.png"]
-    assert set(report["references"]["per_reference"][0]) == {"path", "loo_similarity"}
+    assert set(report["references"]["per_reference"][0]) == {"path", "loo_similarity", "yaw",
+                                                             "pitch", "roll", "map"}
+    # The tiny pack has no 68-point landmark model: pose is honestly absent, and said so.
+    assert report["pose"]["method"] is None and "no 68-point landmark model" in \
+        report["pose"]["unavailable"]
+    assert all(entry["yaw"] is None for entry in report["images"])
+    assert "pose: not measured" in result.stdout
 
 
 def test_cli_fail_is_exit_1(tiny_pack, identity_dirs, tmp_path):
@@ -802,3 +808,251 @@ def test_download_pack_is_opt_in_and_uses_insightfaces_downloader(tmp_path):
                       "--download-pack")
     assert dlib.returncode == 2
     assert "error: --download-pack applies only to --backend insightface" in dlib.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# The LoRA judge's per-face measures: pose, memorisation, rigidity (issue 17)
+# ----------------------------------------------------------------------------------------------
+
+import judge_sweeps  # noqa: E402  (tests/ is on sys.path, as for insightface_test_pack)
+
+sc = load_script("evals/scorecard.py")
+
+
+def turned_face(yaw: float, pitch: float = 0.0, *, center=(96.0, 96.0), eye_px: float = 56.0
+                ) -> np.ndarray:
+    """68 landmark pixels (iBUG order; only the six pose points differ from the nose) of the
+    generic face turned by `yaw` and `pitch` (POSE_CONVENTION), seen from far away."""
+    def rotation_y(angle):
+        c, s = np.cos(angle), np.sin(angle)
+        return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+
+    def rotation_x(angle):
+        c, s = np.cos(angle), np.sin(angle)
+        return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+
+    rotation = rotation_y(np.radians(-yaw)) @ rotation_x(np.radians(-pitch))
+    scale = eye_px / float(fse.POSE_MODEL[3, 0] - fse.POSE_MODEL[2, 0])
+    projected = (fse.POSE_MODEL @ rotation.T)[:, :2] * scale + np.asarray(center)
+    points = np.tile(projected[0], (68, 1))
+    points[list(fse.POSE_LANDMARKS)] = projected
+    return points
+
+
+@pytest.mark.parametrize("yaw, pitch", [(0, 0), (30, 0), (-30, 0), (15, 10), (-45, -12)])
+def test_head_pose_reads_back_a_known_turn_and_its_mirror(yaw, pitch):
+    """cv2.solvePnP on the generic face drawn at a known turn; its mirror image negates yaw
+    (and roll), never pitch."""
+    points = turned_face(yaw, pitch, center=(300.0, 260.0))
+    found = fse.head_pose(points, (320.0, 240.0), 640.0)
+    assert found is not None
+    assert found[0] == pytest.approx(yaw, abs=3.0) and found[1] == pytest.approx(pitch, abs=3.0)
+    mirrored = points.copy()
+    mirrored[:, 0] = 640.0 - mirrored[:, 0]
+    # Mirroring swaps left and right: the image-left eye corner becomes the image-right one.
+    swap = {36: 45, 45: 36, 48: 54, 54: 48}
+    mirrored = mirrored[[swap.get(index, index) for index in range(68)]]
+    back = fse.head_pose(mirrored, (320.0, 240.0), 640.0)
+    assert back[0] == pytest.approx(-found[0], abs=1.0)
+    assert back[1] == pytest.approx(found[1], abs=1.0)
+    assert back[2] == pytest.approx(-found[2], abs=1.0)
+
+
+def test_head_pose_refuses_what_is_no_face():
+    assert fse.head_pose(np.zeros((5, 2)), (10, 10), 20) is None  # 5 points are not 68
+    assert fse.head_pose(np.full((68, 2), np.nan), (10, 10), 20) is None
+    assert fse.head_pose(np.full((68, 2), 7.0), (10, 10), 20) is None  # no eye distance
+
+
+def test_insightface_pose_through_a_landmark_model_in_the_pack(tmp_path):
+    """A pack with a landmark_3d_68 model (as buffalo_l's 1k3d68.onnx): insightface's own
+    Landmark.get places the 68 points around each detected face, head_pose reads the turn.
+    The faces sit at the image centre: yaw is measured from the camera's axis, and the model
+    draws the turn as seen along it (a face off to one side would read a few degrees less)."""
+    pack = pack_kit.build_pack(tmp_path / "pack_lmk", landmarks=turned_face(25.0))
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    save_bgr(face_image(1, center=(320, 320)), ref / "r1.png")
+    save_bgr(face_image(1, canvas=(960, 960), center=(480, 480), size=192), ref / "r2.png")
+    save_bgr(face_image(1, canvas=(1280, 1280), center=(640, 640), size=256), gen / "g1.png")
+    report = run_tiny(gen, ref, pack, tmp_path / "cache")
+    assert report["pose"]["method"].startswith(fse.POSE_METHOD + ":insightface68-")
+    (row,) = report["images"]
+    assert row["yaw"] == pytest.approx(25.0, abs=4.0) and abs(row["pitch"]) < 4.0
+    assert all(entry["yaw"] == pytest.approx(25.0, abs=4.0)
+               for entry in report["references"]["per_reference"])
+    again = run_tiny(gen, ref, pack, tmp_path / "cache")  # poses come back from the cache
+    assert again["stats"]["cache_hits"] == 3 and again["images"] == report["images"]
+
+
+@pytest.mark.slow
+def test_dlib_yaw_signs_on_mirrored_photos_and_near_zero_when_frontal(faces_dir, dlib_cache,
+                                                                      tmp_path):
+    """Every shared photo and its mirror image: a turned face's yaw changes sign, frontal photos
+    read near 0, and the sign is the documented one (checked by eye on two photos: Kit
+    Harington in kit_harington_2 turns to his right, Alex Lacamoire in alex_lacamoire_1 to
+    his left)."""
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    for path in sorted((faces_dir / "photos").iterdir()):
+        image = Image.open(path).convert("RGB")
+        image.save(gen / f"{path.stem}.png")
+        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(gen / f"{path.stem}_mirrored.png")
+    report = fse.evaluate(gen, faces_dir / "crops", backend="dlib", cache_dir=dlib_cache,
+                          show_progress=False)
+    assert report["pose"]["method"].startswith(fse.POSE_METHOD + ":dlib68-")
+    yaw = {row["path"][:-4]: row["yaw"] for row in report["images"]}
+    assert all(value is not None for value in yaw.values()), yaw
+    turned = 0
+    for path in sorted((faces_dir / "photos").iterdir()):
+        original, mirrored = yaw[path.stem], yaw[f"{path.stem}_mirrored"]
+        assert abs(original + mirrored) <= 10.0, (path.name, original, mirrored)
+        if abs(original) >= 8.0:
+            assert np.sign(mirrored) == -np.sign(original), (path.name, original, mirrored)
+            turned += 1
+    assert turned >= 8
+    for frontal in ("obama_1", "alex_lacamoire_3", "biden_2"):
+        assert abs(yaw[frontal]) < 8.0 and abs(yaw[f"{frontal}_mirrored"]) < 8.0, frontal
+    assert yaw["kit_harington_2"] < -20 and yaw["kit_harington_2_mirrored"] > 20
+    assert yaw["alex_lacamoire_1"] > 10 and yaw["alex_lacamoire_1_mirrored"] < -10
+    pose = report["pose"]
+    assert pose["faces_with_pose"] == 28 and pose["frontal_faces"] + pose["turned_faces"] == 28
+    assert "yaw > 0: the face turned to the subject's left" in pose["convention"]
+
+
+@pytest.fixture(scope="module")
+def judge_sets(faces_dir, tmp_path_factory):
+    """Two training photos (obama_1, obama_2), their light re-encodings, crops of the person's
+    two other photos, 8 copies of one photo and 8 different pictures (tests/judge_sweeps.py)."""
+    root = tmp_path_factory.mktemp("judge_sets")
+    photos = judge_sweeps.Photos(faces_dir, sc)
+    training = ("obama_1.jpg", "obama_2.jpg")
+    return {"training": judge_sweeps.write_training(photos, root / "training", training),
+            "copies": judge_sweeps.copies_set(photos, root / "copies", names=training)[0].parent,
+            "others": judge_sweeps.others_set(photos, root / "others",
+                                              names=("obama_3.jpg", "obama_4.jpg"))[0].parent,
+            "rigid": judge_sweeps.rigid_set(photos, root / "rigid", source="obama_4.jpg")[0].parent,
+            "varied": judge_sweeps.varied_set(photos, root / "varied")[0].parent}
+
+
+@pytest.mark.slow
+def test_dlib_memorisation_flags_re_encoded_training_photos_not_other_photos(judge_sets,
+                                                                             dlib_cache):
+    copies = fse.evaluate(judge_sets["copies"], judge_sets["training"], backend="dlib",
+                          cache_dir=dlib_cache, show_progress=False)
+    assert copies["summary"]["excluded"] == 0  # re-encoded, not identical: they are scored
+    assert copies["summary"]["copy_rate"] >= 0.9, [row["nearest_training_similarity"]
+                                                   for row in copies["images"]]
+    for row in copies["images"]:
+        assert row["copy_of"] == row["nearest_training"] in ("obama_1.jpg", "obama_2.jpg")
+        assert row["copy_reason"] in ("face", "face and whole image")
+    memo = copies["memorisation"]
+    assert memo["closest_training_pair"][:2] == ["obama_1.jpg", "obama_2.jpg"]
+    assert memo["copy_similarity"] == pytest.approx(
+        1 - 0.5 * (1 - memo["closest_training_pair"][2]), abs=1e-6)
+    others = fse.evaluate(judge_sets["others"], judge_sets["training"], backend="dlib",
+                          cache_dir=dlib_cache, show_progress=False)
+    assert others["summary"]["copy_rate"] <= 0.1
+    assert all(row["detected"] and row["phash_distance"] > fse.PHASH_MAX_DISTANCE
+               for row in others["images"])
+    again = fse.evaluate(judge_sets["copies"], judge_sets["training"], backend="dlib",
+                         cache_dir=dlib_cache, show_progress=False)
+    assert again["stats"]["cache_misses"] == 0 and again["images"] == copies["images"]
+
+
+@pytest.mark.slow
+def test_dlib_rigidity_eight_copies_of_one_photo_against_eight_different_pictures(judge_sets,
+                                                                                  dlib_cache):
+    rigid = fse.evaluate(judge_sets["rigid"], judge_sets["training"], backend="dlib",
+                         cache_dir=dlib_cache, show_progress=False)
+    varied = fse.evaluate(judge_sets["varied"], judge_sets["training"], backend="dlib",
+                          cache_dir=dlib_cache, show_progress=False)
+    assert rigid["summary"]["images"] == varied["summary"]["images"] == 8
+    assert rigid["summary"]["rigid"] and rigid["summary"]["spread_ratio"] < 0.1
+    assert not varied["summary"]["rigid"] and varied["summary"]["spread_ratio"] > 0.6
+    assert rigid["rigidity"]["reference_spread"] == varied["rigidity"]["reference_spread"] > 0
+    assert rigid["rigidity"]["ratio_threshold"] == fse.RIGID_SPREAD_RATIO
+    # The 8 copies are one pose; the 8 pictures (4 photos and their mirrors) are not.
+    assert rigid["pose"]["yaw_std"] < 2.0 < varied["pose"]["yaw_std"]
+
+
+def test_perceptual_hash_is_imagehash_phash_bit_for_bit(faces_dir, tmp_path):
+    """The hash is imagehash.phash (the usual library) of the 128 px reduction, computed with a
+    DCT matrix instead of scipy: every shared photo, crop, mirror image and re-encoding agrees."""
+    import cv2
+    import imagehash
+    from PIL import Image as PILImage
+
+    paths = sorted((faces_dir / "photos").iterdir()) + sorted((faces_dir / "crops").iterdir())
+    checked = 0
+    for path in paths:
+        bgr = fse.load_image(path)
+        for variant in (bgr, np.ascontiguousarray(bgr[:, ::-1]), cv2.GaussianBlur(bgr, (5, 5), 2)):
+            small = cv2.resize(variant, (fse.PHASH_SIDE, fse.PHASH_SIDE),
+                               interpolation=cv2.INTER_AREA)
+            expected = str(imagehash.phash(PILImage.fromarray(small[:, :, ::-1].copy())))
+            assert fse.perceptual_hash(variant) == expected, path.name
+            checked += 1
+    assert checked == 3 * 39
+    assert fse.hash_distance("ffff000000000000", "0fff000000000001") == 5
+
+
+@pytest.mark.slow
+def test_whole_image_copies_are_found_without_imagehash_installed(judge_sets, tmp_path):
+    """No dependency on imagehash or scipy at run time: with `import imagehash` failing, the
+    hashes and the whole-image copies are the same."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    for name in ("imagehash", "scipy"):
+        (blocker / f"{name}.py").write_text(f"raise ImportError('{name} blocked by the test')\n",
+                                            encoding="utf-8")
+    result = run_script(SCRIPT, "--backend", "dlib", "--generated", judge_sets["copies"],
+                        "--reference", judge_sets["training"], "--cache-dir", tmp_path / "cache",
+                        "--json", tmp_path / "r.json", env={"PYTHONPATH": str(blocker)})
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert report["memorisation"]["phash"] == fse.PHASH_METHOD
+    assert all(row["phash_distance"] <= fse.PHASH_MAX_DISTANCE for row in report["images"])
+    assert all(row["copy_reason"] == "face and whole image" for row in report["images"])
+
+
+@pytest.mark.slow
+def test_held_out_references_and_a_separate_training_folder(judge_sets, faces_dir, dlib_cache,
+                                                            tmp_path):
+    """--reference held-out photos, --training the training photos: identity is measured on
+    the first, copies are found against the second; a held-out photo that is a training photo
+    is named."""
+    held_out = tmp_path / "held_out"
+    held_out.mkdir()
+    shutil.copy(faces_dir / "photos" / "obama_3.jpg", held_out / "obama_3.jpg")
+    shutil.copy(faces_dir / "photos" / "obama_4.jpg", held_out / "obama_4.jpg")
+    report = fse.evaluate(judge_sets["copies"], held_out, training_dir=judge_sets["training"],
+                          backend="dlib", cache_dir=dlib_cache, show_progress=False)
+    assert report["identity_against"] == "held-out photos"
+    assert report["training"]["separate"] and report["training"]["faces"] == 2
+    assert report["summary"]["copy_rate"] >= 0.9
+    assert {row["nearest_training"] for row in report["images"]} == {"obama_1.jpg",
+                                                                     "obama_2.jpg"}
+    assert {entry["path"] for entry in report["training"]["per_photo"]} == {"obama_1.jpg",
+                                                                            "obama_2.jpg"}
+    shutil.copy(judge_sets["training"] / "obama_1.jpg", held_out / "not_held_out.jpg")
+    leaky = fse.evaluate(judge_sets["others"], held_out, training_dir=judge_sets["training"],
+                         backend="dlib", cache_dir=dlib_cache, show_progress=False)
+    assert any("held-out reference not_held_out.jpg is a near-duplicate of training photo "
+               "obama_1.jpg" in warning for warning in leaky["warnings"])
+    same = fse.evaluate(judge_sets["others"], judge_sets["training"],
+                        training_dir=judge_sets["training"], backend="dlib",
+                        cache_dir=dlib_cache, show_progress=False)
+    assert same["identity_against"] == "training photos" and not same["training"]["separate"]
+
+
+def test_cli_missing_or_empty_training_folder_is_exit_2(tiny_pack, identity_dirs, tmp_path):
+    gen, ref = identity_dirs
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for training, needle in ((tmp_path / "nope", "--training folder not found"),
+                             (empty, "--training folder has no images")):
+        result = run_script(SCRIPT, "--generated", gen, "--reference", ref, "--training",
+                            training, "--model-pack", tiny_pack, "--device", "cpu", "--no-cache")
+        assert result.returncode == 2 and needle in result.stderr, result.stderr
+        assert result.stdout == "" and "Traceback" not in result.stderr

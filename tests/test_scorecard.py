@@ -7,6 +7,7 @@ crops, so each face is embedded once per session.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -200,6 +201,7 @@ def test_unknown_word_digit_tokens_are_ignored_unless_named():
     assert sc.DEFAULT_SCHEMA.parse_name("ComfyUI_00001_.png").ignored == ()
     # Values outside a key's range are not that key: a width, a kohya step counter.
     assert sc.parse_config("w1024_str1.0.png").name == "str1.00"
+    # An 8-digit date is not kohya's %Y%m%d%H%M%S sample timestamp: not a sample name.
     assert sc.parse_config("lora_000500_00_20240101_42.png").name == "unparsed"
     with pytest.raises(ValueError):
         sc.ConfigSchema(["v2"])
@@ -463,7 +465,7 @@ def test_help():
     result = run_script(SCRIPT, "--help")
     assert result.returncode == 0
     for flag in ("--generated", "--compare-to", "--demo", "--html", "--training-params",
-                 "--download-pack", "--config-key"):
+                 "--download-pack", "--config-key", "--csv", "--holdout-reference"):
         assert flag in result.stdout
 
 
@@ -507,6 +509,11 @@ def _bad_output(tmp_path: Path, case: str) -> tuple[list, str]:
         return ["--history", history, "--html", regular / "sub" / "report.html"], "--html"
     if case == "json_under_file":
         return ["--history", history, "--json", regular / "card.json"], "--json"
+    if case == "csv_under_file":
+        return ["--history", history, "--csv", regular / "images.csv"], "--csv"
+    if case == "csv_is_folder":
+        (tmp_path / "csvdir").mkdir()
+        return ["--history", history, "--csv", tmp_path / "csvdir"], "--csv"
     if case == "history_under_file":
         return ["--history", regular / "eval_history.jsonl"], "--history"
     if case == "history_is_folder":
@@ -527,7 +534,7 @@ def _bad_output(tmp_path: Path, case: str) -> tuple[list, str]:
 
 
 @pytest.mark.parametrize("case", ["report_under_file", "html_under_file", "json_under_file",
-                                  "history_under_file", "history_is_folder",
+                                  "csv_under_file", "csv_is_folder", "history_under_file", "history_is_folder",
                                   "sidecar_folder_is_file", "history_read_only"])
 def test_bad_output_paths_exit_2_naming_the_flag_before_any_evaluation(tmp_path, case):
     generated, reference = tmp_path / "gen", tmp_path / "ref"
@@ -634,6 +641,8 @@ def test_two_good_three_corrupt_grades_no_better_than_the_face_eval_allows(pool,
     assert "grade A" not in report and "on 5 images: 2 with a face, 3 unreadable" in report
     for n in (3, 4, 5):
         assert f"`str0.8_cfg4_seed{n}.png`" in report.split("## Failed images")[1]
+    # Only 2 faces in one group: spread is measured, copying too; nothing is a copy here.
+    assert row["copies"] == 0 and row["copy_rate"] == 0
 
 
 @pytest.mark.slow
@@ -921,3 +930,373 @@ def test_demo_builds_the_sample_sweep_and_recommends_its_best_config(tmp_path, c
         f"**Recommendation:** use step 1500, strength 0.80, CFG 4.0 (`{good}`): grade A")
     assert len(_lines(out / "eval_history.jsonl")) == 1
     assert len(list((out / "sweep").glob("*.png"))) == 16
+
+
+# --------------------------------------------------------------------------- the LoRA judge
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import judge_sweeps  # noqa: E402
+
+render = load_script("evals/scorecard_render.py")
+
+
+@pytest.mark.parametrize("name, config, indices, ignored", [
+    # kohya sd-scripts, library/train_util.py sample_image_inference:
+    # f"{output_name}_{num_suffix}_{i:02d}_{ts_str}{_seed}.png", num_suffix steps or e+epoch.
+    ("ohwx_000500_00_20260216101500_42.png", "step500", {"prompt": 0, "seed": 42}, ()),
+    ("sample/ohwx_001500_03_20260216101500_7.png", "step1500", {"prompt": 3, "seed": 7}, ()),
+    ("ohwx_e000004_01_20260216101500.png", "epoch4", {"prompt": 1}, ()),
+    ("000250_12_20260216101500_1.png", "step250", {"prompt": 12, "seed": 1}, ()),
+    ("my_lora_v3_1234567_00_20260216101500_5.png", "step1234567", {"prompt": 0, "seed": 5},
+     ("v3",)),
+    ("ohwx_e000000_00_20260216101500_1.png", "epoch0", {"prompt": 0, "seed": 1}, ()),
+    ("ohwx_000500_00_2026021610150_42.png", "unparsed", {}, ()),  # 13-digit time: not kohya
+])
+def test_kohya_sample_names_parse_without_renaming(name, config, indices, ignored):
+    parsed = sc.DEFAULT_SCHEMA.parse_name(name)
+    assert parsed.config.name == config and parsed.indices == indices
+    assert parsed.ignored == ignored
+    # --config-key v makes the output name's version a setting of its own.
+    assert sc.ConfigSchema(["v"]).parse("my_lora_v3_001000_00_20260216101500_5.png").name == \
+        "step1000_v3"
+
+
+def test_strength_step_or_epoch_zero_is_the_baseline():
+    zero = sc.parse_config("step1500_str0_cfg4_p01_seed2.png")
+    assert zero.baseline and zero.name == "step1500_str0.00_cfg4.0"  # the zero says baseline
+    assert sc.parse_config(zero.name) == zero  # the name reads back
+    assert sc.parse_config("baseline_step1500_str0_cfg4.png") == zero  # one config, one name
+    assert sc.parse_config("baseline_cfg4.png").name == "baseline_cfg4.0"
+    assert sc.parse_config("step0_str0.8.png").baseline
+    assert sc.parse_config("epoch0.png").baseline
+    assert not sc.parse_config("step1500_str0.05.png").baseline
+    assert sc.DEFAULT_SCHEMA.describe(zero) == \
+        "the no-LoRA baseline at step 1500, strength 0.00, CFG 4.0"
+    assert sc.non_lora_settings(zero.settings) == {"cfg": 4.0}
+
+
+def test_over_training_is_where_identity_stops_rising_while_copying_or_rigidity_rises():
+    def point(x, identity, copy_rate=0.0, spread=1.0):
+        return {"x": x, "config": f"step{x}", "identity": identity, "copy_rate": copy_rate,
+                "spread_ratio": spread}
+
+    rising = [point(500, 0.90), point(1000, 0.95, 0.25), point(2000, 0.97, 0.5)]
+    assert sc.over_training_point(rising) is None  # copying rises, but so does identity
+    copying = [point(500, 0.90), point(1000, 0.95), point(2000, 0.955, 0.5)]
+    found = sc.over_training_point(copying)
+    assert found["from"] == 2000 and found["last_good"] == 1000
+    assert found["why"] == ["copy rate 0% -> 50%"]
+    rigid = [point(500, 0.90), point(1000, 0.95), point(2000, 0.94, spread=0.2)]
+    assert sc.over_training_point(rigid)["why"] == ["spread 1.00 -> 0.20 x the training photos'"]
+    flat = [point(500, 0.95), point(1000, 0.95), point(2000, 0.951)]
+    assert sc.over_training_point(flat) is None  # stops rising, but nothing else moves
+
+
+def _judged_rows(config: str, copies: list, spreads: list) -> list[dict]:
+    rows = _rows(config, [0.95] * len(copies))
+    for row, copy, spread in zip(rows, copies, spreads):
+        row.update(copy=copy, spread_ratio=spread)
+    return rows
+
+
+def test_compare_treats_more_copying_and_more_rigidity_as_worse():
+    old = {"run_id": "old", "threshold": 0.92, "best_config": "str0.80_cfg4.0"}
+    new = {"run_id": "new", "threshold": 0.92, "best_config": "str0.80_cfg4.0"}
+    before = {"images": _judged_rows("str0.80_cfg4.0", [False] * 12, [1.0] * 12)}
+    copying = {"images": _judged_rows("str0.80_cfg4.0", [True] * 10 + [False] * 2, [1.0] * 12)}
+    result = sc.compare_runs(new, copying, old, before)
+    metrics = result["comparisons"][0]["metrics"]
+    assert result["verdict"] == "clearly worse" and metrics["copying"]["verdict"] == "clearly worse"
+    assert metrics["identity"]["verdict"] == "within noise"
+    rigid = {"images": _judged_rows("str0.80_cfg4.0", [False] * 12, [0.1] * 12)}
+    result = sc.compare_runs(new, rigid, old, before)
+    assert result["comparisons"][0]["metrics"]["rigidity"]["verdict"] == "clearly worse"
+    assert "spread across seeds" in result["why"]
+    # Less copying is better, not worse.
+    result = sc.compare_runs(new, before, old, copying)
+    assert result["verdict"] == "within noise or better"
+    assert result["comparisons"][0]["metrics"]["copying"]["verdict"] == "clearly better"
+    # An older sidecar without the judge's columns: those two cannot decide, the rest still do.
+    older = {"images": _rows("str0.8_cfg4", [0.95] * 12)}
+    result = sc.compare_runs(new, copying, old, older)
+    metrics = result["comparisons"][0]["metrics"]
+    assert metrics["copying"]["verdict"] == "cannot decide"
+    assert metrics["rigidity"]["verdict"] == "cannot decide"
+    assert result["verdict"] == "within noise or better"
+
+
+def test_images_csv_one_row_per_image_and_no_formula_runs():
+    import csv
+    images = [{"path": "=HYPERLINK(\"x\").png", "config": "step500_str1.00", "baseline": False,
+               "settings": {"step": 500.0, "strength": 1.0}, "indices": {"prompt": 3, "seed": 2},
+               "detected": True, "similarity": 0.951234567, "copy": True, "copy_of": "@a.jpg",
+               "yaw": -12.5, "map": [0.1, -0.2], "spread_ratio": None},
+              {"path": "baseline_cfg4.0_p01_seed1.png", "config": "baseline_cfg4.0",
+               "baseline": True, "settings": {"cfg": 4.0}, "indices": {}, "detected": False,
+               "error": "+broken", "copy": False}]
+    rows = list(csv.DictReader(io.StringIO(sc.images_csv(images))))
+    assert len(rows) == 2
+    first, second = rows
+    assert list(first)[:6] == ["path", "config", "baseline", "step", "strength", "cfg"]
+    assert first["path"] == "'=HYPERLINK(\"x\").png" and first["copy_of"] == "'@a.jpg"
+    assert second["error"] == "'+broken"
+    assert first["step"] == "500" and first["strength"] == "1" and second["cfg"] == "4"
+    assert first["prompt"] == "3" and first["seed"] == "2" and first["similarity"] == "0.951235"
+    assert first["copy"] == "true" and first["yaw"] == "-12.5" and first["map_y"] == "-0.2"
+    assert first["spread_ratio"] == "" and second["step"] == ""
+
+
+def test_svg_charts_are_plain_svg_without_script():
+    import xml.etree.ElementTree as ET
+    chart = render.svg_chart("Identity <&>", [
+        {"label": "a", "color": "#0969da", "points": [(500, 0.9, "p<1>"), (1000, None, "gap"),
+                                                      (2000, 0.95, "p3")]},
+        {"label": "b", "color": "#d4661b", "hollow": True, "points": [(500, 0.8, "q")]}],
+        x_label="step", y_label="similarity", guides=[("x", 1000, "#c0392b", "over")])
+    root = ET.fromstring(chart)
+    assert root.tag == "svg" and root.find("title").text == "Identity <&>"
+    assert len(root.findall("circle")) == 3 and not root.findall("polyline")  # a gap breaks it
+    assert all(circle.find("title") is not None for circle in root.findall("circle"))
+    assert "script" not in chart and "http" not in chart and "href" not in chart
+    assert render.nice_ticks(0.83, 0.99) == [0.85, 0.9, 0.95]
+    assert render.nice_ticks(500, 3000) == [1000, 2000, 3000]
+    assert render.nice_ticks(-40, 40) == [-40, -20, 0, 20, 40]
+
+
+@pytest.fixture(scope="session")
+def judged(faces_dir, tmp_path_factory):
+    """tests/judge_sweeps.py's judge sweep (52 images, 9 configs) scored once with the dlib
+    backend: the card, the HTML, the CSV, the history line and the sidecar."""
+    root = tmp_path_factory.mktemp("judge_sweep")
+    photos = judge_sweeps.Photos(faces_dir, sc)
+    training = judge_sweeps.write_training(photos, root / "training")
+    roles = judge_sweeps.judge_sweep(photos, root / "sweep")
+    out = root / "out"
+    out.mkdir()
+    args = [sys.executable, str(REPO_ROOT / SCRIPT), "--generated", str(root / "sweep"),
+            "--reference", str(training), "--lora-version", "judge", "--backend", "dlib",
+            "--cache-dir", str(root / "cache"), "--history", str(out / "eval_history.jsonl"),
+            "--report", str(out / "latest_report.md"), "--html", str(out / "report.html"),
+            "--csv", str(out / "images.csv"), "--json", str(out / "card.json"), "--no-progress"]
+    result = subprocess.run(args, capture_output=True, text=True, encoding="utf-8", timeout=900,
+                            cwd=REPO_ROOT, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert result.returncode == 0, result.stderr
+    card = json.loads(result.stdout)
+    record = json.loads(_lines(out / "eval_history.jsonl")[0])
+    return {"card": card, "roles": roles, "out": out, "root": root, "training": training,
+            "record": record, "stderr": result.stderr,
+            "details": json.loads((out / record["details"]).read_text(encoding="utf-8"))}
+
+
+@pytest.mark.slow
+def test_judge_copying_training_photos_at_90_percent_other_photos_at_10(judged):
+    configs, roles = _configs(judged["card"]), judged["roles"]
+    copies, others = configs[roles["copies"]], configs[roles["others"]]
+    assert copies["images"] == others["images"] == 8
+    assert copies["copy_rate"] >= 0.9 and others["copy_rate"] <= 0.1
+    assert {photo for photo, _ in copies["copied_photos"]} == set(judge_sweeps.TRAINING)
+    assert any(flag.startswith("copies training photos") for flag in copies["flags"])
+    card = judged["card"]
+    assert card["identity_against"] == "training photos" and card["holdout_dir"] is None
+    assert 0 < card["copy_rate"] == judged["card"]["judge"]["memorisation"]["copy_rate"] < 1
+    report = (judged["out"] / "latest_report.md").read_text(encoding="utf-8")
+    assert "**Identity measured against:** identity is measured against the training photos, " \
+           "which rewards copying them" in report
+
+
+@pytest.mark.slow
+def test_judge_rigid_copies_of_one_photo_but_not_eight_different_pictures(judged):
+    configs, roles = _configs(judged["card"]), judged["roles"]
+    rigid, varied = configs[roles["rigid"]], configs[roles["varied"]]
+    assert rigid["images"] == varied["images"] == 8
+    assert rigid["rigid"] and rigid["spread_ratio"] < 0.1
+    assert varied["rigid"] is False and varied["spread_ratio"] > 0.6
+    assert rigid["spread_groups"] == 2  # per prompt (p01, p02), across 4 seeds each
+    assert roles["rigid"] in judged["card"]["rigid_configs"]
+    assert roles["varied"] not in judged["card"]["rigid_configs"]
+    assert rigid["pose"]["yaw_std"] < 2.0 < varied["pose"]["yaw_std"]
+
+
+@pytest.mark.slow
+def test_judge_baseline_lift_curves_and_over_training_verdict(judged):
+    card, roles = judged["card"], judged["roles"]
+    configs = _configs(card)
+    assert configs[roles["baseline"]]["baseline"] and card["judge"]["baseline"]["configs"] == [
+        roles["baseline"]]
+    weak = configs[roles["weak"]]["baseline_lift"]
+    assert weak["against"] == [roles["baseline"]] and not weak["beats_baseline"]
+    assert roles["weak"] in card["configs_below_baseline"]
+    assert configs[roles["others"]]["baseline_lift"]["beats_baseline"]
+    assert configs[roles["others"]]["baseline_lift"]["lift"] > 0.1
+    curves = card["judge"]["curves"]
+    assert curves["axis"] == "step"
+    series = {entry["name"]: entry for entry in curves["series"]}
+    assert set(series) == {"str0.80_cfg4.0", "str1.00_cfg4.0"}
+    assert [point["x"] for point in series["str1.00_cfg4.0"]["points"]] == [500, 1000, 1500,
+                                                                            2000, 3000]
+    verdict = card["over_training"]
+    assert verdict["found"] and verdict["series"] == "str1.00_cfg4.0"
+    assert verdict["verdict"].startswith(f"over-training from step {verdict['at']:g} "
+                                         "(strength 1.00, CFG 4.0)")
+    assert card["over_training_from"] == verdict["at"] in (1500, 2000, 3000)
+    assert series["str0.80_cfg4.0"]["over_training"] is None  # it gains identity throughout
+    best = card["recommendation"]
+    assert best["config"] == card["best_config"] and not configs[best["config"]]["baseline"]
+    # The history line carries the judge, so --compare-to can read it back.
+    record = judged["record"]
+    for key in ("copy_rate", "spread_ratio", "rigid_configs", "configs_below_baseline",
+                "over_training_from", "judge"):
+        assert key in record, key
+    rows = {row["path"]: row for row in judged["details"]["images"]}
+    assert all("copy" in row and "spread_ratio" in row and "yaw" in row for row in rows.values())
+
+
+@pytest.mark.slow
+def test_judge_csv_has_a_row_per_image_with_prompt_seed_and_the_judge(judged):
+    import csv
+    text = (judged["out"] / "images.csv").read_bytes().decode("utf-8")
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    assert len(rows) == judged["card"]["images_evaluated"] == 52
+    assert text.count("\r\n") == 53 and text.count("\n") == 53  # RFC 4180 line ends
+    by_config: dict = {}
+    for row in rows:
+        by_config.setdefault(row["config"], []).append(row)
+        assert row["prompt"] in ("1", "2") and row["seed"] in tuple("1234")
+    copies = by_config[judged["roles"]["copies"]]
+    assert sum(row["copy"] == "true" for row in copies) >= 7
+    assert all(row["copy_of"] in judge_sweeps.TRAINING for row in copies if row["copy"] == "true")
+    assert all(row["yaw"] and row["spread_ratio"] for row in rows)
+
+
+@pytest.mark.slow
+def test_judge_html_holds_inline_svg_curves_no_script_no_network(judged):
+    import re
+    import xml.etree.ElementTree as ET
+    page = (judged["out"] / "report.html").read_text(encoding="utf-8")
+    assert "<script" not in page.lower() and "http" not in page.replace("http-equiv", "")
+    assert "@import" not in page and "url(" not in page
+    charts = [ET.fromstring(match) for match in re.findall(r"<svg class=\"chart\".*?</svg>",
+                                                           page, flags=re.S)]
+    titles = [chart.find("title").text for chart in charts]
+    for title in ("Identity (mean similarity)", "Skin realism", "Copy rate",
+                  "Rigidity (spread vs training photos)", "Identity vs yaw",
+                  "Identity map (PCA of face embeddings)"):
+        assert title in titles, titles
+    identity = charts[titles.index("Identity (mean similarity)")]
+    assert len(identity.findall("polyline")) == 2  # one line per strength
+    assert len(identity.findall("circle")) == 8  # 5 + 3 checkpoints
+    guides = [line.find("title").text for line in identity.findall("line")
+              if line.find("title") is not None]
+    assert "no-LoRA baseline" in guides and "over-training" in guides
+    scatter = charts[titles.index("Identity vs yaw")]
+    assert len(scatter.findall("circle")) == 52 + 3  # every face and the training photos
+    assert page.index("Checkpoint curves") < page.index("Configs, ranked")
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.mark.slow
+def test_judge_html_renders_its_curves_in_headless_chromium(judged, tmp_path):
+    """The page opened in a real browser, offline: the curves' colours are on the screenshot."""
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium on this machine (Debian: apt-get install chromium)")
+    shot = tmp_path / "shot.png"
+    result = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+         "--window-size=1400,1400", (judged["out"] / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=180)
+    assert shot.is_file(), result.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.shape[:2] == (1400, 1400)
+
+    def share(color: str) -> float:
+        rgb = np.array([int(color[i:i + 2], 16) for i in (1, 3, 5)])
+        return float((np.abs(pixels - rgb).sum(axis=2) < 40).mean())
+
+    # The two strengths' lines (palette colours 1 and 2) and the red over-training marker.
+    assert share(render.PALETTE[0]) > 0.0005 and share(render.PALETTE[1]) > 0.0005
+    assert share("#c0392b") > 0.0002
+
+
+@pytest.mark.slow
+def test_kohya_samples_are_scored_per_checkpoint_without_renaming(pool, tmp_path):
+    """Two checkpoints x two prompts x two seeds named as sd-scripts names its samples, in its
+    sample/ folder, and the at-first sample (epoch 0, the untrained LoRA) as the baseline."""
+    entries, index = [], 0
+    for step in (500, 1000):
+        for prompt in (0, 1):
+            for seed in (11, 12):
+                source = pool["others"][index] if step == 500 else pool["same"][index]
+                stamp = f"20260216{step // 100:02d}{prompt:02d}{seed:02d}"  # %Y%m%d%H%M%S
+                entries.append((f"sample/ohwx_{step:06d}_{prompt:02d}_{stamp}_{seed}.png",
+                                source))
+                index += 1
+    entries.append(("sample/ohwx_e000000_00_20260216090000_11.png", pool["others"][10]))
+    entries.append(("sample/ohwx_e000000_01_20260216090001_11.png", pool["others"][11]))
+    folder = build(tmp_path / "output", entries)
+    names = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*.png"))
+    out = tmp_path / "out"
+    result = _score(pool, folder, out, "--csv", out / "images.csv", "--html", out / "r.html")
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*.png")) == names
+    card = json.loads(result.stdout)
+    configs = _configs(card)
+    assert set(configs) == {"step500", "step1000", "epoch0"} and configs["epoch0"]["baseline"]
+    assert configs["step500"]["images"] == configs["step1000"]["images"] == 4
+    assert card["config_order"] == ["epoch0", "step500", "step1000"]
+    assert configs["step1000"]["spread_groups"] == 2  # per prompt, across its two seeds
+    assert configs["step1000"]["baseline_lift"]["beats_baseline"]
+    details = json.loads((out / card["details"]).read_text(encoding="utf-8"))
+    indices = {(row["config"], row["indices"]["prompt"], row["indices"]["seed"])
+               for row in details["images"]}
+    assert {(config, prompt, seed) for config in ("step500", "step1000") for prompt in (0, 1)
+            for seed in (11, 12)} <= indices
+    series = card["judge"]["curves"]["series"]
+    assert [[point["x"] for point in entry["points"]] for entry in series] == [[500, 1000]]
+    assert card["best_config"] == "step1000"
+    assert not any("ignored" in warning for warning in card["warnings"])
+
+
+@pytest.mark.slow
+def test_holdout_reference_measures_identity_on_photos_not_trained_on(faces_dir, tmp_path):
+    photos = judge_sweeps.Photos(faces_dir, sc)
+    training = judge_sweeps.write_training(photos, tmp_path / "training")
+    held_out = tmp_path / "held_out"
+    held_out.mkdir()
+    shutil.copy(faces_dir / "photos" / "obama_3.jpg", held_out / "obama_3.jpg")
+    photos.crop("obama_3.jpg").save(held_out / "obama_3_crop.png")
+    sweep = tmp_path / "sweep"
+    judge_sweeps.copies_set(photos, sweep, count=6)
+    judge_sweeps.strangers_set(photos, sweep, "step500_str1.00_cfg4.0", count=4)
+    out = tmp_path / "out"
+    common = ["--generated", sweep, "--reference", training, "--lora-version", "v1",
+              "--backend", "dlib", "--cache-dir", tmp_path / "cache", "--history",
+              out / "h.jsonl", "--report", out / "r.md", "--no-progress"]
+    result = run_script(SCRIPT, *common, "--holdout-reference", held_out, "--html", out / "r.html")
+    assert result.returncode == 0, result.stderr
+    card = json.loads(result.stdout)
+    assert card["identity_against"] == "held-out photos"
+    assert card["holdout_dir"] == str(held_out.resolve())
+    assert card["reference_dir"] == str(training.resolve())
+    assert card["references_used"] == 2  # the ceiling comes from the held-out photos
+    copies = _configs(card)["step2000_str1.00_cfg4.0"]
+    assert copies["copy_rate"] >= 0.9  # memorisation is still against the training photos
+    report = (out / "r.md").read_text(encoding="utf-8")
+    assert "identity is measured against held-out photos" in report
+    assert "rewards copying" not in report
+    assert "held-out photos" in (out / "r.html").read_text(encoding="utf-8")
+    for bad, needle in ((training, "is the --reference folder"),
+                        (sweep, "is the --generated folder"),
+                        (tmp_path / "missing", "is not a folder")):
+        refused = run_script(SCRIPT, *common, "--holdout-reference", bad)
+        assert refused.returncode == 2 and needle in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
