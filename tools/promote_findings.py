@@ -203,10 +203,21 @@ DATE_PREFIX = re.compile(r"\d{4}-\d{2}-\d{2}[ \t]{0,3}[:\u2013\u2014-]")
 LAST_UPDATED = re.compile(r"^([^\w\r\n]{0,10}last updated[^\w\r\n]{0,10})(\d{4}-\d{2}-\d{2})",
                           re.IGNORECASE)
 NUMBERED_RULE = re.compile(r"^ {0,3}(\d{1,3})[.)][ \t]")
-# C0 and C1 control characters (tab and line ends are handled apart), DEL, zero-width and
-# bidirectional-override characters: never written or printed.
-CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e"
-                     "\u2066-\u2069\ufeff]")
+# Characters that are never written or printed, because a human reading the task file does not
+# see them while a rule check or the next agent does: C0 and C1 controls and DEL (tab and line
+# ends are handled apart); every invisible format character (Unicode category Cf: soft hyphen,
+# zero-width and word joiners, bidirectional overrides, the TAG block U+E0000-E007F that can
+# spell hidden text, and the rest; tests/test_promote_hostile.py checks this list against the
+# running Python's unicodedata); variation selectors (they can smuggle bytes after any visible
+# character); Hangul fillers (blank letters).
+CONTROL = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+    "\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f"
+    "\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+    "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    "\U000e0000-\U000e007f"
+    "\u180b-\u180d\u180f\ufe00-\ufe0f\U000e0100-\U000e01ef"
+    "\u115f\u1160\u3164\uffa0]")
 
 
 class InputError(Exception):
