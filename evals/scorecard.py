@@ -107,7 +107,9 @@ line; an existing sidecar is never overwritten. --csv PATH writes one row per im
 settings, prompt, seed, identity, realism, copy, spread, pose; a cell that a spreadsheet would
 run as a formula starts with an apostrophe). Every output path (--json, --report, --html,
 --csv, --history, the sidecar folder, --demo) is checked before any image is read (exit 2
-naming the flag). The reports and the sidecar are written first and the history line last, in
+naming the flag): two outputs that are one file (through a link, `..` or letter case), an
+output that is the history, its lock or inside its runs/ folder, and one that would replace a
+file in --generated, --reference or --holdout-reference or add an image there are refused. The reports and the sidecar are written first and the history line last, in
 one write; a failure on the way (full disk) removes the sidecar and leaves no partial line
 (exit 2). The history line is the scorecard JSON, judge included (copy_rate, spread_ratio,
 rigid_configs, configs_below_baseline, over_training_from).
@@ -1365,6 +1367,77 @@ def check_outputs(outputs: list[tuple[str, Path | None, bool]]) -> None:
             raise UsageError(f"{flag} {path}: {problem}; nothing was evaluated or written")
 
 
+# The evals' image extensions (face_similarity_eval.IMAGE_EXTENSIONS): an output with one of
+# them inside an input folder would be read as an image by the next run.
+OUTPUT_IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+
+
+def _place(path: Path):
+    """What names one file or folder: (device, inode) when it exists (a link, `..` or another
+    spelling on a case-free disk are the same place), else its resolved path, case-folded
+    (Windows, macOS: `Report.md` and `report.md` may be one file)."""
+    path = Path(os.path.abspath(path))
+    with contextlib.suppress(OSError):
+        info = path.stat()
+        return ("inode", info.st_dev, info.st_ino)
+    with contextlib.suppress(OSError, RuntimeError):
+        path = path.resolve()
+    return ("path", os.path.normcase(str(path)).casefold())
+
+
+def _file_place(path: Path):
+    """_place of a file; a file that does not exist yet is its folder's place and its name,
+    case-folded, so two spellings of one new file are one place too."""
+    path = Path(os.path.abspath(path))
+    if path.exists():
+        return _place(path)
+    return ("in", _place(path.parent), path.name.casefold())
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` (a file, existing or not) is inside `folder`, through links and `..`."""
+    target = _place(folder)
+    path = Path(os.path.abspath(path))
+    with contextlib.suppress(OSError, RuntimeError):
+        path = path.resolve()
+    return any(_place(parent) == target for parent in path.parents)
+
+
+def check_distinct_outputs(outputs: list[tuple[str, Path | None]], history: Path,
+                           inputs: list[tuple[str, Path | None]]) -> None:
+    """UsageError when two outputs are one file, an output is the history, its lock or inside
+    its sidecar folder (runs/), or an output would replace a file of an input folder
+    (--generated, --reference, --holdout-reference) or add an image to one: it would wipe the
+    history or change the inputs. Links, `..` and case are seen through (_place)."""
+    reserved = [("--history", history), ("--history (its lock file)", lock_path_for(history))]
+    seen: list[tuple[str, Path, object]] = [(flag, path, _file_place(path))
+                                            for flag, path in reserved]
+    runs = history.parent / "runs"
+    for flag, path in outputs:
+        if path is None:
+            continue
+        place = _file_place(path)
+        for other_flag, other, other_place in seen:
+            if place == other_place:
+                raise UsageError(f"{flag} {path} is the same file as {other_flag} {other}; give "
+                                 "each output its own path; nothing was evaluated or written")
+        if _inside(path, runs):
+            raise UsageError(f"{flag} {path} is inside the history's sidecar folder {runs}; "
+                             "write it elsewhere; nothing was evaluated or written")
+        for input_flag, folder in inputs:
+            if folder is None or not _inside(path, folder):
+                continue
+            if path.exists() or path.is_symlink():
+                raise UsageError(f"{flag} {path} is a file in the input folder {input_flag} "
+                                 f"{folder}; write it elsewhere; nothing was evaluated or "
+                                 "written")
+            if path.suffix.lower() in OUTPUT_IMAGE_SUFFIXES:
+                raise UsageError(f"{flag} {path} would be an image in the input folder "
+                                 f"{input_flag} {folder} (read as one by the next run); write "
+                                 "it elsewhere; nothing was evaluated or written")
+        seen.append((flag, path, place))
+
+
 CSV_SETTING_KEYS_FIRST = ("path", "config", "baseline")
 CSV_COLUMNS = ("prompt", "seed", "index", "error", "detected", "faces", "similarity", "passed",
                "identity", "realism", "realism_relative", "copy", "copy_of", "copy_reason",
@@ -2256,6 +2329,13 @@ def _run(args: argparse.Namespace, training_params) -> int:
     run_id = args.run_id or default_run_id(args.lora_version, now)
     sidecar = sidecar_path(history, run_id)
     # Every output is checked before anything is read: a bad path costs nothing.
+    demo_inputs = (args.demo / "sweep", args.demo / "reference") if args.demo else (None, None)
+    check_distinct_outputs(
+        [("--report", args.report), ("--html", args.html), ("--json", args.json),
+         ("--csv", args.csv)], history,
+        [("--generated", args.generated or demo_inputs[0]),
+         ("--reference", args.reference or demo_inputs[1]),
+         ("--holdout-reference", args.holdout_reference)])
     check_outputs([("--history", history, True), ("--history", lock_path_for(history), True),
                    ("--history (its runs/ sidecar folder)", sidecar, False),
                    ("--report", args.report, False), ("--html", args.html, False),

@@ -1300,3 +1300,74 @@ def test_holdout_reference_measures_identity_on_photos_not_trained_on(faces_dir,
         refused = run_script(SCRIPT, *common, "--holdout-reference", bad)
         assert refused.returncode == 2 and needle in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr
+
+
+# --------------------------------------------------------------------------- attack review
+
+def _collision(tmp_path: Path, case: str) -> tuple[list, str]:
+    """Output flags that name one file twice, the history, its sidecar folder or an input."""
+    out = tmp_path / "out"
+    history = out / "eval_history.jsonl"
+    report = out / "latest_report.md"
+    if case == "report_is_history":
+        return ["--history", history, "--report", history], "--report"
+    if case == "json_is_history_through_dotdot":
+        return ["--history", history, "--report", report, "--json",
+                out / "sub" / ".." / "eval_history.jsonl"], "--json"
+    if case == "html_is_history_through_symlink":
+        (tmp_path / "alias").symlink_to(out, target_is_directory=True)
+        return ["--history", history, "--report", report, "--html",
+                tmp_path / "alias" / "eval_history.jsonl"], "--html"
+    if case == "csv_is_history_lock":
+        return ["--history", history, "--report", report, "--csv",
+                out / "eval_history.jsonl.lock"], "--csv"
+    if case == "csv_in_sidecar_folder":
+        return ["--history", history, "--report", report, "--csv", out / "runs" / "x.csv"], \
+            "--csv"
+    if case == "json_is_report":
+        return ["--history", history, "--report", report, "--json", report], "--json"
+    if case == "html_is_csv_in_other_case":
+        return ["--history", history, "--report", report, "--html", out / "pair.html",
+                "--csv", out / "PAIR.html"], "--csv"
+    if case == "report_is_input_image":
+        return ["--history", history, "--report", tmp_path / "gen" / "x.png"], "--report"
+    if case == "png_output_inside_generated":
+        return ["--history", history, "--report", report, "--csv",
+                tmp_path / "gen" / "sub" / "r.png"], "--csv"
+    if case == "json_is_reference_photo_through_symlink":
+        (tmp_path / "ref" / "y.png").symlink_to(tmp_path / "ref" / "x.png")
+        return ["--history", history, "--report", report, "--json", tmp_path / "ref" / "y.png"],\
+            "--json"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["report_is_history", "json_is_history_through_dotdot",
+                                  "html_is_history_through_symlink", "csv_is_history_lock",
+                                  "csv_in_sidecar_folder", "json_is_report",
+                                  "html_is_csv_in_other_case", "report_is_input_image",
+                                  "png_output_inside_generated",
+                                  "json_is_reference_photo_through_symlink"])
+def test_an_output_that_is_another_output_the_history_or_an_input_is_refused(tmp_path, case):
+    """Attack: --report/--json/--html/--csv aimed at the history (directly, through `..` or a
+    link), at each other, at the sidecar folder or at an input image wiped it once."""
+    generated, reference = tmp_path / "gen", tmp_path / "ref"
+    for folder in (generated, reference):
+        folder.mkdir()
+        Image.new("RGB", (64, 64), "gray").save(folder / "x.png")
+    history = tmp_path / "out" / "eval_history.jsonl"
+    history.parent.mkdir()
+    history.write_text(json.dumps({"run_id": "keep", "lora_version": "v0"}) + "\n",
+                       encoding="utf-8")
+    args, flag = _collision(tmp_path, case)
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    cache = tmp_path / "cache"
+    result = run_script(SCRIPT, "--generated", generated, "--reference", reference,
+                        "--lora-version", "v1", "--backend", "dlib", "--cache-dir", cache,
+                        "--no-progress", *args)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {flag} "), result.stderr
+    assert "nothing was evaluated or written" in lines[0]
+    assert result.stdout == "" and not cache.exists()
+    after = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    assert after == before  # the history, the inputs: every byte as it was
