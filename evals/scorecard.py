@@ -35,7 +35,12 @@ Configs. A config is a set of numeric settings read from the image's path relati
 `step1500_str0.80_cfg4.0`. Keys are case-free and have aliases (step/steps/iter;
 strength/str/lora/weight; cfg/guidance/scale; epoch/ep; ckpt/checkpoint; sampling (sampler
 steps); rank, dim, alpha, lr, res/size, denoise, shift, clipskip); a key may be followed by `_`,
-`-` or `=`; values are numbers (0.8 = 0.80, step001500 = step1500); the order does not matter.
+`-` or `=`; values are numbers (0.8 = 0.80, step001500 = step1500, lr1e-4 = lr0.0001,
+lr5e-05 = lr0.00005); a decimal comma is a point (str0,8 = str0.80) except in a count (step, epoch, ckpt,
+sampling, rank, dim, res, clipskip), where `1,500` is 1500 and any other comma number is not
+read (a warning names the file); a minus sign counts for strength and --config-key keys
+(str-0.8 is strength -0.80), elsewhere `-` is a separator (guidance-3.5); the order does not
+matter.
 A config is rendered one way: baseline first, then step, epoch, ckpt, str (2 decimals), cfg (1
 decimal), sampling, the rest, then keys named with --config-key, each with as many decimals as
 its value needs. A `baseline` (or `nolora`) word marks images made without the LoRA:
@@ -216,28 +221,34 @@ class ConfigAxis(NamedTuple):
     decimals: int = 0     # least decimals rendered: step 0, str 2, cfg 1
     low: float = 0.0      # plausible range: a value outside it is not this key (w1024 = width)
     high: float = 1e9
+    whole: bool = False   # a count (step, rank): `1,500` is 1500, never 1.5
 
 
 CONFIG_AXES = (
-    ConfigAxis("step", "step", "step", frozenset({"step", "steps", "iter", "iters", "iteration"})),
-    ConfigAxis("epoch", "epoch", "epoch", frozenset({"epoch", "epochs", "ep", "e"})),
-    ConfigAxis("checkpoint", "ckpt", "checkpoint", frozenset({"ckpt", "checkpoint"})),
+    ConfigAxis("step", "step", "step", frozenset({"step", "steps", "iter", "iters", "iteration"}),
+               whole=True),
+    ConfigAxis("epoch", "epoch", "epoch", frozenset({"epoch", "epochs", "ep", "e"}), whole=True),
+    ConfigAxis("checkpoint", "ckpt", "checkpoint", frozenset({"ckpt", "checkpoint"}),
+               whole=True),
     ConfigAxis("strength", "str", "strength",
                frozenset({"str", "strength", "lora", "lorastrength", "lorastr", "weight", "w",
                           "lw", "ls"}), decimals=2, low=-5.0, high=5.0),
     ConfigAxis("cfg", "cfg", "CFG", frozenset({"cfg", "cfgscale", "scale", "guidance", "gs"}),
                decimals=1, high=100.0),
     ConfigAxis("sampling", "sampling", "sampling steps",
-               frozenset({"sampling", "samplingsteps", "samplersteps", "nfe"}), high=10000.0),
-    ConfigAxis("rank", "rank", "rank", frozenset({"rank"}), high=4096.0),
-    ConfigAxis("dim", "dim", "network dim", frozenset({"dim", "netdim"}), high=4096.0),
+               frozenset({"sampling", "samplingsteps", "samplersteps", "nfe"}), high=10000.0,
+               whole=True),
+    ConfigAxis("rank", "rank", "rank", frozenset({"rank"}), high=4096.0, whole=True),
+    ConfigAxis("dim", "dim", "network dim", frozenset({"dim", "netdim"}), high=4096.0,
+               whole=True),
     ConfigAxis("alpha", "alpha", "network alpha", frozenset({"alpha"}), high=4096.0),
     ConfigAxis("lr", "lr", "learning rate", frozenset({"lr"}), high=10.0),
     ConfigAxis("res", "res", "resolution", frozenset({"res", "size", "resolution"}),
-               high=16384.0),
+               high=16384.0, whole=True),
     ConfigAxis("denoise", "denoise", "denoise", frozenset({"denoise"}), high=1.0),
     ConfigAxis("shift", "shift", "shift", frozenset({"shift"}), high=100.0),
-    ConfigAxis("clipskip", "clipskip", "clip skip", frozenset({"clipskip", "clip"}), high=24.0),
+    ConfigAxis("clipskip", "clipskip", "clip skip", frozenset({"clipskip", "clip"}), high=24.0,
+               whole=True),
 )
 BASELINE_WORDS = ("baseline", "nolora", "no_lora", "no-lora")
 # Index tokens name one image of a config (which prompt, which seed), never the config itself.
@@ -247,8 +258,10 @@ INDEX_AXES = {
     "index": frozenset({"idx", "index", "img", "image", "n", "num", "no", "nr", "batch", "sample",
                         "i", "frame", "pic", "photo", "copy", "b"}),
 }
-# key<number>, not glued to a longer word or number; the number has no trailing letters.
-_TOKEN_RE = re.compile(r"(?<![A-Za-z0-9.])([A-Za-z]+)([_=-]?)(\d+(?:\.\d+)?)(?![A-Za-z0-9]|\.\d)")
+# key<number>, not glued to a longer word or number; the number has no trailing letters. The
+# number may carry a minus sign, a decimal comma (`0,8`) and an exponent (`1e-4`, `5E-05`).
+_TOKEN_RE = re.compile(r"(?<![A-Za-z0-9.,])([A-Za-z]+)([_=-]?)(-?)"
+                       r"(\d+(?:[.,]\d+)?(?:[eE][+-]?\d+)?)(?![A-Za-z0-9]|[.,]\d)")
 _BASELINE_RE = re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(map(re.escape, BASELINE_WORDS))
                           + r")(?![A-Za-z])", re.IGNORECASE)
 # kohya sd-scripts' sample images (library/train_util.py: sample_image_inference, and its copies
@@ -309,6 +322,25 @@ def _number(text: str) -> float | int:
     return int(value) if value.is_integer() and abs(value) < 2 ** 53 else value
 
 
+def _token_value(axis: ConfigAxis, separator: str, sign: str, number: str) -> float | None:
+    """The value of a key's number: a comma is a decimal comma (`str0,8` = 0.8), except for a
+    count, where `1,500` is 1500 and any other comma is ambiguous (None: not read). A minus
+    sign counts where the key can be negative (`str-0.8` = -0.8); elsewhere a `-` before the
+    number is a separator (`guidance-3.5` = 3.5)."""
+    if "," in number:
+        if axis.whole:
+            whole, _, fraction = number.partition(",")
+            if len(fraction) != 3 or not fraction.isdigit():
+                return None
+            number = whole + fraction
+        else:
+            number = number.replace(",", ".")
+    value = float(number)
+    if sign == "-" or (separator == "-" and axis.low < 0):
+        value = -value
+    return value
+
+
 class ConfigSchema:
     """The config keys in force: the known axes plus keys the user names (--config-key)."""
 
@@ -362,11 +394,12 @@ class ConfigSchema:
             if _BASELINE_RE.search(part):
                 baseline = True
             for match in _TOKEN_RE.finditer(part):
-                key, separator, number = match.group(1).lower(), match.group(2), match.group(3)
+                key, separator, sign, number = (match.group(1).lower(), match.group(2),
+                                                match.group(3), match.group(4))
                 axis = self.alias.get(key)
                 if axis is not None:
-                    value = float(number)
-                    if axis.low <= value <= axis.high:
+                    value = _token_value(axis, separator, sign, number)
+                    if value is not None and axis.low <= value <= axis.high:
                         values.setdefault(axis.key, value)
                     else:
                         ignored.append(match.group(0))
@@ -1298,10 +1331,18 @@ def _collect_warnings(face: dict, skin: dict, images: list[dict], failed: list[d
         warnings.append(f"{item['path']} is identical to the reference "
                         f"{item['identical_to_reference']}: excluded from every figure")
     ignored: dict[str, int] = {}
+    ambiguous: list[str] = []
     for image in images:
         for token in image.get("ignored_tokens") or []:
+            if "," in token:  # a count with a comma: 1.5 steps or 15 or 1,500?
+                ambiguous.append(f"{token} in {image['path']}")
+                continue
             key = re.match(r"[A-Za-z]+", token).group(0).lower()
             ignored[key] = ignored.get(key, 0) + 1
+    if ambiguous:
+        warnings.append("a count with a comma in a file name is ambiguous (a decimal comma or a "
+                        "thousands separator?) and was not read as a setting: "
+                        f"{_shown(ambiguous)}; rename with a point or whole digits")
     if ignored:
         listed = ", ".join(f"{key} ({count} image{'s' if count > 1 else ''})"
                            for key, count in sorted(ignored.items()))

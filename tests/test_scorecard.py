@@ -1371,3 +1371,44 @@ def test_an_output_that_is_another_output_the_history_or_an_input_is_refused(tmp
     assert result.stdout == "" and not cache.exists()
     after = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
     assert after == before  # the history, the inputs: every byte as it was
+
+
+def test_comma_decimals_exponents_and_signs_never_merge_or_truncate_configs():
+    """Attack: `str0,8` (a European decimal comma) read as strength 0, a baseline; `lr1e-4` and
+    `lr5e-4` split at the `e` (read as epoch 4) into one config; `str-0.8` lost its sign."""
+    parse = sc.parse_config
+    comma = parse("step1500_str0,8_cfg4,5_seed1.png")
+    assert comma == parse("step1500_str0.80_cfg4.5_seed2.png") and not comma.baseline
+    assert comma.name == "step1500_str0.80_cfg4.5"
+    assert parse("str0,8.png") == parse("str0.80.png") and not parse("str0,8.png").baseline
+    # A whole-number key with three digits after the comma is a thousands separator.
+    assert parse("step1,500_str0,8.png").name == "step1500_str0.80"
+    # A whole-number key with another comma number is neither: ignored with the file named.
+    ambiguous = sc.DEFAULT_SCHEMA.parse_name("step0,5_str0,8.png")
+    assert ambiguous.config.name == "str0.80" and not ambiguous.config.baseline
+    assert ambiguous.ignored == ("step0,5",)
+    low, high = parse("lr1e-4_dim16.png"), parse("lr5e-4_dim16.png")
+    assert low != high and low.settings["lr"] == pytest.approx(1e-4)
+    assert high.settings["lr"] == pytest.approx(5e-4) and "epoch" not in low.settings
+    assert parse("lr5e-05.png").settings == {"lr": pytest.approx(5e-05)}
+    assert parse("lr5e-05.png").name == "lr0.00005" and parse("lr0.00005") == parse("lr5e-05")
+    assert parse("lr1E-4.png").settings == {"lr": pytest.approx(1e-4)}
+    negative = parse("step1000_str-0.8_cfg4.png")
+    assert negative.settings["strength"] == -0.8 and not negative.baseline
+    assert negative != parse("step1000_str0.8_cfg4.png") and negative.name == \
+        "step1000_str-0.80_cfg4.0"
+    assert parse(negative.name) == negative  # the name reads back
+    assert parse("str=-0.8.png") == parse("str_-0.8.png") == parse("str-0.8.png")
+    # A key that cannot be negative keeps `-` as a separator: guidance-3.5 is CFG 3.5.
+    assert parse("guidance-3.5.png").settings == {"cfg": 3.5}
+    # Nothing of this makes a baseline by truncation.
+    for name in ("str0,8.png", "str0,05.png", "step0,5_str1.png", "lr1e-4_str1.png",
+                 "epoch1e1.png"):
+        assert not parse(name).baseline, name
+
+
+def test_ambiguous_comma_numbers_warn_naming_the_file():
+    images = [{"path": "step0,5_str0,8_seed1.png", "ignored_tokens": ["step0,5"]}]
+    warnings = sc._collect_warnings({}, {}, images, [], [])
+    assert any("step0,5" in warning and "step0,5_str0,8_seed1.png" in warning
+               for warning in warnings), warnings
