@@ -36,11 +36,11 @@ Configs. A config is a set of numeric settings read from the image's path relati
 strength/str/lora/weight; cfg/guidance/scale; epoch/ep; ckpt/checkpoint; sampling (sampler
 steps); rank, dim, alpha, lr, res/size, denoise, shift, clipskip); a key may be followed by `_`,
 `-` or `=`; values are numbers (0.8 = 0.80, step001500 = step1500, lr1e-4 = lr0.0001,
-lr5e-05 = lr0.00005); a decimal comma is a point (str0,8 = str0.80) except in a count (step, epoch, ckpt,
-sampling, rank, dim, res, clipskip), where `1,500` is 1500 and any other comma number is not
-read (a warning names the file); a minus sign counts for strength and --config-key keys
-(str-0.8 is strength -0.80), elsewhere `-` is a separator (guidance-3.5); the order does not
-matter.
+lr5e-05 = lr0.00005); a decimal comma is a point (str0,8 = str0.80) except in a count (step,
+epoch, ckpt, sampling, rank, dim, res, clipskip), where `1,500` is 1500 and any other comma
+number is not read (a warning names the file); a minus sign counts for strength and
+--config-key keys (str-0.8 is strength -0.80), elsewhere `-` is a separator (guidance-3.5);
+the order does not matter.
 A config is rendered one way: baseline first, then step, epoch, ckpt, str (2 decimals), cfg (1
 decimal), sampling, the rest, then keys named with --config-key, each with as many decimals as
 its value needs. A `baseline` (or `nolora`) word marks images made without the LoRA:
