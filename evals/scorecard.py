@@ -107,8 +107,10 @@ one is recommended (preferred_over names the other); a flagged recommendation ca
 History. --history gets one JSON line per run (append-only: one O_APPEND write under a lock file
 beside it, fsync'd, never rewritten). Per-image scores go to a sidecar, runs/<run_id>.json beside
 the history. The reader skips a UTF-8 BOM, a torn last line and corrupt lines (a warning each),
-reads a timestamp without a zone as UTC (a warning), and the run id check sees every parseable
-line; an existing sidecar is never overwritten. --csv PATH writes one row per image (config,
+reads a timestamp without a zone as UTC (a warning; one beyond the range of UTC dates is kept
+as written), and the run id check sees every parseable line; an existing sidecar is never
+overwritten, and one is read only from inside the history's folder (a JSON object; a field of
+the wrong type counts as missing: a hostile line or sidecar is a warning, never a crash). --csv PATH writes one row per image (config,
 settings, prompt, seed, identity, realism, copy, spread, pose; a cell that a spreadsheet would
 run as a formula starts with an apostrophe). Every output path (--json, --report, --html,
 --csv, --history, the sidecar folder, --demo) is checked before any image is read (exit 2
@@ -1721,8 +1723,12 @@ def read_history(history: Path, *, report=warn) -> list[dict]:
             if note:
                 report(f"{history}:{number}: {note}")
             if moment is not None:
-                record["timestamp"] = moment.astimezone(dt.timezone.utc).strftime(
-                    "%Y-%m-%dT%H:%M:%SZ")
+                try:
+                    record["timestamp"] = moment.astimezone(dt.timezone.utc).strftime(
+                        "%Y-%m-%dT%H:%M:%SZ")
+                except (OverflowError, ValueError):  # 0001-01-01T00:00:00+01:00 is year 0
+                    report(f"{history}:{number}: timestamp {record['timestamp']!r} is outside "
+                           "the range of UTC dates; kept as written")
         records.append(record)
     return records
 
@@ -1760,15 +1766,31 @@ def sidecar_path(history: Path, run_id: str) -> Path:
 
 
 def load_details(history: Path, record: dict) -> dict | None:
-    """The sidecar of a history record, or None (missing or corrupt) with a warning."""
+    """The sidecar of a history record, or None with a warning: missing, corrupt, not a JSON
+    object, or named by a "details" that is not a relative path inside the history's folder
+    (a hostile line must not make the scorecard read files elsewhere)."""
+    run_id = str(record.get("run_id"))
     relative = record.get("details")
-    path = history.parent / relative if relative else sidecar_path(history, str(record["run_id"]))
+    if relative is None:
+        path = sidecar_path(history, run_id)
+    elif isinstance(relative, str) and relative.strip() and not Path(relative).is_absolute() \
+            and ".." not in PurePosixPath(relative.replace("\\", "/")).parts:
+        path = history.parent / relative
+    else:
+        warn(f"per-image details of run {run_id} unavailable (its \"details\" {relative!r} is "
+             f"not a file path inside {history.parent}); the comparison has no noise estimate")
+        return None
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
+        details = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as error:
-        warn(f"per-image details of run {record['run_id']} unavailable ({path}: {error}); "
+        warn(f"per-image details of run {run_id} unavailable ({path}: {error}); "
              "the comparison has no noise estimate")
         return None
+    if not isinstance(details, dict):
+        warn(f"per-image details of run {run_id} unavailable ({path} holds a JSON "
+             f"{type(details).__name__}, not an object); the comparison has no noise estimate")
+        return None
+    return details
 
 
 # --------------------------------------------------------------------------- comparison
@@ -1785,6 +1807,23 @@ GATED_METRICS = (("identity", "similarity", "mean similarity (a failed image 0)"
                   "(lower: more rigid)", 1))
 
 
+def _finite(value) -> float | None:
+    """A stored number as a float; None for anything else (a string, a list, NaN, a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _flag(value) -> bool:
+    """A stored yes/no: only JSON true (or a non-zero number, as older files wrote) is yes."""
+    return value is True or (_finite(value) or 0.0) != 0.0
+
+
+def _text_or_none(value) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
 def comparison_images(details: dict, schema: ConfigSchema = DEFAULT_SCHEMA) -> list[dict]:
     """Per-image rows of a sidecar, any version: every image, a failed one as similarity 0.
 
@@ -1793,31 +1832,40 @@ def comparison_images(details: dict, schema: ConfigSchema = DEFAULT_SCHEMA) -> l
     ("unreadable"); they are added back as failed images.
     """
     rows, seen = [], set()
-    for image in details.get("images", []) or []:
-        if not isinstance(image, dict) or image.get("path") in seen:
+    if not isinstance(details, dict):
+        return rows
+
+    def listed(key: str) -> list:
+        value = details.get(key)
+        return value if isinstance(value, list) else []
+
+    for image in listed("images"):
+        path = _text_or_none(image.get("path")) if isinstance(image, dict) else None
+        if path is None or path in seen:  # a row without a file path is no image
             continue
-        seen.add(image.get("path"))
-        error = image.get("error")
-        detected = bool(image.get("detected")) and not error
-        similarity = image.get("similarity") if detected else None
-        name = image.get("config") or image.get("path") or UNPARSED
-        rows.append({"path": image.get("path"), "config": schema.canonical_name(str(name)),
-                     "baseline": schema.parse(str(name)).baseline,
+        seen.add(path)
+        detected = _flag(image.get("detected")) and not image.get("error")
+        similarity = _finite(image.get("similarity")) if detected else None
+        name = _text_or_none(image.get("config")) or path
+        rows.append({"path": path, "config": schema.canonical_name(name),
+                     "baseline": schema.parse(name).baseline,
                      "detected": detected,
-                     "similarity_or_zero": float(similarity) if similarity is not None else 0.0,
-                     "passed": bool(image.get("passed")) and detected,
-                     "identity": image.get("identity") or 0.0,
-                     "realism": image.get("realism") if detected else None,
-                     "realism_relative": image.get("realism_relative") if detected else None,
+                     "similarity_or_zero": similarity if similarity is not None else 0.0,
+                     "passed": _flag(image.get("passed")) and detected,
+                     "identity": _finite(image.get("identity")) or 0.0,
+                     "realism": _finite(image.get("realism")) if detected else None,
+                     "realism_relative": (_finite(image.get("realism_relative"))
+                                          if detected else None),
                      # None where an older sidecar did not measure them.
-                     "copy": bool(image["copy"]) if image.get("copy") is not None else None,
-                     "spread_ratio": image.get("spread_ratio") if detected else None})
-    for item in details.get("unreadable", []) or []:
-        if not isinstance(item, dict) or item.get("path") in seen:
+                     "copy": _flag(image["copy"]) if image.get("copy") is not None else None,
+                     "spread_ratio": _finite(image.get("spread_ratio")) if detected else None})
+    for item in listed("unreadable"):
+        path = _text_or_none(item.get("path")) if isinstance(item, dict) else None
+        if path is None or path in seen:
             continue
-        seen.add(item.get("path"))
-        config = schema.parse(str(item.get("path")))
-        rows.append({"path": item.get("path"), "config": config.name,
+        seen.add(path)
+        config = schema.parse(path)
+        rows.append({"path": path, "config": config.name,
                      "baseline": config.baseline, "detected": False,
                      "similarity_or_zero": 0.0, "passed": False, "identity": 0.0,
                      "realism": None, "realism_relative": None, "copy": None,
@@ -1973,7 +2021,8 @@ def compare_runs(new: dict, new_details: dict | None, old: dict, old_details: di
     old_best = old.get("best_config")
     old_best = schema.canonical_name(str(old_best)) if old_best else None
     if old_best is None or old_best not in by_old:  # an old record: its best by its own score
-        candidates = [row for row in (old.get("configs") or []) if isinstance(row, dict)
+        listed = old.get("configs") if isinstance(old.get("configs"), list) else []
+        candidates = [row for row in listed if isinstance(row, dict)
                       and not schema.parse(str(row.get("config"))).baseline]
         old_best = schema.canonical_name(str(candidates[0]["config"])) if candidates else None
     comparison["old_best_config"] = old_best

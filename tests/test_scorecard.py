@@ -1412,3 +1412,99 @@ def test_ambiguous_comma_numbers_warn_naming_the_file():
     warnings = sc._collect_warnings({}, {}, images, [], [])
     assert any("step0,5" in warning and "step0,5_str0,8_seed1.png" in warning
                for warning in warnings), warnings
+
+
+JSON_VALUES = (None, True, 0, -7, 1.5, "", "x", "../../outside.json", [], [1], [[1]], [{}],
+               [{"path": [1]}], {}, {"a": 1}, {"path": {}})
+
+
+def test_hostile_timestamps_details_and_sidecar_rows_are_warnings_never_a_traceback(tmp_path):
+    """Attack: a history line timestamped 0001-01-01T00:00:00+01:00 (OverflowError in UTC), a
+    record whose "details" is 5, a sidecar whose images are [1] or whose rows hold lists."""
+    history = tmp_path / "history.jsonl"
+    lines = [{"run_id": "ancient", "timestamp": "0001-01-01T00:00:00+01:00"},
+             {"run_id": "future", "timestamp": "9999-12-31T23:59:59-01:00"},
+             {"run_id": "ok", "timestamp": "2026-01-02T03:04:05+01:00"}]
+    history.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    messages = []
+    records = {r["run_id"]: r for r in sc.read_history(history, report=messages.append)}
+    assert records["ok"]["timestamp"] == "2026-01-02T02:04:05Z"
+    assert records["ancient"]["timestamp"] == "0001-01-01T00:00:00+01:00"  # kept as written
+    assert sum("outside the range" in message for message in messages) == 2, messages
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.json"
+    outside.write_text('{"images": []}', encoding="utf-8")
+    for details in (5, [1], True, {}, "runs/missing.json", str(outside),
+                    f"../{outside.name}"):
+        assert sc.load_details(history, {"run_id": "r", "details": details}) is None, details
+    outside.unlink()
+    (tmp_path / "runs").mkdir()
+    for value in JSON_VALUES:
+        (tmp_path / "runs" / "r.json").write_text(json.dumps(value), encoding="utf-8")
+        details = sc.load_details(history, {"run_id": "r"})
+        assert details is None or isinstance(details, dict)
+        rows = sc.comparison_images({"images": value, "unreadable": value})
+        assert all(isinstance(row["path"], (str, type(None))) for row in rows)
+        for field in ("path", "config", "error", "detected", "similarity", "passed", "identity",
+                      "realism", "realism_relative", "copy", "spread_ratio"):
+            image = {"path": "str0.8_cfg4_seed1.png", "config": "str0.8_cfg4",
+                     "detected": True, "similarity": 0.95, "passed": True, "identity": 0.6,
+                     "realism": 0.8, "realism_relative": 0.9, "copy": False,
+                     "spread_ratio": 1.0, field: value}
+            rows = sc.comparison_images({"images": [image] * 6})
+            sc._columns(rows, 0.92, judged=True)  # every figure is a number
+
+
+def _fuzzed(template: dict, value) -> list[dict]:
+    """One copy of `template` per top-level key, that key set to `value`."""
+    return [{**template, key: value} for key in template]
+
+
+@pytest.mark.slow
+def test_compare_to_survives_every_json_type_in_every_field(sweeps, pool, tmp_path):
+    """Each top-level JSON type in each field of a real history line and of its sidecar (and
+    of one per-image row): the comparison and the report come out, never a traceback."""
+    out = tmp_path / "out"
+    first = _score(pool, sweeps["good"], out, version="v1")
+    assert first.returncode == 0, first.stderr
+    history = out / "eval_history.jsonl"
+    record = json.loads(_lines(history)[0])
+    sidecar = json.loads((out / record["details"]).read_text(encoding="utf-8"))
+    new = json.loads(first.stdout)
+    new_details = sc.clean_json(sidecar)
+    hostile = tmp_path / "hostile"
+    (hostile / "runs").mkdir(parents=True)
+    checked = 0
+    for value in JSON_VALUES:
+        old_records = [{**old, "run_id": "old"} for old in _fuzzed(record, value)]
+        sidecars = _fuzzed(sidecar, value) + [
+            {**sidecar, "images": [{**sidecar["images"][0], key: value}] + sidecar["images"][1:]}
+            for key in sidecar["images"][0]] + [value]
+        for old, details in [(old, sidecar) for old in old_records] + [
+                ({**record, "run_id": "old"}, details) for details in sidecars]:
+            (hostile / "h.jsonl").write_text(json.dumps(old) + "\n", encoding="utf-8")
+            (hostile / "runs" / "old.json").write_text(json.dumps(details), encoding="utf-8")
+            (target,) = sc.read_history(hostile / "h.jsonl", report=lambda message: None)
+            loaded = sc.load_details(hostile / "h.jsonl", target)
+            comparison = sc.compare_runs(new, new_details, target, loaded)
+            assert comparison["verdict"] in ("clearly worse", "within noise or better",
+                                             "cannot decide")
+            sc.render_report({**new, "comparison": comparison}, comparison)
+            checked += 1
+    assert checked > 500
+    # And through the command line: an ancient timestamp, "details": 5, images [1].
+    for index, (field, value) in enumerate((("timestamp", "0001-01-01T00:00:00+01:00"),
+                                            ("details", 5), ("images", [1]))):
+        if field == "images":
+            (out / record["details"]).write_text(json.dumps({**sidecar, "images": [1]}),
+                                                 encoding="utf-8")
+            changed = record
+        else:
+            changed = {**record, field: value}
+        history.write_text(json.dumps(changed) + "\n", encoding="utf-8")
+        result = _score(pool, sweeps["equal"], out, "--compare-to", "v1", version=f"h{index}")
+        assert "Traceback" not in result.stderr, result.stderr
+        if field == "timestamp":  # the run itself is fine: compared, its time as written
+            assert result.returncode == 0 and "outside the range" in result.stderr, \
+                result.stderr
+        else:
+            assert result.returncode == 2 and "cannot decide" in result.stderr, result.stderr
