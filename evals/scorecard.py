@@ -116,9 +116,11 @@ run as a formula starts with an apostrophe). Every output path (--json, --report
 --csv, --history, the sidecar folder, --demo) is checked before any image is read (exit 2
 naming the flag): two outputs that are one file (through a link, `..` or letter case), an
 output that is the history, its lock or inside its runs/ folder, and one that would replace a
-file in --generated, --reference or --holdout-reference or add an image there are refused. The reports and the sidecar are written first and the history line last, in
-one write; a failure on the way (full disk) removes the sidecar and leaves no partial line
-(exit 2). The history line is the scorecard JSON, judge included (copy_rate, spread_ratio,
+file in --generated, --reference or --holdout-reference or add an image there are refused. The reports are written to temp files, then the sidecar, then the history line
+(one write), and only then are the reports renamed into place: a failure on the way (a full
+disk) removes the temp files and the sidecar, leaves no partial line and every earlier report
+as it was (exit 2, "not recorded"); a report that cannot be put in place after the line is
+exit 2 naming it ("was recorded"). The history line is the scorecard JSON, judge included (copy_rate, spread_ratio,
 rigid_configs, configs_below_baseline, over_training_from).
 
 --compare-to VERSION_OR_RUN_ID compares like with like against the newest run of that run id or
@@ -201,6 +203,15 @@ class OutputError(Exception):
     def __init__(self, flag: str, path: Path, reason: str) -> None:
         super().__init__(f"{flag} {path}: {reason}")
         self.flag, self.path, self.reason = flag, path, reason
+
+
+class RecordedOutputError(Exception):
+    """The run is in the history, but some outputs could not be put in place: exit 2."""
+
+    def __init__(self, run_id: str, history: Path, failed: list[str]) -> None:
+        super().__init__(f"could not write {'; '.join(failed)}; the run {run_id} was recorded "
+                         f"in {history} (its other outputs are written)")
+        self.failed = failed
 
 
 def warn(message: str) -> None:
@@ -1625,9 +1636,12 @@ def append_history(history: Path, record: dict, sidecar: Path | None = None,
 
     Under the lock the run id is checked to be new (two runs given the same --run-id at once
     must not both land) and the sidecar not to exist (it is never overwritten). The reports
-    and the sidecar are written first (each atomically); the history line comes last, in one
-    O_APPEND write. A failure raises OutputError naming the flag; a sidecar written by this call
-    is then removed and the history holds no partial line.
+    are written to temp files beside their paths first, then the sidecar, then the history
+    line (one O_APPEND write); only then are the reports renamed into place. A failure before
+    the line raises OutputError naming the flag: the temp files and the sidecar are removed,
+    the history holds no partial line and every earlier report is as it was (nothing claims
+    a run that is not recorded). A rename that fails after the line raises
+    RecordedOutputError naming what was not written (the run is recorded).
     """
     text = json.dumps(clean_json(record), ensure_ascii=True, allow_nan=False)
     data = (text + "\n").encode("ascii")
@@ -1637,6 +1651,7 @@ def append_history(history: Path, record: dict, sidecar: Path | None = None,
         lock.__enter__()
     except (OSError, TimeoutError) as error:
         raise OutputError("--history", history, f"cannot lock the history ({error})") from error
+    staged: list[tuple[str, Path, str]] = []
     try:
         run_id = str(record.get("run_id"))
         if any(str(old.get("run_id")) == run_id
@@ -1645,14 +1660,14 @@ def append_history(history: Path, record: dict, sidecar: Path | None = None,
         if sidecar is not None and (sidecar.exists() or sidecar.is_symlink()):
             raise UsageError(f"--run-id {run_id}: its per-image file {sidecar} already exists "
                              "(it is never overwritten); choose another id")
-        for flag, path, content in outputs:
-            try:
-                write_atomic(path, content)
-            except OSError as error:
-                raise OutputError(flag, path, f"cannot write ({error.strerror or error})") \
-                    from error
         wrote_sidecar = False
         try:
+            for flag, path, content in outputs:
+                try:
+                    staged.append((flag, path, stage_file(path, content)))
+                except OSError as error:
+                    raise OutputError(flag, path, f"cannot write ({error.strerror or error})") \
+                        from error
             if sidecar is not None:
                 try:
                     write_atomic(sidecar, sidecar_text)
@@ -1667,10 +1682,24 @@ def append_history(history: Path, record: dict, sidecar: Path | None = None,
                                   f"({error.strerror or error}); no partial line was left") \
                     from error
         except BaseException:
+            for _, _, temp in staged:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
             if wrote_sidecar:
                 with contextlib.suppress(OSError):
                     sidecar.unlink()
             raise
+        # The run is recorded; now the reports describe it.
+        failed = []
+        for flag, path, temp in staged:
+            try:
+                os.replace(temp, path)
+            except OSError as error:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                failed.append(f"{flag} {path} ({error.strerror or error})")
+        if failed:
+            raise RecordedOutputError(run_id, history, failed)
     finally:
         lock.__exit__(None, None, None)
 
@@ -1742,8 +1771,9 @@ def find_run(records: list[dict], key: str) -> dict | None:
     return None
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file via a temp file in the same folder and os.replace."""
+def stage_file(path: Path, text: str) -> str:
+    """Write `text` to a temp file beside `path` (fsync'd, normal permissions) and return its
+    name; os.replace(temp, path) puts it in place. Nothing is left on failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -1754,6 +1784,17 @@ def write_atomic(path: Path, text: str) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    return temp
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file via a temp file in the same folder and os.replace."""
+    temp = stage_file(path, text)
+    try:
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -2410,6 +2451,9 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as error:
         print(f"error: {error}; this run was not recorded in the history", file=sys.stderr)
         return 2
+    except RecordedOutputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 def _run(args: argparse.Namespace, training_params) -> int:
@@ -2507,7 +2551,7 @@ def _run(args: argparse.Namespace, training_params) -> int:
     if args.csv is not None:
         outputs.append(("--csv", args.csv, images_csv(details["images"], schema)))
     sidecar_text = json.dumps(clean_json(details), indent=1, ensure_ascii=False) + "\n"
-    # Reports and sidecar first, the history line last (one write); see append_history.
+    # Reports staged, the sidecar, the history line (one write), then the reports renamed in.
     append_history(history, record, sidecar, sidecar_text, outputs)
     print(text)
     for message in record["warnings"]:

@@ -381,12 +381,44 @@ def test_a_failed_history_write_leaves_no_sidecar_and_no_line(tmp_path):
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full (Linux)")
     sidecar = tmp_path / "runs" / "r1.json"
-    report = tmp_path / "report.md"
+    report, card = tmp_path / "report.md", tmp_path / "new" / "card.json"
+    report.write_text("# the last recorded run\n", encoding="utf-8")
     with pytest.raises(sc.OutputError) as caught:
         sc.append_history(Path("/dev/full"), {"run_id": "r1"}, sidecar, "{}\n",
-                          [("--report", report, "# report\n")])
+                          [("--report", report, "# report\n"), ("--json", card, "{}\n")])
     assert caught.value.flag == "--history" and "no partial line" in str(caught.value)
-    assert not sidecar.exists() and report.is_file()  # reports first, then sidecar, line last
+    assert not sidecar.exists()
+    # Attack review: the reports were replaced before the history line failed, so they
+    # described a run that is not in the history. Now they are put in place only after it.
+    assert report.read_text(encoding="utf-8") == "# the last recorded run\n"
+    assert not card.exists()
+    assert sorted(path.name for path in tmp_path.rglob("*") if path.is_file()) == ["report.md"]
+
+
+def test_an_output_that_fails_after_the_history_line_says_the_run_was_recorded(tmp_path):
+    """The one write that can fail after the line: putting a staged report in place (here a
+    folder has taken the report's name). The run is in the history and the error says so."""
+    history, report = tmp_path / "h.jsonl", tmp_path / "report.md"
+    card = tmp_path / "card.json"
+    real_replace = os.replace
+
+    def replace(source, target):  # a folder appears where the report goes (a race)
+        if Path(target) == report and not report.exists():
+            report.mkdir()
+            (report / "keep").write_text("x", encoding="utf-8")
+        return real_replace(source, target)
+
+    sc.os.replace = replace
+    try:
+        with pytest.raises(sc.RecordedOutputError) as caught:
+            sc.append_history(history, {"run_id": "r1"}, tmp_path / "runs" / "r1.json", "{}\n",
+                              [("--report", report, "# report\n"), ("--json", card, "{}\n")])
+    finally:
+        sc.os.replace = real_replace
+    assert "--report" in str(caught.value) and "was recorded" in str(caught.value)
+    assert [r["run_id"] for r in sc.read_history(history)] == ["r1"]
+    assert card.read_text(encoding="utf-8") == "{}\n"  # the others are in place
+    assert not [path for path in tmp_path.rglob("*.tmp")]
 
 
 def test_output_path_problems_are_found_before_any_work(tmp_path):
@@ -849,6 +881,7 @@ def test_full_disk_leaves_no_partial_line_and_no_orphan(sweeps, pool, tmp_path):
     with open(history, "a", encoding="utf-8") as handle:
         handle.write("\n".join(padding) + "\n")
     before = history.read_bytes()
+    report_before = (out / "latest_report.md").read_bytes()
 
     def capped(size):
         return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
@@ -864,6 +897,9 @@ def test_full_disk_leaves_no_partial_line_and_no_orphan(sweeps, pool, tmp_path):
     assert "error: --history" in partial.stderr and "no partial line" in partial.stderr
     assert history.read_bytes() == before  # cut back: no torn line
     assert not (out / "runs" / "partial.json").exists()  # no orphan sidecar
+    # The report still describes the last recorded run, not this one; no temp file is left.
+    assert (out / "latest_report.md").read_bytes() == report_before
+    assert not list(out.glob(".*.tmp"))
 
 
 @pytest.mark.slow
