@@ -100,7 +100,8 @@ percentile-bootstrap interval (10000 resamples of its images, seed 0) of its sco
 similarity and pass rate, and the grades that interval spans. How sure: "sure" when the
 runner-up is clearly behind (the 95% bootstrap interval of the score difference excludes 0),
 the interval spans one grade and the grade rests on 8+ images; "not sure" when the runner-up is
-within noise or the grade rests on fewer than 3 images; "fairly sure" otherwise. When the best
+within noise, the grade rests on fewer than 3 images, or the interval spans three grades or
+more (C to F) or reaches two grades below the grade; "fairly sure" otherwise. When the best
 config is flagged by the judge and the best unflagged one is within noise of it, the unflagged
 one is recommended (preferred_over names the other); a flagged recommendation carries its flags.
 
@@ -1205,7 +1206,13 @@ def recommend(configs: list[dict], images: list[dict], *, threshold: float,
                                "score_difference_interval": [low, high],
                                "within_noise": runner_within_noise}
     one_grade = grade_range[0] == grade_range[1]
-    if runner_within_noise or best["images"] < UNSURE_MAX_IMAGES:
+    # An interval that spans three grades or more (C to F), or reaches two grades below the
+    # grade itself, says the grade could as well be another: nobody can be sure of it.
+    worst = GRADE_ORDER.index(grade_range[1])
+    wide = (worst - GRADE_ORDER.index(grade_range[0]) >= 2
+            or worst - GRADE_ORDER.index(best["grade"]) >= 2)
+    result["interval_too_wide"] = wide
+    if runner_within_noise or best["images"] < UNSURE_MAX_IMAGES or wide:
         sure = "not sure"
     elif one_grade and best["images"] >= SURE_MIN_IMAGES:
         sure = "sure"

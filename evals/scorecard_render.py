@@ -112,7 +112,8 @@ def headline(scorecard: dict, *, code: str = "`") -> list[tuple[str, str]]:
     grades = interval["grades"]
     sure = [f"{best['how_sure']}: {best['images']} image{'s' if best['images'] != 1 else ''}",
             f"the interval spans grade {grades[0]}" + (f" to {grades[1]}"
-                                                       if grades[0] != grades[1] else " only")]
+                                                       if grades[0] != grades[1] else " only")
+            + (", too wide to rely on" if best.get("interval_too_wide") else "")]
     runner = best.get("runner_up")
     if runner:
         difference = (f"score {_f(runner['score'], 2)}, difference "

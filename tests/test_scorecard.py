@@ -1544,3 +1544,26 @@ def test_compare_to_survives_every_json_type_in_every_field(sweeps, pool, tmp_pa
                 result.stderr
         else:
             assert result.returncode == 2 and "cannot decide" in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+def test_how_sure_follows_the_interval_not_just_the_runner_up(pool, tmp_path):
+    """Attack: "fairly sure" while the recommended config's 95% interval spans grades A to D:
+    4 faces and 1 faceless image, a runner-up (other people) clearly behind."""
+    folder = build(tmp_path / "gen", [(f"str0.8_cfg4_seed{n}.png", pool["same"][n])
+                                      for n in range(4)]
+                   + [("str0.8_cfg4_seed9.png", pool["noface"][0])]
+                   + [(f"str0.4_cfg4_seed{n}.png", pool["others"][n]) for n in range(4)])
+    out = tmp_path / "out"
+    result = _score(pool, folder, out)
+    assert result.returncode == 0, result.stderr
+    best = json.loads(result.stdout)["recommendation"]
+    worst, top = best["interval"]["grades"][1], best["interval"]["grades"][0]
+    assert sc.GRADE_ORDER.index(worst) - sc.GRADE_ORDER.index(top) >= 2, best["interval"]
+    assert best["runner_up"] and not best["runner_up"]["within_noise"]  # clearly behind
+    assert best["images"] >= sc.UNSURE_MAX_IMAGES
+    assert best["how_sure"] == "not sure" and best["interval_too_wide"]
+    report = (out / "latest_report.md").read_text(encoding="utf-8")
+    line = next(line for line in report.splitlines() if line.startswith("**How sure:**"))
+    assert line.startswith("**How sure:** not sure: 5 images; the interval spans grade "
+                           f"{top} to {worst}, too wide to rely on"), line
