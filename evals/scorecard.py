@@ -102,8 +102,12 @@ runner-up is clearly behind (the 95% bootstrap interval of the score difference 
 the interval spans one grade and the grade rests on 8+ images; "not sure" when the runner-up is
 within noise, the grade rests on fewer than 3 images, or the interval spans three grades or
 more (C to F) or reaches two grades below the grade; "fairly sure" otherwise. When the best
-config is flagged by the judge and the best unflagged one is within noise of it, the unflagged
-one is recommended (preferred_over names the other); a flagged recommendation carries its flags.
+config is flagged by the judge (copying, rigid, not above the baseline, past the over-training
+point) and the best unflagged one comes close (its 95% score interval overlaps the flagged
+one's, or their difference is within noise), the unflagged one is recommended and the report
+names each flagged config that scored higher and why it was passed over; otherwise the flagged
+one is recommended with its flags and the report says the best unflagged one is clearly
+behind.
 
 History. --history gets one JSON line per run (append-only: one O_APPEND write under a lock file
 beside it, fsync'd, never rewritten). Per-image scores go to a sidecar, runs/<run_id>.json beside
@@ -1136,9 +1140,13 @@ def recommend(configs: list[dict], images: list[dict], *, threshold: float,
               min_detection_rate: float) -> dict | None:
     """The headline: the best config that is not a baseline, its intervals and how sure it is.
 
-    When the top-scoring config is flagged by the judge (copying, rigid, not above the baseline)
-    and the best unflagged config is within noise of it (the 95% bootstrap interval of their
-    score difference includes 0), the unflagged one is recommended instead ("preferred_over").
+    When the top-scoring config is flagged by the judge (copying, rigid, not above the baseline,
+    past the over-training point) and the best unflagged config comes close (its 95% score
+    interval overlaps the flagged one's, or the interval of their difference includes 0), the
+    unflagged one is recommended instead: "preferred_over" names the top flagged config and
+    "passed_over" every flagged config ranked above it, with their flags. Otherwise the
+    flagged config stays, with its flags, and "unflagged_alternative" says why the best
+    unflagged config was not chosen.
     """
     candidates = [row for row in configs if not row["baseline"]]
     if not candidates:
@@ -1154,16 +1162,30 @@ def recommend(configs: list[dict], images: list[dict], *, threshold: float,
                 threshold=threshold, min_detection_rate=min_detection_rate)
         return computed[row["config"]]
 
-    best, stats, preferred_over = candidates[0], None, None
+    best, stats, preferred_over, alternative = candidates[0], None, None, None
     if best.get("flags"):
         clean = next((row for row in candidates[1:] if not row.get("flags")), None)
         if clean is not None:
             top_stats, clean_stats = statistics_of(best), statistics_of(clean)
+            top_low, _ = _percentile_interval(top_stats["score"])
+            _, clean_high = _percentile_interval(clean_stats["score"])
             low, _ = _percentile_interval(top_stats["score"] - clean_stats["score"])
-            if low is None or low <= 0:
-                preferred_over = {"config": best["config"], "words": best["words"],
-                                  "score": best["score"], "flags": list(best["flags"])}
+            overlaps = top_low is None or clean_high is None or clean_high >= top_low
+            if overlaps or low is None or low <= 0:
+                above = candidates[:candidates.index(clean)]  # every one of them is flagged
+                passed_over = [{"config": row["config"], "words": row["words"],
+                                "score": row["score"], "score_interval": row.get("score_interval"),
+                                "flags": list(row["flags"])} for row in above]
+                preferred_over = {**passed_over[0], "passed_over": passed_over,
+                                  "why": "its 95% score interval overlaps that of the "
+                                         "unflagged config"}
                 best, stats = clean, clean_stats
+            else:
+                alternative = {"config": clean["config"], "words": clean["words"],
+                               "score": clean["score"],
+                               "score_interval": list(_percentile_interval(clean_stats["score"])),
+                               "why": "clearly behind: its 95% score interval stays below the "
+                                      "flagged config's"}
     if stats is None:
         stats = statistics_of(best)
     grades = stats["grade_index"]
@@ -1191,6 +1213,7 @@ def recommend(configs: list[dict], images: list[dict], *, threshold: float,
         "flags": list(best.get("flags") or []),
         "baseline_lift": best.get("baseline_lift"),
         "preferred_over": preferred_over,
+        "unflagged_alternative": alternative,
     }
     runner_within_noise = False
     others = [row for row in candidates if row is not best]
@@ -1800,8 +1823,16 @@ def stage_file(path: Path, text: str) -> str:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write a text file via a temp file in the same folder and os.replace."""
-    temp = stage_file(path, text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        with open(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):

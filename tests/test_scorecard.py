@@ -1567,3 +1567,54 @@ def test_how_sure_follows_the_interval_not_just_the_runner_up(pool, tmp_path):
     line = next(line for line in report.splitlines() if line.startswith("**How sure:**"))
     assert line.startswith("**How sure:** not sure: 5 images; the interval spans grade "
                            f"{top} to {worst}, too wide to rely on"), line
+
+
+def _scored(config: str, identities: list) -> list[dict]:
+    """Per-image records as join_images makes them: identity_i given, realism at the ceiling."""
+    parsed = sc.parse_config(config)
+    return [{"path": f"{config}_p{index:02d}.png", "config": parsed.name,
+             "settings": parsed.settings, "baseline": False, "indices": {}, "error": None,
+             "detected": True, "similarity": 0.9 + 0.08 * value,
+             "similarity_or_zero": 0.9 + 0.08 * value, "passed": value >= 0.5,
+             "identity": value, "realism": 0.9, "realism_relative": 1.0}
+            for index, value in enumerate(identities)]
+
+
+def test_a_flagged_top_config_gives_way_to_an_unflagged_one_whose_interval_overlaps():
+    """Attack: the recommendation said "use X" with a caution for a copying X although an
+    unflagged config's 95% score interval overlapped X's (their difference just excluded 0)."""
+    images = (_scored("step2000_str1.0", [1.0] * 6 + [0.7] * 6)
+              + _scored("step3000_str1.0", [1.0] * 6 + [0.7] * 6)
+              + _scored("step1000_str0.8", [0.9] * 4 + [0.65] * 8)
+              + _scored("step500_str0.8", [0.2] * 12))
+    configs = sc.rank_configs(images, threshold=0.92, min_detection_rate=0.8)
+    for row in configs:  # what the judge found (judge() on real sweeps: tests above)
+        row["flags"] = {"step2000_str1.00": ["copies training photos (8 of 12 images)"],
+                        "step3000_str1.00": ["is rigid"]}.get(row["config"], [])
+    top, clean = configs[0], next(row for row in configs if not row["flags"])
+    assert top["flags"] and clean["config"] == "step1000_str0.80"
+    assert clean["score_interval"][1] >= top["score_interval"][0]  # the intervals overlap
+    best = sc.recommend(configs, images, threshold=0.92, min_detection_rate=0.8)
+    assert best["config"] == "step1000_str0.80" and not best["flags"]
+    passed = best["preferred_over"]
+    assert passed["config"] == top["config"] and passed["flags"] == top["flags"]
+    assert [row["config"] for row in passed["passed_over"]] == [
+        "step2000_str1.00", "step3000_str1.00"]
+    text = dict(sc.headline({**_card(configs), "recommendation": best}))["Recommendation"]
+    assert "Chosen over `step2000_str1.00` (score 0.85" in text
+    assert "`step3000_str1.00` (score 0.85" in text and "is rigid" in text
+    # No unflagged config comes near: the flagged one stays, and the report says why.
+    far = _scored("step2000_str1.0", [1.0] * 12) + _scored("step500_str0.8", [0.2] * 12)
+    configs = sc.rank_configs(far, threshold=0.92, min_detection_rate=0.8)
+    configs[0]["flags"], configs[1]["flags"] = ["copies training photos (12 of 12 images)"], []
+    best = sc.recommend(configs, far, threshold=0.92, min_detection_rate=0.8)
+    assert best["config"] == "step2000_str1.00" and best["preferred_over"] is None
+    assert best["unflagged_alternative"]["config"] == "step500_str0.80"
+    text = dict(sc.headline({**_card(configs), "recommendation": best}))["Recommendation"]
+    assert "Caution: it copies training photos" in text
+    assert "the best unflagged config, `step500_str0.80`" in text and "clearly behind" in text
+
+
+def _card(configs: list[dict]) -> dict:
+    return {"overall_grade": "B", "score": 0.7, "overall_grade_basis": "24 images",
+            "configs": configs, "judge": {}, "identity_against": "training photos"}
