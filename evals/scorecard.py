@@ -82,7 +82,8 @@ is the recommended config (the first that is not a baseline, unless the judge pr
 see Recommendation), worst_config the last.
 
 The judge (over-training, memorisation, rigidity, pose; per face from face_similarity_eval, per
-config here). --holdout-reference DIR: identity against photos not used in training; without it
+config here). --holdout-reference DIR (a folder apart from --generated and --reference: not one of them,
+not inside one, not holding one): identity against photos not used in training; without it
 the report says that identity against the training photos rewards copying. Per config: copy
 rate (faces that copy a training photo, or whole images that are near-duplicates of one),
 spread (each face's mean identity distance to the other seeds of its config and prompt; all of
@@ -2443,6 +2444,16 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
                              "must be photos the LoRA was not trained on")
             if holdout == args.generated.resolve():
                 parser.error("--holdout-reference is the --generated folder")
+            # Each folder is read recursively: nested in either direction, one's images would
+            # be read as the other's (generations as held-out photos, or the reverse).
+            for flag, folder in (("--generated", args.generated.resolve()),
+                                 ("--reference", args.reference.resolve())):
+                if folder in holdout.parents:
+                    parser.error(f"--holdout-reference {args.holdout_reference} is inside the "
+                                 f"{flag} folder {folder}: give a folder apart from both")
+                if holdout in folder.parents:
+                    parser.error(f"--holdout-reference {args.holdout_reference} holds the "
+                                 f"{flag} folder {folder}: give a folder apart from both")
     args.backend = args.backend or "insightface"
     if args.download_pack and args.backend != "insightface":
         parser.error(f"--download-pack applies only to --backend insightface, not --backend "

@@ -1618,3 +1618,30 @@ def test_a_flagged_top_config_gives_way_to_an_unflagged_one_whose_interval_overl
 def _card(configs: list[dict]) -> dict:
     return {"overall_grade": "B", "score": 0.7, "overall_grade_basis": "24 images",
             "configs": configs, "judge": {}, "identity_against": "training photos"}
+
+
+@pytest.mark.parametrize("case", ["inside_generated", "holds_generated", "inside_reference",
+                                  "holds_reference", "link_to_generated"])
+def test_holdout_reference_nested_in_or_holding_an_input_is_refused(tmp_path, case):
+    """--holdout-reference must be photos apart from both inputs: inside --generated it would be
+    scored as generations, holding --generated it would take them as held-out photos."""
+    generated, reference = tmp_path / "gen", tmp_path / "ref"
+    for folder in (generated, reference):
+        folder.mkdir()
+        Image.new("RGB", (64, 64), "gray").save(folder / "x.png")
+    holdout = {"inside_generated": generated / "held", "holds_generated": tmp_path,
+               "inside_reference": reference / "held", "holds_reference": tmp_path,
+               "link_to_generated": tmp_path / "link"}[case]
+    if case == "link_to_generated":
+        holdout.symlink_to(generated, target_is_directory=True)
+    holdout.mkdir(exist_ok=True)
+    if case == "holds_reference":
+        generated = tmp_path.parent / f"{tmp_path.name}-gen"
+        generated.mkdir()
+    result = run_script(SCRIPT, "--generated", generated, "--reference", reference,
+                        "--lora-version", "v1", "--backend", "dlib", "--holdout-reference",
+                        holdout, "--history", tmp_path.parent / f"{tmp_path.name}-h.jsonl",
+                        "--no-progress")
+    assert result.returncode == 2, result.stderr
+    assert "--holdout-reference" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path.parent / f"{tmp_path.name}-h.jsonl").exists()
