@@ -59,7 +59,9 @@ An image whose path names no config is read for the generation parameters that A
 (`parameters`: <lora:name:0.8>, CFG scale, Steps as sampling) or ComfyUI (`prompt`: LoraLoader
 strength_model, KSampler cfg/steps) store in PNG text; an image with neither is in `unparsed`.
 
-Every image counts. An unreadable image (corrupt, a dangling symbolic link, a degenerate size:
+Every image counts. Folders inside --generated that are symbolic links are not followed
+(inside it, their images would count twice; outside, they are not this sweep): one warning names
+each and where it leads. An unreadable image (corrupt, a dangling symbolic link, a degenerate size:
 a side under 32 px, an aspect ratio beyond 1:20, above 64 MP) or one without a face counts as a
 failed image (similarity 0, identity 0, not passed) in its config's and the sweep's figures
 and grades; the report lists each one and every grade says how many images it rests on. A
@@ -1355,6 +1357,32 @@ def build_scorecard(face: dict, skin: dict, *, generated_dir: Path, reference_di
     return scorecard, details
 
 
+def linked_folders(generated: Path) -> str | None:
+    """One warning naming every folder under `generated` that is a symbolic link, or None.
+
+    The evals list images without following folder links, and so does the scorecard, by
+    design: a link to a folder inside --generated would count its images twice, one to a folder
+    outside is not this sweep. Naming them keeps an image from dropping out unseen."""
+    root = Path(generated).resolve()
+    found = []
+    for folder, names, _ in os.walk(root, followlinks=False):
+        for name in sorted(names):
+            path = Path(folder) / name
+            if not path.is_symlink():
+                continue
+            try:
+                target = path.resolve()
+            except (OSError, RuntimeError):  # a link loop
+                target = Path(os.readlink(path))
+            where = "inside" if target == root or root in target.parents else "outside"
+            found.append(f"{path.relative_to(root).as_posix()} -> {target} ({where} --generated)")
+    if not found:
+        return None
+    return ("folders that are symbolic links are not followed (inside --generated their images "
+            "would count twice, outside they are not this sweep's); their images are not "
+            f"scored: {_shown(found)}")
+
+
 def _shown(paths: list[str], limit: int = 10) -> str:
     text = ", ".join(paths[:limit])
     return text + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
@@ -2561,6 +2589,10 @@ def _run(args: argparse.Namespace, training_params) -> int:
     scorecard, details = build_scorecard(face, skin, generated_dir=generated,
                                          reference_dir=reference, lora_version=args.lora_version,
                                          run_id=run_id, timestamp=timestamp, schema=schema)
+    links = linked_folders(generated)
+    if links:
+        scorecard["warnings"].append(links)
+        details["warnings"] = scorecard["warnings"]
     if target is not None and not same_scorer(scorecard, target):
         raise UsageError(f"--compare-to {args.compare_to}: run {target['run_id']} was scored by "
                          f"{target.get('backend')}/{target.get('model')}, this run by "

@@ -1645,3 +1645,26 @@ def test_holdout_reference_nested_in_or_holding_an_input_is_refused(tmp_path, ca
     assert result.returncode == 2, result.stderr
     assert "--holdout-reference" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path.parent / f"{tmp_path.name}-h.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_symlinked_folders_in_generated_are_not_followed_and_named_in_one_warning(pool, tmp_path):
+    """Attack: a folder of the sweep that is a symbolic link was skipped without a word. It is
+    still not followed (inside --generated its images would count twice, outside they are
+    not this sweep's), and one warning names each link and where it leads."""
+    folder = build(tmp_path / "gen", [(f"str0.8_cfg4/seed{n}.png", pool["same"][n])
+                                      for n in range(3)])
+    elsewhere = build(tmp_path / "elsewhere", [("seed9.png", pool["others"][0])])
+    (folder / "str0.8_cfg4_again").symlink_to(folder / "str0.8_cfg4", target_is_directory=True)
+    (folder / "str0.4_cfg4").symlink_to(elsewhere, target_is_directory=True)
+    out = tmp_path / "out"
+    result = _score(pool, folder, out)
+    assert result.returncode == 0, result.stderr
+    card = json.loads(result.stdout)
+    assert card["images_evaluated"] == 3 and set(_configs(card)) == {"str0.80_cfg4.0"}
+    lines = [line for line in result.stderr.splitlines() if "symbolic link" in line]
+    assert len(lines) == 1, result.stderr
+    assert "str0.8_cfg4_again -> " in lines[0] and "inside --generated" in lines[0]
+    assert "str0.4_cfg4 -> " in lines[0] and "outside --generated" in lines[0]
+    assert "not followed" in lines[0]
+    assert "str0.4_cfg4 -> " in (out / "latest_report.md").read_text(encoding="utf-8")
