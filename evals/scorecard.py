@@ -35,7 +35,12 @@ Configs. A config is a set of numeric settings read from the image's path relati
 `step1500_str0.80_cfg4.0`. Keys are case-free and have aliases (step/steps/iter;
 strength/str/lora/weight; cfg/guidance/scale; epoch/ep; ckpt/checkpoint; sampling (sampler
 steps); rank, dim, alpha, lr, res/size, denoise, shift, clipskip); a key may be followed by `_`,
-`-` or `=`; values are numbers (0.8 = 0.80, step001500 = step1500); the order does not matter.
+`-` or `=`; values are numbers (0.8 = 0.80, step001500 = step1500, lr1e-4 = lr0.0001,
+lr5e-05 = lr0.00005); a decimal comma is a point (str0,8 = str0.80) except in a count (step,
+epoch, ckpt, sampling, rank, dim, res, clipskip), where `1,500` is 1500 and any other comma
+number is not read (a warning names the file); a minus sign counts for strength and
+--config-key keys (str-0.8 is strength -0.80), elsewhere `-` is a separator (guidance-3.5);
+the order does not matter.
 A config is rendered one way: baseline first, then step, epoch, ckpt, str (2 decimals), cfg (1
 decimal), sampling, the rest, then keys named with --config-key, each with as many decimals as
 its value needs. A `baseline` (or `nolora`) word marks images made without the LoRA:
@@ -54,7 +59,9 @@ An image whose path names no config is read for the generation parameters that A
 (`parameters`: <lora:name:0.8>, CFG scale, Steps as sampling) or ComfyUI (`prompt`: LoraLoader
 strength_model, KSampler cfg/steps) store in PNG text; an image with neither is in `unparsed`.
 
-Every image counts. An unreadable image (corrupt, a dangling symbolic link, a degenerate size:
+Every image counts. Folders inside --generated that are symbolic links are not followed
+(inside it, their images would count twice; outside, they are not this sweep): one warning names
+each and where it leads. An unreadable image (corrupt, a dangling symbolic link, a degenerate size:
 a side under 32 px, an aspect ratio beyond 1:20, above 64 MP) or one without a face counts as a
 failed image (similarity 0, identity 0, not passed) in its config's and the sweep's figures
 and grades; the report lists each one and every grade says how many images it rests on. A
@@ -77,7 +84,8 @@ is the recommended config (the first that is not a baseline, unless the judge pr
 see Recommendation), worst_config the last.
 
 The judge (over-training, memorisation, rigidity, pose; per face from face_similarity_eval, per
-config here). --holdout-reference DIR: identity against photos not used in training; without it
+config here). --holdout-reference DIR (a folder apart from --generated and --reference: not one of them,
+not inside one, not holding one): identity against photos not used in training; without it
 the report says that identity against the training photos rewards copying. Per config: copy
 rate (faces that copy a training photo, or whole images that are near-duplicates of one),
 spread (each face's mean identity distance to the other seeds of its config and prompt; all of
@@ -95,21 +103,32 @@ percentile-bootstrap interval (10000 resamples of its images, seed 0) of its sco
 similarity and pass rate, and the grades that interval spans. How sure: "sure" when the
 runner-up is clearly behind (the 95% bootstrap interval of the score difference excludes 0),
 the interval spans one grade and the grade rests on 8+ images; "not sure" when the runner-up is
-within noise or the grade rests on fewer than 3 images; "fairly sure" otherwise. When the best
-config is flagged by the judge and the best unflagged one is within noise of it, the unflagged
-one is recommended (preferred_over names the other); a flagged recommendation carries its flags.
+within noise, the grade rests on fewer than 3 images, or the interval spans three grades or
+more (C to F) or reaches two grades below the grade; "fairly sure" otherwise. When the best
+config is flagged by the judge (copying, rigid, not above the baseline, past the over-training
+point) and the best unflagged one comes close (its 95% score interval overlaps the flagged
+one's, or their difference is within noise), the unflagged one is recommended and the report
+names each flagged config that scored higher and why it was passed over; otherwise the flagged
+one is recommended with its flags and the report says the best unflagged one is clearly
+behind.
 
 History. --history gets one JSON line per run (append-only: one O_APPEND write under a lock file
 beside it, fsync'd, never rewritten). Per-image scores go to a sidecar, runs/<run_id>.json beside
 the history. The reader skips a UTF-8 BOM, a torn last line and corrupt lines (a warning each),
-reads a timestamp without a zone as UTC (a warning), and the run id check sees every parseable
-line; an existing sidecar is never overwritten. --csv PATH writes one row per image (config,
+reads a timestamp without a zone as UTC (a warning; one beyond the range of UTC dates is kept
+as written), and the run id check sees every parseable line; an existing sidecar is never
+overwritten, and one is read only from inside the history's folder (a JSON object; a field of
+the wrong type counts as missing: a hostile line or sidecar is a warning, never a crash). --csv PATH writes one row per image (config,
 settings, prompt, seed, identity, realism, copy, spread, pose; a cell that a spreadsheet would
 run as a formula starts with an apostrophe). Every output path (--json, --report, --html,
 --csv, --history, the sidecar folder, --demo) is checked before any image is read (exit 2
-naming the flag). The reports and the sidecar are written first and the history line last, in
-one write; a failure on the way (full disk) removes the sidecar and leaves no partial line
-(exit 2). The history line is the scorecard JSON, judge included (copy_rate, spread_ratio,
+naming the flag): two outputs that are one file (through a link, `..` or letter case), an
+output that is the history, its lock or inside its runs/ folder, and one that would replace a
+file in --generated, --reference or --holdout-reference or add an image there are refused. The reports are written to temp files, then the sidecar, then the history line
+(one write), and only then are the reports renamed into place: a failure on the way (a full
+disk) removes the temp files and the sidecar, leaves no partial line and every earlier report
+as it was (exit 2, "not recorded"); a report that cannot be put in place after the line is
+exit 2 naming it ("was recorded"). The history line is the scorecard JSON, judge included (copy_rate, spread_ratio,
 rigid_configs, configs_below_baseline, over_training_from).
 
 --compare-to VERSION_OR_RUN_ID compares like with like against the newest run of that run id or
@@ -194,6 +213,15 @@ class OutputError(Exception):
         self.flag, self.path, self.reason = flag, path, reason
 
 
+class RecordedOutputError(Exception):
+    """The run is in the history, but some outputs could not be put in place: exit 2."""
+
+    def __init__(self, run_id: str, history: Path, failed: list[str]) -> None:
+        super().__init__(f"could not write {'; '.join(failed)}; the run {run_id} was recorded "
+                         f"in {history} (its other outputs are written)")
+        self.failed = failed
+
+
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
@@ -214,28 +242,34 @@ class ConfigAxis(NamedTuple):
     decimals: int = 0     # least decimals rendered: step 0, str 2, cfg 1
     low: float = 0.0      # plausible range: a value outside it is not this key (w1024 = width)
     high: float = 1e9
+    whole: bool = False   # a count (step, rank): `1,500` is 1500, never 1.5
 
 
 CONFIG_AXES = (
-    ConfigAxis("step", "step", "step", frozenset({"step", "steps", "iter", "iters", "iteration"})),
-    ConfigAxis("epoch", "epoch", "epoch", frozenset({"epoch", "epochs", "ep", "e"})),
-    ConfigAxis("checkpoint", "ckpt", "checkpoint", frozenset({"ckpt", "checkpoint"})),
+    ConfigAxis("step", "step", "step", frozenset({"step", "steps", "iter", "iters", "iteration"}),
+               whole=True),
+    ConfigAxis("epoch", "epoch", "epoch", frozenset({"epoch", "epochs", "ep", "e"}), whole=True),
+    ConfigAxis("checkpoint", "ckpt", "checkpoint", frozenset({"ckpt", "checkpoint"}),
+               whole=True),
     ConfigAxis("strength", "str", "strength",
                frozenset({"str", "strength", "lora", "lorastrength", "lorastr", "weight", "w",
                           "lw", "ls"}), decimals=2, low=-5.0, high=5.0),
     ConfigAxis("cfg", "cfg", "CFG", frozenset({"cfg", "cfgscale", "scale", "guidance", "gs"}),
                decimals=1, high=100.0),
     ConfigAxis("sampling", "sampling", "sampling steps",
-               frozenset({"sampling", "samplingsteps", "samplersteps", "nfe"}), high=10000.0),
-    ConfigAxis("rank", "rank", "rank", frozenset({"rank"}), high=4096.0),
-    ConfigAxis("dim", "dim", "network dim", frozenset({"dim", "netdim"}), high=4096.0),
+               frozenset({"sampling", "samplingsteps", "samplersteps", "nfe"}), high=10000.0,
+               whole=True),
+    ConfigAxis("rank", "rank", "rank", frozenset({"rank"}), high=4096.0, whole=True),
+    ConfigAxis("dim", "dim", "network dim", frozenset({"dim", "netdim"}), high=4096.0,
+               whole=True),
     ConfigAxis("alpha", "alpha", "network alpha", frozenset({"alpha"}), high=4096.0),
     ConfigAxis("lr", "lr", "learning rate", frozenset({"lr"}), high=10.0),
     ConfigAxis("res", "res", "resolution", frozenset({"res", "size", "resolution"}),
-               high=16384.0),
+               high=16384.0, whole=True),
     ConfigAxis("denoise", "denoise", "denoise", frozenset({"denoise"}), high=1.0),
     ConfigAxis("shift", "shift", "shift", frozenset({"shift"}), high=100.0),
-    ConfigAxis("clipskip", "clipskip", "clip skip", frozenset({"clipskip", "clip"}), high=24.0),
+    ConfigAxis("clipskip", "clipskip", "clip skip", frozenset({"clipskip", "clip"}), high=24.0,
+               whole=True),
 )
 BASELINE_WORDS = ("baseline", "nolora", "no_lora", "no-lora")
 # Index tokens name one image of a config (which prompt, which seed), never the config itself.
@@ -245,8 +279,10 @@ INDEX_AXES = {
     "index": frozenset({"idx", "index", "img", "image", "n", "num", "no", "nr", "batch", "sample",
                         "i", "frame", "pic", "photo", "copy", "b"}),
 }
-# key<number>, not glued to a longer word or number; the number has no trailing letters.
-_TOKEN_RE = re.compile(r"(?<![A-Za-z0-9.])([A-Za-z]+)([_=-]?)(\d+(?:\.\d+)?)(?![A-Za-z0-9]|\.\d)")
+# key<number>, not glued to a longer word or number; the number has no trailing letters. The
+# number may carry a minus sign, a decimal comma (`0,8`) and an exponent (`1e-4`, `5E-05`).
+_TOKEN_RE = re.compile(r"(?<![A-Za-z0-9.,])([A-Za-z]+)([_=-]?)(-?)"
+                       r"(\d+(?:[.,]\d+)?(?:[eE][+-]?\d+)?)(?![A-Za-z0-9]|[.,]\d)")
 _BASELINE_RE = re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(map(re.escape, BASELINE_WORDS))
                           + r")(?![A-Za-z])", re.IGNORECASE)
 # kohya sd-scripts' sample images (library/train_util.py: sample_image_inference, and its copies
@@ -307,6 +343,25 @@ def _number(text: str) -> float | int:
     return int(value) if value.is_integer() and abs(value) < 2 ** 53 else value
 
 
+def _token_value(axis: ConfigAxis, separator: str, sign: str, number: str) -> float | None:
+    """The value of a key's number: a comma is a decimal comma (`str0,8` = 0.8), except for a
+    count, where `1,500` is 1500 and any other comma is ambiguous (None: not read). A minus
+    sign counts where the key can be negative (`str-0.8` = -0.8); elsewhere a `-` before the
+    number is a separator (`guidance-3.5` = 3.5)."""
+    if "," in number:
+        if axis.whole:
+            whole, _, fraction = number.partition(",")
+            if len(fraction) != 3 or not fraction.isdigit():
+                return None
+            number = whole + fraction
+        else:
+            number = number.replace(",", ".")
+    value = float(number)
+    if sign == "-" or (separator == "-" and axis.low < 0):
+        value = -value
+    return value
+
+
 class ConfigSchema:
     """The config keys in force: the known axes plus keys the user names (--config-key)."""
 
@@ -360,11 +415,12 @@ class ConfigSchema:
             if _BASELINE_RE.search(part):
                 baseline = True
             for match in _TOKEN_RE.finditer(part):
-                key, separator, number = match.group(1).lower(), match.group(2), match.group(3)
+                key, separator, sign, number = (match.group(1).lower(), match.group(2),
+                                                match.group(3), match.group(4))
                 axis = self.alias.get(key)
                 if axis is not None:
-                    value = float(number)
-                    if axis.low <= value <= axis.high:
+                    value = _token_value(axis, separator, sign, number)
+                    if value is not None and axis.low <= value <= axis.high:
                         values.setdefault(axis.key, value)
                     else:
                         ignored.append(match.group(0))
@@ -1087,9 +1143,13 @@ def recommend(configs: list[dict], images: list[dict], *, threshold: float,
               min_detection_rate: float) -> dict | None:
     """The headline: the best config that is not a baseline, its intervals and how sure it is.
 
-    When the top-scoring config is flagged by the judge (copying, rigid, not above the baseline)
-    and the best unflagged config is within noise of it (the 95% bootstrap interval of their
-    score difference includes 0), the unflagged one is recommended instead ("preferred_over").
+    When the top-scoring config is flagged by the judge (copying, rigid, not above the baseline,
+    past the over-training point) and the best unflagged config comes close (its 95% score
+    interval overlaps the flagged one's, or the interval of their difference includes 0), the
+    unflagged one is recommended instead: "preferred_over" names the top flagged config and
+    "passed_over" every flagged config ranked above it, with their flags. Otherwise the
+    flagged config stays, with its flags, and "unflagged_alternative" says why the best
+    unflagged config was not chosen.
     """
     candidates = [row for row in configs if not row["baseline"]]
     if not candidates:
@@ -1105,16 +1165,30 @@ def recommend(configs: list[dict], images: list[dict], *, threshold: float,
                 threshold=threshold, min_detection_rate=min_detection_rate)
         return computed[row["config"]]
 
-    best, stats, preferred_over = candidates[0], None, None
+    best, stats, preferred_over, alternative = candidates[0], None, None, None
     if best.get("flags"):
         clean = next((row for row in candidates[1:] if not row.get("flags")), None)
         if clean is not None:
             top_stats, clean_stats = statistics_of(best), statistics_of(clean)
+            top_low, _ = _percentile_interval(top_stats["score"])
+            _, clean_high = _percentile_interval(clean_stats["score"])
             low, _ = _percentile_interval(top_stats["score"] - clean_stats["score"])
-            if low is None or low <= 0:
-                preferred_over = {"config": best["config"], "words": best["words"],
-                                  "score": best["score"], "flags": list(best["flags"])}
+            overlaps = top_low is None or clean_high is None or clean_high >= top_low
+            if overlaps or low is None or low <= 0:
+                above = candidates[:candidates.index(clean)]  # every one of them is flagged
+                passed_over = [{"config": row["config"], "words": row["words"],
+                                "score": row["score"], "score_interval": row.get("score_interval"),
+                                "flags": list(row["flags"])} for row in above]
+                preferred_over = {**passed_over[0], "passed_over": passed_over,
+                                  "why": "its 95% score interval overlaps that of the "
+                                         "unflagged config"}
                 best, stats = clean, clean_stats
+            else:
+                alternative = {"config": clean["config"], "words": clean["words"],
+                               "score": clean["score"],
+                               "score_interval": list(_percentile_interval(clean_stats["score"])),
+                               "why": "clearly behind: its 95% score interval stays below the "
+                                      "flagged config's"}
     if stats is None:
         stats = statistics_of(best)
     grades = stats["grade_index"]
@@ -1142,6 +1216,7 @@ def recommend(configs: list[dict], images: list[dict], *, threshold: float,
         "flags": list(best.get("flags") or []),
         "baseline_lift": best.get("baseline_lift"),
         "preferred_over": preferred_over,
+        "unflagged_alternative": alternative,
     }
     runner_within_noise = False
     others = [row for row in candidates if row is not best]
@@ -1157,7 +1232,13 @@ def recommend(configs: list[dict], images: list[dict], *, threshold: float,
                                "score_difference_interval": [low, high],
                                "within_noise": runner_within_noise}
     one_grade = grade_range[0] == grade_range[1]
-    if runner_within_noise or best["images"] < UNSURE_MAX_IMAGES:
+    # An interval that spans three grades or more (C to F), or reaches two grades below the
+    # grade itself, says the grade could as well be another: nobody can be sure of it.
+    worst = GRADE_ORDER.index(grade_range[1])
+    wide = (worst - GRADE_ORDER.index(grade_range[0]) >= 2
+            or worst - GRADE_ORDER.index(best["grade"]) >= 2)
+    result["interval_too_wide"] = wide
+    if runner_within_noise or best["images"] < UNSURE_MAX_IMAGES or wide:
         sure = "not sure"
     elif one_grade and best["images"] >= SURE_MIN_IMAGES:
         sure = "sure"
@@ -1276,6 +1357,32 @@ def build_scorecard(face: dict, skin: dict, *, generated_dir: Path, reference_di
     return scorecard, details
 
 
+def linked_folders(generated: Path) -> str | None:
+    """One warning naming every folder under `generated` that is a symbolic link, or None.
+
+    The evals list images without following folder links, and so does the scorecard, by
+    design: a link to a folder inside --generated would count its images twice, one to a folder
+    outside is not this sweep. Naming them keeps an image from dropping out unseen."""
+    root = Path(generated).resolve()
+    found = []
+    for folder, names, _ in os.walk(root, followlinks=False):
+        for name in sorted(names):
+            path = Path(folder) / name
+            if not path.is_symlink():
+                continue
+            try:
+                target = path.resolve()
+            except (OSError, RuntimeError):  # a link loop
+                target = Path(os.readlink(path))
+            where = "inside" if target == root or root in target.parents else "outside"
+            found.append(f"{path.relative_to(root).as_posix()} -> {target} ({where} --generated)")
+    if not found:
+        return None
+    return ("folders that are symbolic links are not followed (inside --generated their images "
+            "would count twice, outside they are not this sweep's); their images are not "
+            f"scored: {_shown(found)}")
+
+
 def _shown(paths: list[str], limit: int = 10) -> str:
     text = ", ".join(paths[:limit])
     return text + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
@@ -1296,10 +1403,18 @@ def _collect_warnings(face: dict, skin: dict, images: list[dict], failed: list[d
         warnings.append(f"{item['path']} is identical to the reference "
                         f"{item['identical_to_reference']}: excluded from every figure")
     ignored: dict[str, int] = {}
+    ambiguous: list[str] = []
     for image in images:
         for token in image.get("ignored_tokens") or []:
+            if "," in token:  # a count with a comma: 1.5 steps or 15 or 1,500?
+                ambiguous.append(f"{token} in {image['path']}")
+                continue
             key = re.match(r"[A-Za-z]+", token).group(0).lower()
             ignored[key] = ignored.get(key, 0) + 1
+    if ambiguous:
+        warnings.append("a count with a comma in a file name is ambiguous (a decimal comma or a "
+                        "thousands separator?) and was not read as a setting: "
+                        f"{_shown(ambiguous)}; rename with a point or whole digits")
     if ignored:
         listed = ", ".join(f"{key} ({count} image{'s' if count > 1 else ''})"
                            for key, count in sorted(ignored.items()))
@@ -1363,6 +1478,77 @@ def check_outputs(outputs: list[tuple[str, Path | None, bool]]) -> None:
         problem = output_path_problem(path, in_place=in_place)
         if problem is not None:
             raise UsageError(f"{flag} {path}: {problem}; nothing was evaluated or written")
+
+
+# The evals' image extensions (face_similarity_eval.IMAGE_EXTENSIONS): an output with one of
+# them inside an input folder would be read as an image by the next run.
+OUTPUT_IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+
+
+def _place(path: Path):
+    """What names one file or folder: (device, inode) when it exists (a link, `..` or another
+    spelling on a case-free disk are the same place), else its resolved path, case-folded
+    (Windows, macOS: `Report.md` and `report.md` may be one file)."""
+    path = Path(os.path.abspath(path))
+    with contextlib.suppress(OSError):
+        info = path.stat()
+        return ("inode", info.st_dev, info.st_ino)
+    with contextlib.suppress(OSError, RuntimeError):
+        path = path.resolve()
+    return ("path", os.path.normcase(str(path)).casefold())
+
+
+def _file_place(path: Path):
+    """_place of a file; a file that does not exist yet is its folder's place and its name,
+    case-folded, so two spellings of one new file are one place too."""
+    path = Path(os.path.abspath(path))
+    if path.exists():
+        return _place(path)
+    return ("in", _place(path.parent), path.name.casefold())
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` (a file, existing or not) is inside `folder`, through links and `..`."""
+    target = _place(folder)
+    path = Path(os.path.abspath(path))
+    with contextlib.suppress(OSError, RuntimeError):
+        path = path.resolve()
+    return any(_place(parent) == target for parent in path.parents)
+
+
+def check_distinct_outputs(outputs: list[tuple[str, Path | None]], history: Path,
+                           inputs: list[tuple[str, Path | None]]) -> None:
+    """UsageError when two outputs are one file, an output is the history, its lock or inside
+    its sidecar folder (runs/), or an output would replace a file of an input folder
+    (--generated, --reference, --holdout-reference) or add an image to one: it would wipe the
+    history or change the inputs. Links, `..` and case are seen through (_place)."""
+    reserved = [("--history", history), ("--history (its lock file)", lock_path_for(history))]
+    seen: list[tuple[str, Path, object]] = [(flag, path, _file_place(path))
+                                            for flag, path in reserved]
+    runs = history.parent / "runs"
+    for flag, path in outputs:
+        if path is None:
+            continue
+        place = _file_place(path)
+        for other_flag, other, other_place in seen:
+            if place == other_place:
+                raise UsageError(f"{flag} {path} is the same file as {other_flag} {other}; give "
+                                 "each output its own path; nothing was evaluated or written")
+        if _inside(path, runs):
+            raise UsageError(f"{flag} {path} is inside the history's sidecar folder {runs}; "
+                             "write it elsewhere; nothing was evaluated or written")
+        for input_flag, folder in inputs:
+            if folder is None or not _inside(path, folder):
+                continue
+            if path.exists() or path.is_symlink():
+                raise UsageError(f"{flag} {path} is a file in the input folder {input_flag} "
+                                 f"{folder}; write it elsewhere; nothing was evaluated or "
+                                 "written")
+            if path.suffix.lower() in OUTPUT_IMAGE_SUFFIXES:
+                raise UsageError(f"{flag} {path} would be an image in the input folder "
+                                 f"{input_flag} {folder} (read as one by the next run); write "
+                                 "it elsewhere; nothing was evaluated or written")
+        seen.append((flag, path, place))
 
 
 CSV_SETTING_KEYS_FIRST = ("path", "config", "baseline")
@@ -1509,9 +1695,12 @@ def append_history(history: Path, record: dict, sidecar: Path | None = None,
 
     Under the lock the run id is checked to be new (two runs given the same --run-id at once
     must not both land) and the sidecar not to exist (it is never overwritten). The reports
-    and the sidecar are written first (each atomically); the history line comes last, in one
-    O_APPEND write. A failure raises OutputError naming the flag; a sidecar written by this call
-    is then removed and the history holds no partial line.
+    are written to temp files beside their paths first, then the sidecar, then the history
+    line (one O_APPEND write); only then are the reports renamed into place. A failure before
+    the line raises OutputError naming the flag: the temp files and the sidecar are removed,
+    the history holds no partial line and every earlier report is as it was (nothing claims
+    a run that is not recorded). A rename that fails after the line raises
+    RecordedOutputError naming what was not written (the run is recorded).
     """
     text = json.dumps(clean_json(record), ensure_ascii=True, allow_nan=False)
     data = (text + "\n").encode("ascii")
@@ -1521,6 +1710,7 @@ def append_history(history: Path, record: dict, sidecar: Path | None = None,
         lock.__enter__()
     except (OSError, TimeoutError) as error:
         raise OutputError("--history", history, f"cannot lock the history ({error})") from error
+    staged: list[tuple[str, Path, str]] = []
     try:
         run_id = str(record.get("run_id"))
         if any(str(old.get("run_id")) == run_id
@@ -1529,14 +1719,14 @@ def append_history(history: Path, record: dict, sidecar: Path | None = None,
         if sidecar is not None and (sidecar.exists() or sidecar.is_symlink()):
             raise UsageError(f"--run-id {run_id}: its per-image file {sidecar} already exists "
                              "(it is never overwritten); choose another id")
-        for flag, path, content in outputs:
-            try:
-                write_atomic(path, content)
-            except OSError as error:
-                raise OutputError(flag, path, f"cannot write ({error.strerror or error})") \
-                    from error
         wrote_sidecar = False
         try:
+            for flag, path, content in outputs:
+                try:
+                    staged.append((flag, path, stage_file(path, content)))
+                except OSError as error:
+                    raise OutputError(flag, path, f"cannot write ({error.strerror or error})") \
+                        from error
             if sidecar is not None:
                 try:
                     write_atomic(sidecar, sidecar_text)
@@ -1551,10 +1741,24 @@ def append_history(history: Path, record: dict, sidecar: Path | None = None,
                                   f"({error.strerror or error}); no partial line was left") \
                     from error
         except BaseException:
+            for _, _, temp in staged:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
             if wrote_sidecar:
                 with contextlib.suppress(OSError):
                     sidecar.unlink()
             raise
+        # The run is recorded; now the reports describe it.
+        failed = []
+        for flag, path, temp in staged:
+            try:
+                os.replace(temp, path)
+            except OSError as error:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                failed.append(f"{flag} {path} ({error.strerror or error})")
+        if failed:
+            raise RecordedOutputError(run_id, history, failed)
     finally:
         lock.__exit__(None, None, None)
 
@@ -1607,8 +1811,12 @@ def read_history(history: Path, *, report=warn) -> list[dict]:
             if note:
                 report(f"{history}:{number}: {note}")
             if moment is not None:
-                record["timestamp"] = moment.astimezone(dt.timezone.utc).strftime(
-                    "%Y-%m-%dT%H:%M:%SZ")
+                try:
+                    record["timestamp"] = moment.astimezone(dt.timezone.utc).strftime(
+                        "%Y-%m-%dT%H:%M:%SZ")
+                except (OverflowError, ValueError):  # 0001-01-01T00:00:00+01:00 is year 0
+                    report(f"{history}:{number}: timestamp {record['timestamp']!r} is outside "
+                           "the range of UTC dates; kept as written")
         records.append(record)
     return records
 
@@ -1620,6 +1828,26 @@ def find_run(records: list[dict], key: str) -> dict | None:
         if matches:
             return matches[-1]
     return None
+
+
+def stage_file(path: Path, text: str) -> str:
+    """Write `text` to a temp file beside `path` (fsync'd, normal permissions) and return its
+    name; os.replace(temp, path) puts it in place. Nothing is left on failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with open(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    return temp
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -1646,15 +1874,31 @@ def sidecar_path(history: Path, run_id: str) -> Path:
 
 
 def load_details(history: Path, record: dict) -> dict | None:
-    """The sidecar of a history record, or None (missing or corrupt) with a warning."""
+    """The sidecar of a history record, or None with a warning: missing, corrupt, not a JSON
+    object, or named by a "details" that is not a relative path inside the history's folder
+    (a hostile line must not make the scorecard read files elsewhere)."""
+    run_id = str(record.get("run_id"))
     relative = record.get("details")
-    path = history.parent / relative if relative else sidecar_path(history, str(record["run_id"]))
+    if relative is None:
+        path = sidecar_path(history, run_id)
+    elif isinstance(relative, str) and relative.strip() and not Path(relative).is_absolute() \
+            and ".." not in PurePosixPath(relative.replace("\\", "/")).parts:
+        path = history.parent / relative
+    else:
+        warn(f"per-image details of run {run_id} unavailable (its \"details\" {relative!r} is "
+             f"not a file path inside {history.parent}); the comparison has no noise estimate")
+        return None
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
+        details = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as error:
-        warn(f"per-image details of run {record['run_id']} unavailable ({path}: {error}); "
+        warn(f"per-image details of run {run_id} unavailable ({path}: {error}); "
              "the comparison has no noise estimate")
         return None
+    if not isinstance(details, dict):
+        warn(f"per-image details of run {run_id} unavailable ({path} holds a JSON "
+             f"{type(details).__name__}, not an object); the comparison has no noise estimate")
+        return None
+    return details
 
 
 # --------------------------------------------------------------------------- comparison
@@ -1671,6 +1915,23 @@ GATED_METRICS = (("identity", "similarity", "mean similarity (a failed image 0)"
                   "(lower: more rigid)", 1))
 
 
+def _finite(value) -> float | None:
+    """A stored number as a float; None for anything else (a string, a list, NaN, a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _flag(value) -> bool:
+    """A stored yes/no: only JSON true (or a non-zero number, as older files wrote) is yes."""
+    return value is True or (_finite(value) or 0.0) != 0.0
+
+
+def _text_or_none(value) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
 def comparison_images(details: dict, schema: ConfigSchema = DEFAULT_SCHEMA) -> list[dict]:
     """Per-image rows of a sidecar, any version: every image, a failed one as similarity 0.
 
@@ -1679,31 +1940,40 @@ def comparison_images(details: dict, schema: ConfigSchema = DEFAULT_SCHEMA) -> l
     ("unreadable"); they are added back as failed images.
     """
     rows, seen = [], set()
-    for image in details.get("images", []) or []:
-        if not isinstance(image, dict) or image.get("path") in seen:
+    if not isinstance(details, dict):
+        return rows
+
+    def listed(key: str) -> list:
+        value = details.get(key)
+        return value if isinstance(value, list) else []
+
+    for image in listed("images"):
+        path = _text_or_none(image.get("path")) if isinstance(image, dict) else None
+        if path is None or path in seen:  # a row without a file path is no image
             continue
-        seen.add(image.get("path"))
-        error = image.get("error")
-        detected = bool(image.get("detected")) and not error
-        similarity = image.get("similarity") if detected else None
-        name = image.get("config") or image.get("path") or UNPARSED
-        rows.append({"path": image.get("path"), "config": schema.canonical_name(str(name)),
-                     "baseline": schema.parse(str(name)).baseline,
+        seen.add(path)
+        detected = _flag(image.get("detected")) and not image.get("error")
+        similarity = _finite(image.get("similarity")) if detected else None
+        name = _text_or_none(image.get("config")) or path
+        rows.append({"path": path, "config": schema.canonical_name(name),
+                     "baseline": schema.parse(name).baseline,
                      "detected": detected,
-                     "similarity_or_zero": float(similarity) if similarity is not None else 0.0,
-                     "passed": bool(image.get("passed")) and detected,
-                     "identity": image.get("identity") or 0.0,
-                     "realism": image.get("realism") if detected else None,
-                     "realism_relative": image.get("realism_relative") if detected else None,
+                     "similarity_or_zero": similarity if similarity is not None else 0.0,
+                     "passed": _flag(image.get("passed")) and detected,
+                     "identity": _finite(image.get("identity")) or 0.0,
+                     "realism": _finite(image.get("realism")) if detected else None,
+                     "realism_relative": (_finite(image.get("realism_relative"))
+                                          if detected else None),
                      # None where an older sidecar did not measure them.
-                     "copy": bool(image["copy"]) if image.get("copy") is not None else None,
-                     "spread_ratio": image.get("spread_ratio") if detected else None})
-    for item in details.get("unreadable", []) or []:
-        if not isinstance(item, dict) or item.get("path") in seen:
+                     "copy": _flag(image["copy"]) if image.get("copy") is not None else None,
+                     "spread_ratio": _finite(image.get("spread_ratio")) if detected else None})
+    for item in listed("unreadable"):
+        path = _text_or_none(item.get("path")) if isinstance(item, dict) else None
+        if path is None or path in seen:
             continue
-        seen.add(item.get("path"))
-        config = schema.parse(str(item.get("path")))
-        rows.append({"path": item.get("path"), "config": config.name,
+        seen.add(path)
+        config = schema.parse(path)
+        rows.append({"path": path, "config": config.name,
                      "baseline": config.baseline, "detected": False,
                      "similarity_or_zero": 0.0, "passed": False, "identity": 0.0,
                      "realism": None, "realism_relative": None, "copy": None,
@@ -1859,7 +2129,8 @@ def compare_runs(new: dict, new_details: dict | None, old: dict, old_details: di
     old_best = old.get("best_config")
     old_best = schema.canonical_name(str(old_best)) if old_best else None
     if old_best is None or old_best not in by_old:  # an old record: its best by its own score
-        candidates = [row for row in (old.get("configs") or []) if isinstance(row, dict)
+        listed = old.get("configs") if isinstance(old.get("configs"), list) else []
+        candidates = [row for row in listed if isinstance(row, dict)
                       and not schema.parse(str(row.get("config"))).baseline]
         old_best = schema.canonical_name(str(candidates[0]["config"])) if candidates else None
     comparison["old_best_config"] = old_best
@@ -2201,6 +2472,16 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
                              "must be photos the LoRA was not trained on")
             if holdout == args.generated.resolve():
                 parser.error("--holdout-reference is the --generated folder")
+            # Each folder is read recursively: nested in either direction, one's images would
+            # be read as the other's (generations as held-out photos, or the reverse).
+            for flag, folder in (("--generated", args.generated.resolve()),
+                                 ("--reference", args.reference.resolve())):
+                if folder in holdout.parents:
+                    parser.error(f"--holdout-reference {args.holdout_reference} is inside the "
+                                 f"{flag} folder {folder}: give a folder apart from both")
+                if holdout in folder.parents:
+                    parser.error(f"--holdout-reference {args.holdout_reference} holds the "
+                                 f"{flag} folder {folder}: give a folder apart from both")
     args.backend = args.backend or "insightface"
     if args.download_pack and args.backend != "insightface":
         parser.error(f"--download-pack applies only to --backend insightface, not --backend "
@@ -2247,6 +2528,9 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as error:
         print(f"error: {error}; this run was not recorded in the history", file=sys.stderr)
         return 2
+    except RecordedOutputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 def _run(args: argparse.Namespace, training_params) -> int:
@@ -2256,6 +2540,13 @@ def _run(args: argparse.Namespace, training_params) -> int:
     run_id = args.run_id or default_run_id(args.lora_version, now)
     sidecar = sidecar_path(history, run_id)
     # Every output is checked before anything is read: a bad path costs nothing.
+    demo_inputs = (args.demo / "sweep", args.demo / "reference") if args.demo else (None, None)
+    check_distinct_outputs(
+        [("--report", args.report), ("--html", args.html), ("--json", args.json),
+         ("--csv", args.csv)], history,
+        [("--generated", args.generated or demo_inputs[0]),
+         ("--reference", args.reference or demo_inputs[1]),
+         ("--holdout-reference", args.holdout_reference)])
     check_outputs([("--history", history, True), ("--history", lock_path_for(history), True),
                    ("--history (its runs/ sidecar folder)", sidecar, False),
                    ("--report", args.report, False), ("--html", args.html, False),
@@ -2298,6 +2589,10 @@ def _run(args: argparse.Namespace, training_params) -> int:
     scorecard, details = build_scorecard(face, skin, generated_dir=generated,
                                          reference_dir=reference, lora_version=args.lora_version,
                                          run_id=run_id, timestamp=timestamp, schema=schema)
+    links = linked_folders(generated)
+    if links:
+        scorecard["warnings"].append(links)
+        details["warnings"] = scorecard["warnings"]
     if target is not None and not same_scorer(scorecard, target):
         raise UsageError(f"--compare-to {args.compare_to}: run {target['run_id']} was scored by "
                          f"{target.get('backend')}/{target.get('model')}, this run by "
@@ -2337,7 +2632,7 @@ def _run(args: argparse.Namespace, training_params) -> int:
     if args.csv is not None:
         outputs.append(("--csv", args.csv, images_csv(details["images"], schema)))
     sidecar_text = json.dumps(clean_json(details), indent=1, ensure_ascii=False) + "\n"
-    # Reports and sidecar first, the history line last (one write); see append_history.
+    # Reports staged, the sidecar, the history line (one write), then the reports renamed in.
     append_history(history, record, sidecar, sidecar_text, outputs)
     print(text)
     for message in record["warnings"]:

@@ -104,15 +104,26 @@ def headline(scorecard: dict, *, code: str = "`") -> list[tuple[str, str]]:
         f"{_range(interval['score'], lambda v: _f(v, 2))}).")
     if best.get("flags"):
         recommendation += " Caution: it " + "; it ".join(best["flags"]) + "."
+    alternative = best.get("unflagged_alternative")
+    if alternative:
+        recommendation += (f" It is flagged, but the best unflagged config, {code}"
+                           f"{alternative['config']}{code} (score {_f(alternative['score'], 2)}, "
+                           f"interval {_range(alternative['score_interval'], lambda v: _f(v, 2))}"
+                           f"), is {alternative['why']}.")
     preferred = best.get("preferred_over")
     if preferred:
-        recommendation += (f" Chosen over {code}{preferred['config']}{code} (score "
-                           f"{_f(preferred['score'], 2)}, within noise of it), which "
-                           + "; ".join(preferred["flags"]) + ".")
+        passed = preferred.get("passed_over") or [preferred]
+        recommendation += " Chosen over " + "; and over ".join(
+            f"{code}{row['config']}{code} (score {_f(row['score'], 2)}, interval "
+            f"{_range(row.get('score_interval'), lambda v: _f(v, 2))}), which "
+            + "; ".join(row["flags"]) for row in passed) + (
+            ": each scored higher, but is flagged, and its score is within reach of this "
+            "unflagged config's (the 95% intervals overlap).")
     grades = interval["grades"]
     sure = [f"{best['how_sure']}: {best['images']} image{'s' if best['images'] != 1 else ''}",
             f"the interval spans grade {grades[0]}" + (f" to {grades[1]}"
-                                                       if grades[0] != grades[1] else " only")]
+                                                       if grades[0] != grades[1] else " only")
+            + (", too wide to rely on" if best.get("interval_too_wide") else "")]
     runner = best.get("runner_up")
     if runner:
         difference = (f"score {_f(runner['score'], 2)}, difference "

@@ -381,12 +381,44 @@ def test_a_failed_history_write_leaves_no_sidecar_and_no_line(tmp_path):
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full (Linux)")
     sidecar = tmp_path / "runs" / "r1.json"
-    report = tmp_path / "report.md"
+    report, card = tmp_path / "report.md", tmp_path / "new" / "card.json"
+    report.write_text("# the last recorded run\n", encoding="utf-8")
     with pytest.raises(sc.OutputError) as caught:
         sc.append_history(Path("/dev/full"), {"run_id": "r1"}, sidecar, "{}\n",
-                          [("--report", report, "# report\n")])
+                          [("--report", report, "# report\n"), ("--json", card, "{}\n")])
     assert caught.value.flag == "--history" and "no partial line" in str(caught.value)
-    assert not sidecar.exists() and report.is_file()  # reports first, then sidecar, line last
+    assert not sidecar.exists()
+    # Attack review: the reports were replaced before the history line failed, so they
+    # described a run that is not in the history. Now they are put in place only after it.
+    assert report.read_text(encoding="utf-8") == "# the last recorded run\n"
+    assert not card.exists()
+    assert sorted(path.name for path in tmp_path.rglob("*") if path.is_file()) == ["report.md"]
+
+
+def test_an_output_that_fails_after_the_history_line_says_the_run_was_recorded(tmp_path):
+    """The one write that can fail after the line: putting a staged report in place (here a
+    folder has taken the report's name). The run is in the history and the error says so."""
+    history, report = tmp_path / "h.jsonl", tmp_path / "report.md"
+    card = tmp_path / "card.json"
+    real_replace = os.replace
+
+    def replace(source, target):  # a folder appears where the report goes (a race)
+        if Path(target) == report and not report.exists():
+            report.mkdir()
+            (report / "keep").write_text("x", encoding="utf-8")
+        return real_replace(source, target)
+
+    sc.os.replace = replace
+    try:
+        with pytest.raises(sc.RecordedOutputError) as caught:
+            sc.append_history(history, {"run_id": "r1"}, tmp_path / "runs" / "r1.json", "{}\n",
+                              [("--report", report, "# report\n"), ("--json", card, "{}\n")])
+    finally:
+        sc.os.replace = real_replace
+    assert "--report" in str(caught.value) and "was recorded" in str(caught.value)
+    assert [r["run_id"] for r in sc.read_history(history)] == ["r1"]
+    assert card.read_text(encoding="utf-8") == "{}\n"  # the others are in place
+    assert not [path for path in tmp_path.rglob("*.tmp")]
 
 
 def test_output_path_problems_are_found_before_any_work(tmp_path):
@@ -849,6 +881,7 @@ def test_full_disk_leaves_no_partial_line_and_no_orphan(sweeps, pool, tmp_path):
     with open(history, "a", encoding="utf-8") as handle:
         handle.write("\n".join(padding) + "\n")
     before = history.read_bytes()
+    report_before = (out / "latest_report.md").read_bytes()
 
     def capped(size):
         return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
@@ -864,6 +897,9 @@ def test_full_disk_leaves_no_partial_line_and_no_orphan(sweeps, pool, tmp_path):
     assert "error: --history" in partial.stderr and "no partial line" in partial.stderr
     assert history.read_bytes() == before  # cut back: no torn line
     assert not (out / "runs" / "partial.json").exists()  # no orphan sidecar
+    # The report still describes the last recorded run, not this one; no temp file is left.
+    assert (out / "latest_report.md").read_bytes() == report_before
+    assert not list(out.glob(".*.tmp"))
 
 
 @pytest.mark.slow
@@ -1300,3 +1336,335 @@ def test_holdout_reference_measures_identity_on_photos_not_trained_on(faces_dir,
         refused = run_script(SCRIPT, *common, "--holdout-reference", bad)
         assert refused.returncode == 2 and needle in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr
+
+
+# --------------------------------------------------------------------------- attack review
+
+def _collision(tmp_path: Path, case: str) -> tuple[list, str]:
+    """Output flags that name one file twice, the history, its sidecar folder or an input."""
+    out = tmp_path / "out"
+    history = out / "eval_history.jsonl"
+    report = out / "latest_report.md"
+    if case == "report_is_history":
+        return ["--history", history, "--report", history], "--report"
+    if case == "json_is_history_through_dotdot":
+        return ["--history", history, "--report", report, "--json",
+                out / "sub" / ".." / "eval_history.jsonl"], "--json"
+    if case == "html_is_history_through_symlink":
+        (tmp_path / "alias").symlink_to(out, target_is_directory=True)
+        return ["--history", history, "--report", report, "--html",
+                tmp_path / "alias" / "eval_history.jsonl"], "--html"
+    if case == "csv_is_history_lock":
+        return ["--history", history, "--report", report, "--csv",
+                out / "eval_history.jsonl.lock"], "--csv"
+    if case == "csv_in_sidecar_folder":
+        return ["--history", history, "--report", report, "--csv", out / "runs" / "x.csv"], \
+            "--csv"
+    if case == "json_is_report":
+        return ["--history", history, "--report", report, "--json", report], "--json"
+    if case == "html_is_csv_in_other_case":
+        return ["--history", history, "--report", report, "--html", out / "pair.html",
+                "--csv", out / "PAIR.html"], "--csv"
+    if case == "report_is_input_image":
+        return ["--history", history, "--report", tmp_path / "gen" / "x.png"], "--report"
+    if case == "png_output_inside_generated":
+        return ["--history", history, "--report", report, "--csv",
+                tmp_path / "gen" / "sub" / "r.png"], "--csv"
+    if case == "json_is_reference_photo_through_symlink":
+        (tmp_path / "ref" / "y.png").symlink_to(tmp_path / "ref" / "x.png")
+        return ["--history", history, "--report", report, "--json", tmp_path / "ref" / "y.png"],\
+            "--json"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["report_is_history", "json_is_history_through_dotdot",
+                                  "html_is_history_through_symlink", "csv_is_history_lock",
+                                  "csv_in_sidecar_folder", "json_is_report",
+                                  "html_is_csv_in_other_case", "report_is_input_image",
+                                  "png_output_inside_generated",
+                                  "json_is_reference_photo_through_symlink"])
+def test_an_output_that_is_another_output_the_history_or_an_input_is_refused(tmp_path, case):
+    """Attack: --report/--json/--html/--csv aimed at the history (directly, through `..` or a
+    link), at each other, at the sidecar folder or at an input image wiped it once."""
+    generated, reference = tmp_path / "gen", tmp_path / "ref"
+    for folder in (generated, reference):
+        folder.mkdir()
+        Image.new("RGB", (64, 64), "gray").save(folder / "x.png")
+    history = tmp_path / "out" / "eval_history.jsonl"
+    history.parent.mkdir()
+    history.write_text(json.dumps({"run_id": "keep", "lora_version": "v0"}) + "\n",
+                       encoding="utf-8")
+    args, flag = _collision(tmp_path, case)
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    cache = tmp_path / "cache"
+    result = run_script(SCRIPT, "--generated", generated, "--reference", reference,
+                        "--lora-version", "v1", "--backend", "dlib", "--cache-dir", cache,
+                        "--no-progress", *args)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {flag} "), result.stderr
+    assert "nothing was evaluated or written" in lines[0]
+    assert result.stdout == "" and not cache.exists()
+    after = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    assert after == before  # the history, the inputs: every byte as it was
+
+
+def test_comma_decimals_exponents_and_signs_never_merge_or_truncate_configs():
+    """Attack: `str0,8` (a European decimal comma) read as strength 0, a baseline; `lr1e-4` and
+    `lr5e-4` split at the `e` (read as epoch 4) into one config; `str-0.8` lost its sign."""
+    parse = sc.parse_config
+    comma = parse("step1500_str0,8_cfg4,5_seed1.png")
+    assert comma == parse("step1500_str0.80_cfg4.5_seed2.png") and not comma.baseline
+    assert comma.name == "step1500_str0.80_cfg4.5"
+    assert parse("str0,8.png") == parse("str0.80.png") and not parse("str0,8.png").baseline
+    # A whole-number key with three digits after the comma is a thousands separator.
+    assert parse("step1,500_str0,8.png").name == "step1500_str0.80"
+    # A whole-number key with another comma number is neither: ignored with the file named.
+    ambiguous = sc.DEFAULT_SCHEMA.parse_name("step0,5_str0,8.png")
+    assert ambiguous.config.name == "str0.80" and not ambiguous.config.baseline
+    assert ambiguous.ignored == ("step0,5",)
+    low, high = parse("lr1e-4_dim16.png"), parse("lr5e-4_dim16.png")
+    assert low != high and low.settings["lr"] == pytest.approx(1e-4)
+    assert high.settings["lr"] == pytest.approx(5e-4) and "epoch" not in low.settings
+    assert parse("lr5e-05.png").settings == {"lr": pytest.approx(5e-05)}
+    assert parse("lr5e-05.png").name == "lr0.00005" and parse("lr0.00005") == parse("lr5e-05")
+    assert parse("lr1E-4.png").settings == {"lr": pytest.approx(1e-4)}
+    negative = parse("step1000_str-0.8_cfg4.png")
+    assert negative.settings["strength"] == -0.8 and not negative.baseline
+    assert negative != parse("step1000_str0.8_cfg4.png") and negative.name == \
+        "step1000_str-0.80_cfg4.0"
+    assert parse(negative.name) == negative  # the name reads back
+    assert parse("str=-0.8.png") == parse("str_-0.8.png") == parse("str-0.8.png")
+    # A key that cannot be negative keeps `-` as a separator: guidance-3.5 is CFG 3.5.
+    assert parse("guidance-3.5.png").settings == {"cfg": 3.5}
+    # Nothing of this makes a baseline by truncation.
+    for name in ("str0,8.png", "str0,05.png", "step0,5_str1.png", "lr1e-4_str1.png",
+                 "epoch1e1.png"):
+        assert not parse(name).baseline, name
+
+
+def test_ambiguous_comma_numbers_warn_naming_the_file():
+    images = [{"path": "step0,5_str0,8_seed1.png", "ignored_tokens": ["step0,5"]}]
+    warnings = sc._collect_warnings({}, {}, images, [], [])
+    assert any("step0,5" in warning and "step0,5_str0,8_seed1.png" in warning
+               for warning in warnings), warnings
+
+
+JSON_VALUES = (None, True, 0, -7, 1.5, "", "x", "../../outside.json", [], [1], [[1]], [{}],
+               [{"path": [1]}], {}, {"a": 1}, {"path": {}})
+
+
+def test_hostile_timestamps_details_and_sidecar_rows_are_warnings_never_a_traceback(tmp_path):
+    """Attack: a history line timestamped 0001-01-01T00:00:00+01:00 (OverflowError in UTC), a
+    record whose "details" is 5, a sidecar whose images are [1] or whose rows hold lists."""
+    history = tmp_path / "history.jsonl"
+    lines = [{"run_id": "ancient", "timestamp": "0001-01-01T00:00:00+01:00"},
+             {"run_id": "future", "timestamp": "9999-12-31T23:59:59-01:00"},
+             {"run_id": "ok", "timestamp": "2026-01-02T03:04:05+01:00"}]
+    history.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    messages = []
+    records = {r["run_id"]: r for r in sc.read_history(history, report=messages.append)}
+    assert records["ok"]["timestamp"] == "2026-01-02T02:04:05Z"
+    assert records["ancient"]["timestamp"] == "0001-01-01T00:00:00+01:00"  # kept as written
+    assert sum("outside the range" in message for message in messages) == 2, messages
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.json"
+    outside.write_text('{"images": []}', encoding="utf-8")
+    for details in (5, [1], True, {}, "runs/missing.json", str(outside),
+                    f"../{outside.name}"):
+        assert sc.load_details(history, {"run_id": "r", "details": details}) is None, details
+    outside.unlink()
+    (tmp_path / "runs").mkdir()
+    for value in JSON_VALUES:
+        (tmp_path / "runs" / "r.json").write_text(json.dumps(value), encoding="utf-8")
+        details = sc.load_details(history, {"run_id": "r"})
+        assert details is None or isinstance(details, dict)
+        rows = sc.comparison_images({"images": value, "unreadable": value})
+        assert all(isinstance(row["path"], (str, type(None))) for row in rows)
+        for field in ("path", "config", "error", "detected", "similarity", "passed", "identity",
+                      "realism", "realism_relative", "copy", "spread_ratio"):
+            image = {"path": "str0.8_cfg4_seed1.png", "config": "str0.8_cfg4",
+                     "detected": True, "similarity": 0.95, "passed": True, "identity": 0.6,
+                     "realism": 0.8, "realism_relative": 0.9, "copy": False,
+                     "spread_ratio": 1.0, field: value}
+            rows = sc.comparison_images({"images": [image] * 6})
+            sc._columns(rows, 0.92, judged=True)  # every figure is a number
+
+
+def _fuzzed(template: dict, value) -> list[dict]:
+    """One copy of `template` per top-level key, that key set to `value`."""
+    return [{**template, key: value} for key in template]
+
+
+@pytest.mark.slow
+def test_compare_to_survives_every_json_type_in_every_field(sweeps, pool, tmp_path):
+    """Each top-level JSON type in each field of a real history line and of its sidecar (and
+    of one per-image row): the comparison and the report come out, never a traceback."""
+    out = tmp_path / "out"
+    first = _score(pool, sweeps["good"], out, version="v1")
+    assert first.returncode == 0, first.stderr
+    history = out / "eval_history.jsonl"
+    record = json.loads(_lines(history)[0])
+    sidecar = json.loads((out / record["details"]).read_text(encoding="utf-8"))
+    new = json.loads(first.stdout)
+    new_details = sc.clean_json(sidecar)
+    hostile = tmp_path / "hostile"
+    (hostile / "runs").mkdir(parents=True)
+    checked = 0
+    for value in JSON_VALUES:
+        old_records = [{**old, "run_id": "old"} for old in _fuzzed(record, value)]
+        sidecars = _fuzzed(sidecar, value) + [
+            {**sidecar, "images": [{**sidecar["images"][0], key: value}] + sidecar["images"][1:]}
+            for key in sidecar["images"][0]] + [value]
+        for old, details in [(old, sidecar) for old in old_records] + [
+                ({**record, "run_id": "old"}, details) for details in sidecars]:
+            (hostile / "h.jsonl").write_text(json.dumps(old) + "\n", encoding="utf-8")
+            (hostile / "runs" / "old.json").write_text(json.dumps(details), encoding="utf-8")
+            (target,) = sc.read_history(hostile / "h.jsonl", report=lambda message: None)
+            loaded = sc.load_details(hostile / "h.jsonl", target)
+            comparison = sc.compare_runs(new, new_details, target, loaded)
+            assert comparison["verdict"] in ("clearly worse", "within noise or better",
+                                             "cannot decide")
+            sc.render_report({**new, "comparison": comparison}, comparison)
+            checked += 1
+    assert checked > 500
+    # And through the command line: an ancient timestamp, "details": 5, images [1].
+    for index, (field, value) in enumerate((("timestamp", "0001-01-01T00:00:00+01:00"),
+                                            ("details", 5), ("images", [1]))):
+        if field == "images":
+            (out / record["details"]).write_text(json.dumps({**sidecar, "images": [1]}),
+                                                 encoding="utf-8")
+            changed = record
+        else:
+            changed = {**record, field: value}
+        history.write_text(json.dumps(changed) + "\n", encoding="utf-8")
+        result = _score(pool, sweeps["equal"], out, "--compare-to", "v1", version=f"h{index}")
+        assert "Traceback" not in result.stderr, result.stderr
+        if field == "timestamp":  # the run itself is fine: compared, its time as written
+            assert result.returncode == 0 and "outside the range" in result.stderr, \
+                result.stderr
+        else:
+            assert result.returncode == 2 and "cannot decide" in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+def test_how_sure_follows_the_interval_not_just_the_runner_up(pool, tmp_path):
+    """Attack: "fairly sure" while the recommended config's 95% interval spans grades A to D:
+    4 faces and 1 faceless image, a runner-up (other people) clearly behind."""
+    folder = build(tmp_path / "gen", [(f"str0.8_cfg4_seed{n}.png", pool["same"][n])
+                                      for n in range(4)]
+                   + [("str0.8_cfg4_seed9.png", pool["noface"][0])]
+                   + [(f"str0.4_cfg4_seed{n}.png", pool["others"][n]) for n in range(4)])
+    out = tmp_path / "out"
+    result = _score(pool, folder, out)
+    assert result.returncode == 0, result.stderr
+    best = json.loads(result.stdout)["recommendation"]
+    worst, top = best["interval"]["grades"][1], best["interval"]["grades"][0]
+    assert sc.GRADE_ORDER.index(worst) - sc.GRADE_ORDER.index(top) >= 2, best["interval"]
+    assert best["runner_up"] and not best["runner_up"]["within_noise"]  # clearly behind
+    assert best["images"] >= sc.UNSURE_MAX_IMAGES
+    assert best["how_sure"] == "not sure" and best["interval_too_wide"]
+    report = (out / "latest_report.md").read_text(encoding="utf-8")
+    line = next(line for line in report.splitlines() if line.startswith("**How sure:**"))
+    assert line.startswith("**How sure:** not sure: 5 images; the interval spans grade "
+                           f"{top} to {worst}, too wide to rely on"), line
+
+
+def _scored(config: str, identities: list) -> list[dict]:
+    """Per-image records as join_images makes them: identity_i given, realism at the ceiling."""
+    parsed = sc.parse_config(config)
+    return [{"path": f"{config}_p{index:02d}.png", "config": parsed.name,
+             "settings": parsed.settings, "baseline": False, "indices": {}, "error": None,
+             "detected": True, "similarity": 0.9 + 0.08 * value,
+             "similarity_or_zero": 0.9 + 0.08 * value, "passed": value >= 0.5,
+             "identity": value, "realism": 0.9, "realism_relative": 1.0}
+            for index, value in enumerate(identities)]
+
+
+def test_a_flagged_top_config_gives_way_to_an_unflagged_one_whose_interval_overlaps():
+    """Attack: the recommendation said "use X" with a caution for a copying X although an
+    unflagged config's 95% score interval overlapped X's (their difference just excluded 0)."""
+    images = (_scored("step2000_str1.0", [1.0] * 6 + [0.7] * 6)
+              + _scored("step3000_str1.0", [1.0] * 6 + [0.7] * 6)
+              + _scored("step1000_str0.8", [0.9] * 4 + [0.65] * 8)
+              + _scored("step500_str0.8", [0.2] * 12))
+    configs = sc.rank_configs(images, threshold=0.92, min_detection_rate=0.8)
+    for row in configs:  # what the judge found (judge() on real sweeps: tests above)
+        row["flags"] = {"step2000_str1.00": ["copies training photos (8 of 12 images)"],
+                        "step3000_str1.00": ["is rigid"]}.get(row["config"], [])
+    top, clean = configs[0], next(row for row in configs if not row["flags"])
+    assert top["flags"] and clean["config"] == "step1000_str0.80"
+    assert clean["score_interval"][1] >= top["score_interval"][0]  # the intervals overlap
+    best = sc.recommend(configs, images, threshold=0.92, min_detection_rate=0.8)
+    assert best["config"] == "step1000_str0.80" and not best["flags"]
+    passed = best["preferred_over"]
+    assert passed["config"] == top["config"] and passed["flags"] == top["flags"]
+    assert [row["config"] for row in passed["passed_over"]] == [
+        "step2000_str1.00", "step3000_str1.00"]
+    text = dict(sc.headline({**_card(configs), "recommendation": best}))["Recommendation"]
+    assert "Chosen over `step2000_str1.00` (score 0.85" in text
+    assert "`step3000_str1.00` (score 0.85" in text and "is rigid" in text
+    # No unflagged config comes near: the flagged one stays, and the report says why.
+    far = _scored("step2000_str1.0", [1.0] * 12) + _scored("step500_str0.8", [0.2] * 12)
+    configs = sc.rank_configs(far, threshold=0.92, min_detection_rate=0.8)
+    configs[0]["flags"], configs[1]["flags"] = ["copies training photos (12 of 12 images)"], []
+    best = sc.recommend(configs, far, threshold=0.92, min_detection_rate=0.8)
+    assert best["config"] == "step2000_str1.00" and best["preferred_over"] is None
+    assert best["unflagged_alternative"]["config"] == "step500_str0.80"
+    text = dict(sc.headline({**_card(configs), "recommendation": best}))["Recommendation"]
+    assert "Caution: it copies training photos" in text
+    assert "the best unflagged config, `step500_str0.80`" in text and "clearly behind" in text
+
+
+def _card(configs: list[dict]) -> dict:
+    return {"overall_grade": "B", "score": 0.7, "overall_grade_basis": "24 images",
+            "configs": configs, "judge": {}, "identity_against": "training photos"}
+
+
+@pytest.mark.parametrize("case", ["inside_generated", "holds_generated", "inside_reference",
+                                  "holds_reference", "link_to_generated"])
+def test_holdout_reference_nested_in_or_holding_an_input_is_refused(tmp_path, case):
+    """--holdout-reference must be photos apart from both inputs: inside --generated it would be
+    scored as generations, holding --generated it would take them as held-out photos."""
+    generated, reference = tmp_path / "gen", tmp_path / "ref"
+    for folder in (generated, reference):
+        folder.mkdir()
+        Image.new("RGB", (64, 64), "gray").save(folder / "x.png")
+    holdout = {"inside_generated": generated / "held", "holds_generated": tmp_path,
+               "inside_reference": reference / "held", "holds_reference": tmp_path,
+               "link_to_generated": tmp_path / "link"}[case]
+    if case == "link_to_generated":
+        holdout.symlink_to(generated, target_is_directory=True)
+    holdout.mkdir(exist_ok=True)
+    if case == "holds_reference":
+        generated = tmp_path.parent / f"{tmp_path.name}-gen"
+        generated.mkdir()
+    result = run_script(SCRIPT, "--generated", generated, "--reference", reference,
+                        "--lora-version", "v1", "--backend", "dlib", "--holdout-reference",
+                        holdout, "--history", tmp_path.parent / f"{tmp_path.name}-h.jsonl",
+                        "--no-progress")
+    assert result.returncode == 2, result.stderr
+    assert "--holdout-reference" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path.parent / f"{tmp_path.name}-h.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_symlinked_folders_in_generated_are_not_followed_and_named_in_one_warning(pool, tmp_path):
+    """Attack: a folder of the sweep that is a symbolic link was skipped without a word. It is
+    still not followed (inside --generated its images would count twice, outside they are
+    not this sweep's), and one warning names each link and where it leads."""
+    folder = build(tmp_path / "gen", [(f"str0.8_cfg4/seed{n}.png", pool["same"][n])
+                                      for n in range(3)])
+    elsewhere = build(tmp_path / "elsewhere", [("seed9.png", pool["others"][0])])
+    (folder / "str0.8_cfg4_again").symlink_to(folder / "str0.8_cfg4", target_is_directory=True)
+    (folder / "str0.4_cfg4").symlink_to(elsewhere, target_is_directory=True)
+    out = tmp_path / "out"
+    result = _score(pool, folder, out)
+    assert result.returncode == 0, result.stderr
+    card = json.loads(result.stdout)
+    assert card["images_evaluated"] == 3 and set(_configs(card)) == {"str0.80_cfg4.0"}
+    lines = [line for line in result.stderr.splitlines() if "symbolic link" in line]
+    assert len(lines) == 1, result.stderr
+    assert "str0.8_cfg4_again -> " in lines[0] and "inside --generated" in lines[0]
+    assert "str0.4_cfg4 -> " in lines[0] and "outside --generated" in lines[0]
+    assert "not followed" in lines[0]
+    assert "str0.4_cfg4 -> " in (out / "latest_report.md").read_text(encoding="utf-8")
