@@ -2304,8 +2304,9 @@ DEMO_CONFIGS = {
 }
 
 
-def _augment_face(image, face_box, rng, *, size: int = DEMO_SIZE):
-    """A random crop around a face (scale, shift, flip, small rotation, light and colour jitter)."""
+def _augment_face(image, face_box, rng, *, size: int = DEMO_SIZE, mirror: bool | None = None):
+    """A random crop around a face (scale, shift, flip, small rotation, light and colour jitter);
+    mirror=True/False forces the flip, None draws it."""
     from PIL import Image, ImageEnhance
     left, top, right, bottom = face_box
     width, height = image.size
@@ -2321,7 +2322,8 @@ def _augment_face(image, face_box, rng, *, size: int = DEMO_SIZE):
                          int(y0 + side + margin)))
     window = window.rotate(rng.uniform(-7, 7), resample=Image.Resampling.BICUBIC)
     crop = window.crop((int(margin), int(margin), int(margin + side), int(margin + side)))
-    if rng.random() < 0.5:
+    flip = rng.random() < 0.5
+    if flip if mirror is None else mirror:
         crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     crop = crop.resize((size, size), Image.Resampling.LANCZOS)
     crop = ImageEnhance.Brightness(crop).enhance(rng.uniform(0.85, 1.15))
@@ -2357,11 +2359,16 @@ def build_demo_sweep(out_dir: Path) -> tuple[Path, Path]:
     sweep.mkdir(parents=True, exist_ok=True)
     reference.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(20260211)
+    # One photo is both the references and the good config, so the good config's crops are
+    # mirrored and the references are not: otherwise two near-identical random crops are, rightly,
+    # flagged by the judge as a copy of a training photo, and the demo would recommend nothing.
     for index in range(5):
-        _augment_face(astronaut, ASTRONAUT_FACE, rng).save(reference / f"astronaut_{index + 1}.png")
+        _augment_face(astronaut, ASTRONAUT_FACE, rng, mirror=False).save(
+            reference / f"astronaut_{index + 1}.png")
     good, plastic, wrong, empty = DEMO_CONFIGS
     for index, seed in enumerate((101, 102, 103, 104)):
-        _augment_face(astronaut, ASTRONAUT_FACE, rng).save(sweep / f"{good}_seed{seed}.png")
+        _augment_face(astronaut, ASTRONAUT_FACE, rng, mirror=True).save(
+            sweep / f"{good}_seed{seed}.png")
         _plastic(_augment_face(astronaut, ASTRONAUT_FACE, rng)).save(
             sweep / f"{plastic}_seed{seed}.png")
         _augment_face(group, T1_FACES[index], rng).save(sweep / f"{wrong}_seed{seed}.png")
@@ -2640,8 +2647,9 @@ def _run(args: argparse.Namespace, training_params) -> int:
     written = [str(path) for _, path, _ in outputs] + [str(sidecar), str(history)]
     best = record.get("recommendation")
     if best:
+        flagged = f", flagged: {'; '.join(best['flags'])}" if best.get("flags") else ""
         print(f"recommendation: {best['words']} ({best['config']}), grade {best['grade']} on "
-              f"{best['images']} images ({best['how_sure']}); sweep grade "
+              f"{best['images']} images ({best['how_sure']}{flagged}); sweep grade "
               f"{record['overall_grade']}; wrote {', '.join(written)}", file=sys.stderr)
     else:
         print(f"no LoRA config to recommend; sweep grade {record['overall_grade']}; wrote "

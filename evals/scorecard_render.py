@@ -90,7 +90,11 @@ def headline(scorecard: dict, *, code: str = "`") -> list[tuple[str, str]]:
             + judge_lines(s, code=code)
     interval = best["interval"]
     name = f"{code}{best['config']}{code}"
-    if best["grade"] in "ABC":
+    if best["grade"] in "ABC" and best.get("flags"):
+        # "use X" would contradict the flags and the over-training line below it.
+        verb = (f"no config is clean; the best-scoring is {best['words']} ({name}), and it is "
+                "flagged (Caution below)")
+    elif best["grade"] in "ABC":
         verb = f"use {best['words']} ({name})"
     else:
         verb = (f"no config is ready; the best is {best['words']} ({name}), and it grades "

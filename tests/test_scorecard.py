@@ -634,8 +634,11 @@ def test_sweep_of_real_photos_ranks_configs_and_leads_with_a_recommendation(swee
     assert written["run_id"] == card["run_id"]
     report = (out / "latest_report.md").read_text(encoding="utf-8")
     first = report.split("\n\n")[1]
-    assert first.startswith("**Recommendation:** use step 1000, strength 0.80, CFG 4.0 "
-                            f"(`{SAME}`): grade {configs[SAME]['grade']} on 4 images")
+    # SAME is 4 crops of one photo: rightly rigid, so the headline names it without "use".
+    assert best["flags"] == [flag for flag in best["flags"] if flag.startswith("is rigid")] != []
+    assert first.startswith("**Recommendation:** no config is clean; the best-scoring is step "
+                            f"1000, strength 0.80, CFG 4.0 (`{SAME}`), and it is flagged (Caution "
+                            f"below): grade {configs[SAME]['grade']} on 4 images")
     assert "**How sure:**" in report and "**Whole sweep (context):** grade" in report
     assert report.index("**Recommendation:**") < report.index("**Whole sweep (context):**")
     assert "no face found in 3" in report
@@ -1151,6 +1154,21 @@ def test_judge_rigid_copies_of_one_photo_but_not_eight_different_pictures(judged
     assert roles["rigid"] in judged["card"]["rigid_configs"]
     assert roles["varied"] not in judged["card"]["rigid_configs"]
     assert rigid["pose"]["yaw_std"] < 2.0 < varied["pose"]["yaw_std"]
+
+
+@pytest.mark.slow
+def test_judge_never_says_use_a_flagged_config(judged):
+    """On the judge sweep every A config is flagged (copying, rigid or past over-training) and the
+    best unflagged one is clearly behind: the headline must not say "use" the flagged one while
+    the over-training line says "use step 1000 or earlier"."""
+    best = judged["card"]["recommendation"]
+    assert best["grade"] == "A" and best["flags"] and best.get("unflagged_alternative")
+    report = (judged["out"] / "latest_report.md").read_text(encoding="utf-8")
+    first = next(line for line in report.splitlines() if line.startswith("**Recommendation:**"))
+    assert first.startswith(f"**Recommendation:** no config is clean; the best-scoring is "
+                            f"{best['words']} (`{best['config']}`), and it is flagged")
+    assert " Caution: it " in first and "**Recommendation:** use" not in report
+    assert f"({best['how_sure']}, flagged: " in judged["stderr"]
 
 
 @pytest.mark.slow
