@@ -1831,23 +1831,11 @@ def find_run(records: list[dict], key: str) -> dict | None:
 
 
 def stage_file(path: Path, text: str) -> str:
-    """Write `text` to a temp file beside `path` (fsync'd, normal permissions) and return its
-    name; os.replace(temp, path) puts it in place. Nothing is left on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with open(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    return temp
+    """Write `text` to a temp file beside `path` (written atomically itself, so a failed write
+    leaves nothing) and return its name; os.replace(temp, path) puts it in place."""
+    temp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    write_atomic(temp, text)
+    return str(temp)
 
 
 def write_atomic(path: Path, text: str) -> None:
