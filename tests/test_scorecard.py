@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
+import judge_sweeps
 from conftest import REPO_ROOT, load_script, run_script
 from local_proxy import RefusingProxy
 
@@ -36,16 +37,7 @@ SPEC_KEYS = ("run_id", "timestamp", "lora_version", "face_similarity_mean", "fac
 
 # --------------------------------------------------------------------------- fixtures
 
-def _face_box(image: Image.Image) -> tuple[int, int, int, int]:
-    """The largest face, found by dlib's HOG detector on a copy at most 800 px on its long side."""
-    import dlib
-    scale = min(1.0, 800 / max(image.size))
-    small = image.resize((round(image.width * scale), round(image.height * scale)))
-    found = dlib.get_frontal_face_detector()(np.asarray(small), 1)
-    assert found, "test photo without a detectable face"
-    box = max(found, key=lambda rect: rect.width())
-    return tuple(round(value / scale) for value in (box.left(), box.top(), box.right(),
-                                                    box.bottom()))
+_face_box = judge_sweeps.face_box  # the largest face, by dlib's HOG detector
 
 
 @pytest.fixture(scope="session")
@@ -974,7 +966,6 @@ def test_demo_builds_the_sample_sweep_and_recommends_its_best_config(tmp_path, c
 # --------------------------------------------------------------------------- the LoRA judge
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import judge_sweeps  # noqa: E402
 
 render = load_script("evals/scorecard_render.py")
 
