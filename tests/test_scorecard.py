@@ -965,7 +965,6 @@ def test_demo_builds_the_sample_sweep_and_recommends_its_best_config(tmp_path, c
 
 # --------------------------------------------------------------------------- the LoRA judge
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 render = load_script("evals/scorecard_render.py")
 
