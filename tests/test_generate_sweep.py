@@ -328,7 +328,7 @@ def run_main(demo, lora_dir: Path, out: Path, *extra: str) -> int:
      "a LoRA for SD 1.x (ss_base_model_version=sd_v1), but the base model is SDXL"),
     ("sd15 by key names", lora_tensors("lora_te_text_model_encoder_layers_0_self_attn_q_proj",
                                        "lora_unet_down_blocks_0_attentions_0_proj_in"),
-     {"ss_steps": "10"}, "a LoRA for SD 1.x (kohya SD 1.x/2.x key names"),
+     {"ss_steps": "10"}, "a LoRA for SD 1.x (no cross-attention layers; kohya names one text encoder lora_te_ only"),
     ("flux lora", lora_tensors("lora_unet_double_blocks_0_img_attn_qkv"), {"ss_steps": "10"},
      "a LoRA for Flux"),
     ("lycoris", {"lora_unet_x.hada_w1_a": (4, 4)}, {"ss_network_module": "lycoris.kohya"},
