@@ -17,7 +17,9 @@ tools/generate_sweep.py loads:
 Plus a config-only folder (the JSON/txt files without weights: what `from_single_file(config=...)`
 needs offline), and LoRA files in kohya sd-scripts' `networks.lora` format: names
 `lora_unet_<sgm module path with _>`, `lora_te1_...`, `lora_te2_...`, tensors `.lora_down.weight`,
-`.lora_up.weight`, `.alpha`, and sd-scripts' `ss_*` metadata.
+`.lora_up.weight`, `.alpha`, and sd-scripts' `ss_*` metadata; and the same U-Net LoRA weights,
+without metadata, in the other layouts diffusers' load_lora_weights reads for SDXL (kohya names of
+the diffusers module paths, `lora_unet_down_blocks_...`; PEFT `unet.<path>.lora_A.weight`).
 
 The tokenizers are CLIP BPE tokenizers built offline from a byte-level vocabulary (every byte, with
 and without the `</w>` end-of-word mark) and a handful of merges. Everything is a few MB.

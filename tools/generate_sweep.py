@@ -22,7 +22,7 @@ downloads the *.json and *.txt files of stabilityai/stable-diffusion-xl-base-1.0
 model_index.json, each component's config, the two CLIP tokenizers' vocab.json and merges.txt)
 into the Hugging Face cache (HF_HOME), and later runs read them from there (HF_HUB_OFFLINE=1
 works then); no weights are downloaded. A config folder for the pod, made where the hub is reached:
-    huggingface-cli download stabilityai/stable-diffusion-xl-base-1.0 --include "*.json" "*.txt" \
+    huggingface-cli download stabilityai/stable-diffusion-xl-base-1.0 --include "*.json" "*.txt" \\
         --local-dir /workspace/models/sdxl_config
 A diffusers folder as --base-model needs nothing.
 Tiny CPU run (a random-weight SDXL and LoRAs built by the tests; the images are noise):
@@ -35,9 +35,14 @@ Tiny CPU run (a random-weight SDXL and LoRAs built by the tests; the images are 
 Checkpoints: every `*.safetensors` in --lora-dir, named as sd-scripts names them (`NAME.safetensors`
 the last, `NAME-stepNNNNNNNN.safetensors` step saves, `NAME-NNNNNN.safetensors` epoch saves). The
 step comes from the file's sd-scripts metadata `ss_steps` (else from a -stepN name); a file that
-only tells its epoch is labelled `epochN`. A LoRA for another base (an SD1.5 LoRA on SDXL: its
-`ss_base_model_version`, or its key names), a non-LoRA or corrupt file, or a LoRA whose keys do
-not all land on the base model (checked by loading it, before any image is made) exits 2.
+only tells its epoch is labelled `epochN`. Key layouts: kohya's (lora_unet_input_blocks_... as
+sd-scripts writes SDXL, or lora_unet_down_blocks_...), diffusers'/PEFT's (unet....lora_A.weight).
+A LoRA for another base exits 2: told by its `ss_base_model_version`, else by the width its U-Net
+cross-attention (attn2 to_k/to_v) reads, which must be the base model's (SDXL 2048; 768 is an
+SD 1.x LoRA, 1024 SD 2.x), else by names only one model has (lora_te1_/lora_te2_ SDXL, lora_te_
+SD 1.x/2.x, Flux blocks); a LoRA with none of these is decided by loading it. A non-LoRA or
+corrupt file, or a LoRA whose keys do not all land on the base model (checked by loading it,
+before any image is made), exits 2.
 Each PNG carries A1111-style `parameters` text and a `generate_sweep` JSON chunk with the same
 facts; `sweep.json` beside the images records the plan. An image already there for the same plan
 entry (same prompt, seed, strength, CFG, steps, size, sampler, dtype, base and LoRA hashes) is
@@ -480,7 +485,8 @@ def read_checkpoint(path: Path, base_family: str, base_width: int | None = None)
     return Checkpoint(path, step, epoch, len(names), 8 + header_length, output_name)
 
 
-def find_checkpoints(lora_dir: Path, base_family: str, base_width: int | None = None) -> list[Checkpoint]:
+def find_checkpoints(lora_dir: Path, base_family: str,
+                     base_width: int | None = None) -> list[Checkpoint]:
     """Every LoRA in the folder, one per label, sorted by step (then epoch)."""
     if not lora_dir.is_dir():
         raise InputError(f"--lora-dir {lora_dir}: not a folder")
@@ -665,7 +671,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "sd_xl_base_1.0.safetensors) or a diffusers folder (required). Flux "
                              "bases are recognised and refused")
     parser.add_argument("--lora-dir", type=Path, required=True,
-                        help="folder of sd-scripts LoRA .safetensors files (required)")
+                        help="folder of LoRA .safetensors files: sd-scripts' (with or without its "
+                             "metadata) or diffusers/PEFT format (required)")
     parser.add_argument("--trigger", required=True,
                         help="trigger word put where prompts say {trigger} (required)")
     parser.add_argument("--out", type=Path, required=True,
@@ -979,7 +986,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args) -> int:
     base = inspect_base(args.base_model)
     require_supported_base(base)
-    checkpoints = select_checkpoints(find_checkpoints(args.lora_dir, base.family, base.cross_attention_dim), args.checkpoints)
+    found = find_checkpoints(args.lora_dir, base.family, base.cross_attention_dim)
+    checkpoints = select_checkpoints(found, args.checkpoints)
     prompts = read_prompts(args.prompts, args.trigger.strip())
     plan = build_plan(checkpoints, prompts, strengths=args.strength_list, cfgs=args.cfg_list,
                       seeds=args.seed_list, baseline=not args.no_baseline)
