@@ -899,12 +899,20 @@ def injected_modules(pipe, adapter: str) -> int:
 
 def load_lora(pipe, checkpoint: Checkpoint) -> None:
     """Load one LoRA as adapter `checkpoint.adapter`; InputError unless every module landed."""
+    from diffusers.utils import logging as diffusers_logging
+
+    # diffusers logs a failed load at error level (every mismatched tensor, one a line) and then
+    # raises; the InputError below says it in one line.
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)
     try:
         pipe.load_lora_weights(str(checkpoint.path.parent), weight_name=checkpoint.path.name,
                                adapter_name=checkpoint.adapter)
     except Exception as error:
         raise InputError(f"{checkpoint.path}: its keys do not fit the base model "
                          f"({error_summary(error)})") from error
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     landed = injected_modules(pipe, checkpoint.adapter)
     if landed != checkpoint.modules:
         with contextlib.suppress(Exception):
