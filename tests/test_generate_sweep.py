@@ -691,6 +691,10 @@ def test_kohya_names_of_the_real_sdxl_size_all_land_on_real_layers():
     state = unet.state_dict()
     assert set(convert_ldm_unet_checkpoint(tiny_sdxl.sdxl_unet_to_ldm(state, unet.config),
                                            unet.config)) == set(state)
+    # the width a single-file SDXL base's U-Net cross-attention reads, as inspect_base finds it
+    header = {key: {"shape": list(value.shape)}
+              for key, value in tiny_sdxl.sdxl_unet_to_ldm(state, unet.config).items()}
+    assert gs.base_cross_attention_dim(header) == 2048
     pipe = SimpleNamespace(unet=unet, text_encoder=te1, text_encoder_2=te2)
     names = tiny_sdxl.kohya_lora_modules(pipe, unet=True, text_encoders=True)
     assert sum(n.startswith("lora_unet_") for n in names) == 722
