@@ -328,7 +328,8 @@ def run_main(demo, lora_dir: Path, out: Path, *extra: str) -> int:
      "a LoRA for SD 1.x (ss_base_model_version=sd_v1), but the base model is SDXL"),
     ("sd15 by key names", lora_tensors("lora_te_text_model_encoder_layers_0_self_attn_q_proj",
                                        "lora_unet_down_blocks_0_attentions_0_proj_in"),
-     {"ss_steps": "10"}, "a LoRA for SD 1.x (kohya SD 1.x/2.x key names"),
+     {"ss_steps": "10"},
+     "a LoRA for SD 1.x (no cross-attention layers; kohya names one text encoder lora_te_ only"),
     ("flux lora", lora_tensors("lora_unet_double_blocks_0_img_attn_qkv"), {"ss_steps": "10"},
      "a LoRA for Flux"),
     ("lycoris", {"lora_unet_x.hada_w1_a": (4, 4)}, {"ss_network_module": "lycoris.kohya"},
@@ -690,6 +691,10 @@ def test_kohya_names_of_the_real_sdxl_size_all_land_on_real_layers():
     state = unet.state_dict()
     assert set(convert_ldm_unet_checkpoint(tiny_sdxl.sdxl_unet_to_ldm(state, unet.config),
                                            unet.config)) == set(state)
+    # the width a single-file SDXL base's U-Net cross-attention reads, as inspect_base finds it
+    header = {key: {"shape": list(value.shape)}
+              for key, value in tiny_sdxl.sdxl_unet_to_ldm(state, unet.config).items()}
+    assert gs.base_cross_attention_dim(header) == 2048
     pipe = SimpleNamespace(unet=unet, text_encoder=te1, text_encoder_2=te2)
     names = tiny_sdxl.kohya_lora_modules(pipe, unet=True, text_encoders=True)
     assert sum(n.startswith("lora_unet_") for n in names) == 722
@@ -714,3 +719,184 @@ def test_kohya_names_of_the_real_sdxl_size_all_land_on_real_layers():
     assert len(targets) == 722 + 72 + 192
     missing = [t for t in targets if not isinstance(modules[t[0]].get(t[1]), torch.nn.Linear)]
     assert missing == []
+
+
+# --------------------------------------------------------------------------- LoRAs without metadata
+
+def stripped_loras(folder: Path, layouts, *, seed: int = 5, modules=None) -> dict[str, Path]:
+    """The same U-Net-only LoRA weights in several file layouts, no sd-scripts metadata at all."""
+    import tiny_sdxl
+
+    pipe = tiny_sdxl.build_pipeline()
+    weights = tiny_sdxl.lora_weights(modules or tiny_sdxl.unet_lora_modules(pipe), seed=seed)
+    return {layout: tiny_sdxl.write_lora_layout(folder / f"v3-step{100 * (n + 1):08d}.safetensors",
+                                                weights, layout)
+            for n, layout in enumerate(layouts)}
+
+
+def test_unet_only_loras_without_metadata_load_in_every_layout_diffusers_reads(demo, tmp_path, capsys):
+    """kohya SDXL names, kohya names of the diffusers paths, PEFT keys: no ss_* metadata, all load.
+
+    The same weights in the three layouts: every module lands and the images are the same, and
+    differ from the baseline (the LoRA acts).
+    """
+    folder = tmp_path / "loras"
+    files = stripped_loras(folder, ("kohya_sgm", "kohya_diffusers", "peft"))
+    header = gs.read_safetensors_header(files["kohya_diffusers"])
+    assert header[1] == {} and any("lora_unet_down_blocks_1_" in key for key in header[0])
+    out = tmp_path / "out"
+    assert run_main(demo, folder, out) == 0
+    captured = capsys.readouterr()
+    assert "3 LoRA(s) checked: every module lands on the base" in captured.err, captured.err[-2000:]
+    assert "no sd-scripts metadata" not in captured.err  # the width told the model
+    record = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
+    assert [lora["modules"] for lora in record["loras"]] == [48, 48, 48]
+    for p in (1, 2):
+        tail = f"cfg4.0_p{p:02d}_seed1.png"
+        baseline = pixels(out / f"baseline_{tail}")
+        sgm = pixels(out / f"step100_str1.00_{tail}")
+        assert np.abs(sgm - baseline).mean() > 2.0
+        for label in ("step200", "step300"):
+            assert np.abs(pixels(out / f"{label}_str1.00_{tail}") - sgm).max() <= 1, label
+
+
+def sd1_width_modules() -> dict:
+    """The tiny U-Net's LoRA modules with cross-attention reading 768 wide text (SD 1.x's CLIP-L)."""
+    import tiny_sdxl
+
+    return {name: ((768, out) if tiny_sdxl.is_cross_attention_kv(name) else (width, out))
+            for name, (width, out) in tiny_sdxl.unet_lora_modules(tiny_sdxl.build_pipeline()).items()}
+
+
+@pytest.mark.parametrize("base", ["single_file", "diffusers"])
+def test_sd1_width_lora_without_metadata_is_refused_naming_the_width(demo, hf_env, tmp_path, base):
+    folder = tmp_path / "loras"
+    stripped_loras(folder, ("kohya_diffusers",), modules=sd1_width_modules())
+    args = sweep_args(demo, tmp_path / "out", base=base)
+    args[args.index("--lora-dir") + 1] = str(folder)
+    result = run_script(SCRIPT, *args, env=hf_env)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert ("v3-step00000100.safetensors: a LoRA for SD 1.x (cross-attention width 768; the base "
+            "model's is 80), but the base model is SDXL") in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("width,base_width,family", [
+    (768, None, "sd1"), (1024, None, "sd2"), (2048, None, "sdxl"), (1280, None, "sdxl_refiner"),
+    (2048, 2048, "sdxl"), (768, 2048, "sd1"), (96, 80, "other"), (2048, 80, "other"), (80, 80, "sdxl"),
+    (4096, None, "other")])
+def test_family_from_the_cross_attention_width(tmp_path, width, base_width, family):
+    """SDXL base 1.0 reads 2048-wide text (CLIP-L 768 + bigG 1280), SD 1.x 768, SD 2.x 1024."""
+    tensors = lora_tensors("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q")
+    tensors.update({"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight":
+                    (4, width),
+                    "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight":
+                    (64, 4)})
+    path = write_header_only(tmp_path / "x.safetensors", tensors)
+    found, evidence = gs.lora_family(gs.read_safetensors_header(path)[0], {}, "sdxl", base_width)
+    assert found == family and f"cross-attention width {width}" in evidence
+
+
+def test_base_cross_attention_width_is_read_from_both_base_forms(demo):
+    assert gs.inspect_base(demo["single_file"]).cross_attention_dim == 80  # 32 (TE1) + 48 (TE2)
+    assert gs.inspect_base(demo["diffusers"]).cross_attention_dim == 80
+
+
+def test_mixed_cross_attention_widths_are_refused(demo, tmp_path, capsys):
+    tensors = {}
+    for block, width in ((1, 2048), (0, 768)):
+        name = f"lora_unet_up_blocks_{block}_attentions_0_transformer_blocks_0_attn2_to_v"
+        tensors.update({f"{name}.lora_down.weight": (4, width), f"{name}.lora_up.weight": (64, 4)})
+    lora_dir = one_lora_dir(tmp_path, "v3-step00000100.safetensors", tensors)
+    assert run_main(demo, lora_dir, tmp_path / "out", "--dry-run") == 2
+    assert "cross-attention widths 768, 2048 in one file" in capsys.readouterr().err
+
+
+def test_lora_without_cross_attention_layers_is_decided_by_loading(demo, hf_env, tmp_path, capsys):
+    """No metadata, no attn2 to_k/to_v: the width cannot tell; loading it does.
+
+    A file that fits loads and makes its images (after a warning); one whose layers have other
+    shapes is refused with diffusers' own error, before any image.
+    """
+    import tiny_sdxl
+
+    all_modules = tiny_sdxl.unet_lora_modules(tiny_sdxl.build_pipeline())
+    no_kv = {n: shape for n, shape in all_modules.items() if not tiny_sdxl.is_cross_attention_kv(n)}
+    fits = tmp_path / "fits"
+    stripped_loras(fits, ("kohya_diffusers",), modules=no_kv)
+    out = tmp_path / "out"
+    assert run_main(demo, fits, out, "--no-baseline") == 0
+    captured = capsys.readouterr()
+    assert ("v3-step00000100.safetensors: no sd-scripts metadata and no cross-attention layers to tell "
+            "its model by; it is checked when it is loaded") in captured.err
+    assert "1 LoRA(s) checked: every module lands on the base" in captured.err
+    assert sorted(captured.out.split()) == ["step100_str1.00_cfg4.0_p01_seed1.png",
+                                            "step100_str1.00_cfg4.0_p02_seed1.png"]
+    wrong = tmp_path / "wrong"
+    stripped_loras(wrong, ("kohya_diffusers",),
+                   modules={n: (width * 2, o) for n, (width, o) in no_kv.items()})
+    out_wrong = tmp_path / "out_wrong"
+    args = sweep_args(demo, out_wrong)
+    args[args.index("--lora-dir") + 1] = str(wrong)
+    result = run_script(SCRIPT, *args, env=hf_env)
+    assert result.returncode == 2
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"error: {wrong / 'v3-step00000100.safetensors'}: its keys do not fit the "
+                           f"base model (RuntimeError: "), last
+    assert "size mismatch" in last and not list(out_wrong.glob("*.png"))
+    assert "size mismatch" not in result.stderr.replace(last, "")  # diffusers' own dump is kept quiet
+    assert "Traceback" not in result.stderr
+
+
+def write_raw_safetensors(path: Path, header, data: bytes = b"") -> Path:
+    raw = json.dumps(header).encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+DOWN = f"{SDXL_NAME}.lora_down.weight"
+UP = f"{SDXL_NAME}.lora_up.weight"
+
+
+def f32(shape, start):
+    size = 4 * int(np.prod(shape))
+    return {"dtype": "F32", "shape": list(shape), "data_offsets": [start, start + size]}
+
+
+HOSTILE_LORAS = [
+    ("zero bytes", None, b"", "not a safetensors file (only 0 bytes)"),
+    ("huge shape", {DOWN: {"dtype": "F32", "shape": [4, 10**15], "data_offsets": [0, 64]},
+                    UP: f32((4, 4), 64)}, bytes(128), "shape 4x1000000000000000 of F32 needs"),
+    ("overflowing shape", {DOWN: {"dtype": "F32", "shape": [2**64, 2**64], "data_offsets": [0, 64]},
+                           UP: f32((4, 4), 64)}, bytes(128), "needs"),
+    ("non-tensor entry", {"format": "pt", DOWN: f32((4, 4), 0), UP: f32((4, 4), 64)}, bytes(128),
+     "tensor 'format' is not {dtype, shape, data_offsets}"),
+    ("negative shape", {DOWN: {"dtype": "F32", "shape": [-4, 4], "data_offsets": [0, 64]},
+                        UP: f32((4, 4), 64)}, bytes(128), "tensor " + repr(DOWN) + " is not"),
+    ("numeric metadata", {"__metadata__": {"ss_steps": 100}, DOWN: f32((4, 4), 0), UP: f32((4, 4), 64)},
+     bytes(128), "__metadata__ 'ss_steps' is int, not a string"),
+    ("overlapping tensors", {DOWN: f32((4, 4), 0), UP: f32((4, 4), 0)}, bytes(64), "starts at data byte 0"),
+    ("bytes after the last tensor", {DOWN: f32((4, 4), 0), UP: f32((4, 4), 64)}, bytes(200),
+     "72 bytes after the last tensor"),
+    ("header is a list", [1, 2], b"", "not a JSON object"),
+]
+
+
+@pytest.mark.parametrize("case,header,data,message", HOSTILE_LORAS, ids=[c[0] for c in HOSTILE_LORAS])
+def test_hostile_lora_files_exit_2_with_one_line(demo, hf_env, tmp_path, case, header, data, message):
+    folder = tmp_path / "loras"
+    path = folder / "v3-step00000100.safetensors"
+    if header is None:
+        folder.mkdir()
+        path.write_bytes(data)
+    else:
+        write_raw_safetensors(path, header, data)
+    args = sweep_args(demo, tmp_path / "out")
+    args[args.index("--lora-dir") + 1] = str(folder)
+    result = run_script(SCRIPT, *args, env=hf_env)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), result.stderr
+    assert message in lines[0] and "Traceback" not in result.stderr, lines[0]

@@ -17,7 +17,9 @@ tools/generate_sweep.py loads:
 Plus a config-only folder (the JSON/txt files without weights: what `from_single_file(config=...)`
 needs offline), and LoRA files in kohya sd-scripts' `networks.lora` format: names
 `lora_unet_<sgm module path with _>`, `lora_te1_...`, `lora_te2_...`, tensors `.lora_down.weight`,
-`.lora_up.weight`, `.alpha`, and sd-scripts' `ss_*` metadata.
+`.lora_up.weight`, `.alpha`, and sd-scripts' `ss_*` metadata; and the same U-Net LoRA weights,
+without metadata, in the other layouts diffusers' load_lora_weights reads for SDXL (kohya names of
+the diffusers module paths, `lora_unet_down_blocks_...`; PEFT `unet.<path>.lora_A.weight`).
 
 The tokenizers are CLIP BPE tokenizers built offline from a byte-level vocabulary (every byte, with
 and without the `</w>` end-of-word mark) and a handful of merges. Everything is a few MB.
@@ -398,3 +400,71 @@ def build_demo(folder, seed: int = 0) -> dict[str, Path]:
         lora_dir / "v3.safetensors", kohya_lora_modules(pipe, unet=True), seed=seed + 2,
         metadata=sd_scripts_metadata(steps=500, epoch=2))
     return paths
+
+
+# ----------------------------------------------------------------------------- LoRAs in other layouts
+
+def unet_lora_modules(pipe) -> dict[str, tuple[int, int]]:
+    """The U-Net Linear layers kohya wraps, by their diffusers module path -> (in, out features)."""
+    import torch
+
+    modules = {}
+    for name, module in pipe.unet.named_modules():
+        if module.__class__.__name__ == "Transformer2DModel":
+            for child_name, child in module.named_modules():
+                if isinstance(child, torch.nn.Linear):
+                    modules[f"{name}.{child_name}"] = (child.in_features, child.out_features)
+    return modules
+
+
+def lora_weights(modules: dict[str, tuple[int, int]], *, seed: int, rank: int = 4,
+                 scale: float = 0.5) -> dict:
+    """Random (down, up) weights per module path, as if trained; deterministic for a seed."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    weights = {}
+    for name, (in_features, out_features) in sorted(modules.items()):
+        weights[name] = (torch.randn(rank, in_features, generator=generator) * scale,
+                         torch.randn(out_features, rank, generator=generator) * scale)
+    return weights
+
+
+def write_lora_layout(path: Path, weights: dict, layout: str, *, alpha: float = 2.0,
+                      layers_per_block: int = 1, metadata: dict | None = None) -> Path:
+    """The same U-Net LoRA weights (keyed by diffusers module path) in one of three file layouts.
+
+    `kohya_sgm`: sd-scripts' SDXL names (lora_unet_input_blocks_..., the original U-Net's paths);
+    `kohya_diffusers`: kohya names of the diffusers paths (lora_unet_down_blocks_..., what
+    sd-scripts writes for SD 1.x and converters write for SDXL); both with `.alpha`.
+    `peft`: diffusers' own trainers' format (unet.<path>.lora_A/lora_B.weight, no alpha tensors),
+    its up weights scaled by alpha/rank so that all three act the same. No metadata unless given.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, (down, up) in weights.items():
+        rank = down.shape[0]
+        if layout == "peft":
+            tensors[f"unet.{name}.lora_A.weight"] = down.contiguous()
+            tensors[f"unet.{name}.lora_B.weight"] = (up * (alpha / rank)).contiguous()
+            continue
+        if layout == "kohya_sgm":
+            module = unet_key_to_ldm(name + ".weight", layers_per_block)[: -len(".weight")]
+        elif layout == "kohya_diffusers":
+            module = name
+        else:
+            raise ValueError(layout)
+        kohya = "lora_unet_" + module.replace(".", "_")
+        tensors[f"{kohya}.lora_down.weight"] = down.contiguous()
+        tensors[f"{kohya}.lora_up.weight"] = up.contiguous()
+        tensors[f"{kohya}.alpha"] = torch.tensor(float(alpha))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata or {})
+    return path
+
+
+def is_cross_attention_kv(module_path: str) -> bool:
+    """attn2.to_k / attn2.to_v: the layers whose input is the text encoders' width."""
+    return module_path.endswith(("attn2.to_k", "attn2.to_v"))

@@ -22,7 +22,7 @@ downloads the *.json and *.txt files of stabilityai/stable-diffusion-xl-base-1.0
 model_index.json, each component's config, the two CLIP tokenizers' vocab.json and merges.txt)
 into the Hugging Face cache (HF_HOME), and later runs read them from there (HF_HUB_OFFLINE=1
 works then); no weights are downloaded. A config folder for the pod, made where the hub is reached:
-    huggingface-cli download stabilityai/stable-diffusion-xl-base-1.0 --include "*.json" "*.txt" \
+    huggingface-cli download stabilityai/stable-diffusion-xl-base-1.0 --include "*.json" "*.txt" \\
         --local-dir /workspace/models/sdxl_config
 A diffusers folder as --base-model needs nothing.
 Tiny CPU run (a random-weight SDXL and LoRAs built by the tests; the images are noise):
@@ -35,9 +35,14 @@ Tiny CPU run (a random-weight SDXL and LoRAs built by the tests; the images are 
 Checkpoints: every `*.safetensors` in --lora-dir, named as sd-scripts names them (`NAME.safetensors`
 the last, `NAME-stepNNNNNNNN.safetensors` step saves, `NAME-NNNNNN.safetensors` epoch saves). The
 step comes from the file's sd-scripts metadata `ss_steps` (else from a -stepN name); a file that
-only tells its epoch is labelled `epochN`. A LoRA for another base (an SD1.5 LoRA on SDXL: its
-`ss_base_model_version`, or its key names), a non-LoRA or corrupt file, or a LoRA whose keys do
-not all land on the base model (checked by loading it, before any image is made) exits 2.
+only tells its epoch is labelled `epochN`. Key layouts: kohya's (lora_unet_input_blocks_... as
+sd-scripts writes SDXL, or lora_unet_down_blocks_...), diffusers'/PEFT's (unet....lora_A.weight).
+A LoRA for another base exits 2: told by its `ss_base_model_version`, else by the width its U-Net
+cross-attention (attn2 to_k/to_v) reads, which must be the base model's (SDXL 2048; 768 is an
+SD 1.x LoRA, 1024 SD 2.x), else by names only one model has (lora_te1_/lora_te2_ SDXL, lora_te_
+SD 1.x/2.x, Flux blocks); a LoRA with none of these is decided by loading it. A non-LoRA or
+corrupt file, or a LoRA whose keys do not all land on the base model (checked by loading it,
+before any image is made), exits 2.
 Each PNG carries A1111-style `parameters` text and a `generate_sweep` JSON chunk with the same
 facts; `sweep.json` beside the images records the plan. An image already there for the same plan
 entry (same prompt, seed, strength, CFG, steps, size, sampler, dtype, base and LoRA hashes) is
@@ -108,7 +113,20 @@ TILING_ABOVE_PIXELS = 1024 * 1024
 # LoRAs (file bytes, all checkpoints of a sweep together) that stay loaded side by side.
 KEEP_LORAS_BYTES = 2 * 1024**3
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
-LORA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha", ".dora_scale")
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+               "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+# (down, up) tensor name endings of one LoRA module, in the layouts load_lora_weights reads:
+# kohya sd-scripts, PEFT (diffusers' own trainers), diffusers' older lora.down / attn-processor form.
+LORA_PAIRS = ((".lora_down.weight", ".lora_up.weight"), (".lora_A.weight", ".lora_B.weight"),
+              (".lora.down.weight", ".lora.up.weight"), ("_lora.down.weight", "_lora.up.weight"))
+LORA_SUFFIXES = tuple(end for pair in LORA_PAIRS for end in pair) + (
+    ".alpha", ".dora_scale", ".lora_magnitude_vector")
+KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+DIFFUSERS_PREFIXES = ("unet.", "text_encoder.", "text_encoder_2.")
+# A U-Net cross-attention key/value projection: its input is the text encoder's width.
+CROSS_ATTENTION = re.compile(r"attn2[._](?:processor[._])?to_[kv](?:_lora)?$")
+# Cross-attention width (the text embedding the U-Net reads) -> the model it belongs to.
+WIDTH_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl", 1280: "sdxl_refiner"}
 STEP_NAME = re.compile(r"^(?P<name>.+)-step(?P<step>\d+)$")
 EPOCH_NAME = re.compile(r"^(?P<name>.+)-(?P<epoch>\d{6})$")
 PART_FILE = re.compile(r"^\..+\.png\.\d+\.part$")
@@ -174,17 +192,41 @@ def read_safetensors_header(path: Path) -> tuple[dict, dict, int]:
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
         raise InputError(f"{path}: corrupt safetensors header (__metadata__ is not an object)")
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise InputError(f"{path}: corrupt safetensors header (__metadata__ {key!r} is "
+                             f"{type(value).__name__}, not a string)")
     data_size = size - 8 - length
+    spans = []
     for name, info in header.items():
         offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        shape = info.get("shape") if isinstance(info, dict) else None
         if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) for o in offsets) or not 0 <= offsets[0] <= offsets[1]
-                or not isinstance(info.get("shape"), list) or not isinstance(info.get("dtype"), str)):
-            raise InputError(f"{path}: corrupt safetensors header (tensor {name!r})")
+                or not all(type(o) is int for o in offsets) or not 0 <= offsets[0] <= offsets[1]
+                or not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape)
+                or not isinstance(info.get("dtype"), str)):
+            raise InputError(f"{path}: corrupt safetensors header (tensor {name!r} is not "
+                             f"{{dtype, shape, data_offsets}})")
         if offsets[1] > data_size:
             raise InputError(f"{path}: truncated: tensor {name!r} ends at byte {offsets[1]} of "
                              f"{data_size} data bytes")
-    return header, {str(k): str(v) for k, v in metadata.items()}, length
+        item = DTYPE_BYTES.get(info["dtype"])
+        if item is not None and math.prod(shape) * item != offsets[1] - offsets[0]:
+            claimed = "x".join(map(str, shape)) or "scalar"
+            raise InputError(f"{path}: corrupt safetensors header (tensor {name!r}: shape "
+                             f"{claimed[:60]} of {info['dtype']} needs {math.prod(shape) * item} "
+                             f"bytes, its data_offsets give {offsets[1] - offsets[0]})")
+        spans.append((offsets[0], offsets[1], name))
+    end = 0
+    for start, stop, name in sorted(spans):  # safetensors' own rule: contiguous, all bytes covered
+        if start != end:
+            raise InputError(f"{path}: corrupt safetensors header (tensor {name!r} starts at data "
+                             f"byte {start}, the tensor before it ends at {end})")
+        end = stop
+    if end != data_size:
+        raise InputError(f"{path}: corrupt safetensors file ({data_size - end} bytes after the "
+                         f"last tensor)")
+    return header, dict(metadata), length
 
 
 def sha256_file(path: Path, start: int = 0, chunk: int = 1 << 22) -> str:
@@ -202,7 +244,8 @@ def sha256_file(path: Path, start: int = 0, chunk: int = 1 << 22) -> str:
 # --------------------------------------------------------------------------- model families
 
 FAMILY_NAMES = {"sdxl": "SDXL", "sdxl_refiner": "the SDXL refiner", "sd1": "SD 1.x", "sd2": "SD 2.x",
-                "flux": "Flux", "lora": "a LoRA"}
+                "flux": "Flux", "lora": "a LoRA",
+                "other": "another model"}
 
 
 def base_family_of_keys(keys) -> str | None:
@@ -237,6 +280,26 @@ class Base:
     kind: str  # "single_file" | "diffusers"
     family: str
     name: str
+    cross_attention_dim: int | None = None  # the U-Net's attn2 to_k input width, when readable
+
+
+def base_cross_attention_dim(tensors: dict) -> int | None:
+    """attn2.to_k's input width in an original-layout checkpoint's U-Net (SDXL: 2048)."""
+    for name, info in tensors.items():
+        if name.startswith("model.diffusion_model.") and name.endswith("attn2.to_k.weight"):
+            shape = info["shape"]
+            return shape[1] if len(shape) == 2 else None
+    return None
+
+
+def folder_cross_attention_dim(path: Path) -> int | None:
+    """cross_attention_dim from a diffusers folder's unet/config.json, when it is one number."""
+    try:
+        value = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
+        value = value.get("cross_attention_dim")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if type(value) is int else None
 
 
 def inspect_base(path: Path) -> Base:
@@ -254,7 +317,7 @@ def inspect_base(path: Path) -> Base:
         if family is None:
             raise InputError(f"--base-model {path}: a {class_name} folder; this script sweeps "
                              f"StableDiffusionXLPipeline models")
-        return Base(path, "diffusers", family, path.name)
+        return Base(path, "diffusers", family, path.name, folder_cross_attention_dim(path))
     if path.suffix.lower() != ".safetensors":
         raise InputError(f"--base-model {path}: only .safetensors files are loaded (a .ckpt or .pt "
                          f"file is a pickle, which can run code); convert it first")
@@ -265,7 +328,7 @@ def inspect_base(path: Path) -> Base:
                          f"key layout among its {len(tensors)} tensors)")
     if family == "lora":
         raise InputError(f"--base-model {path}: this file is a LoRA, not a base model")
-    return Base(path, "single_file", family, path.stem)
+    return Base(path, "single_file", family, path.stem, base_cross_attention_dim(tensors))
 
 
 def require_supported_base(base: Base) -> None:
@@ -287,23 +350,66 @@ SS_BASE_FAMILIES = (("sdxl", "sdxl"), ("sd_v1", "sd1"), ("sd_v2", "sd2"), ("flux
                     ("chroma", "flux"))
 
 
-def lora_family(tensors: dict, metadata: dict) -> tuple[str | None, str]:
-    """(family, evidence) of a kohya LoRA, from sd-scripts' metadata, else from its key names."""
+def lora_module(key: str) -> tuple[str, str] | None:
+    """(module name, "down"/"up") of a LoRA weight tensor name; None for other tensors."""
+    for down, up in LORA_PAIRS:
+        if key.endswith(down):
+            return key[: -len(down)], "down"
+        if key.endswith(up):
+            return key[: -len(up)], "up"
+    return None
+
+
+def cross_attention_widths(tensors: dict) -> set[int]:
+    """The input widths of the LoRA's U-Net cross-attention to_k/to_v down weights."""
+    widths = set()
+    for key, info in tensors.items():
+        module = lora_module(key)
+        if module and module[1] == "down" and CROSS_ATTENTION.search(module[0]) and (
+                len(info["shape"]) == 2 or info["shape"][2:] == [1, 1]):
+            widths.add(info["shape"][1])
+    return widths
+
+
+def lora_family(tensors: dict, metadata: dict, base_family: str = "sdxl",
+                base_width: int | None = None) -> tuple[str | None, str]:
+    """(family, evidence) of a LoRA: sd-scripts' metadata, else its tensors.
+
+    Without metadata the U-Net's cross-attention width tells the model (768 SD 1.x, 1024 SD 2.x,
+    2048 SDXL; a width equal to the base model's fits it); without cross-attention layers, key
+    names that only one model has (kohya's lora_te1_/lora_te2_ SDXL, lora_te_ SD 1.x/2.x, Flux
+    blocks); else (`base_family`, ...) and loading it decides. None: not a U-Net/text-encoder LoRA.
+    """
     version = metadata.get("ss_base_model_version", "")
     for prefix, family in SS_BASE_FAMILIES:
         if version.startswith(prefix):
             return family, f"ss_base_model_version={version}"
-    names = {key.split(".")[0] for key in tensors}
-    if any(n.startswith(("lora_te1_", "lora_te2_")) for n in names) or any(
-            n.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_",
-                          "lora_unet_output_blocks_")) for n in names):
-        return "sdxl", "kohya SDXL key names (lora_te1_/lora_te2_, lora_unet_input_blocks_...)"
+    names = {module[0] for module in map(lora_module, tensors) if module}
     if any(n.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for n in names):
         return "flux", "kohya Flux key names (lora_unet_double_blocks_...)"
-    if any(n.startswith(("lora_te_", "lora_unet_down_blocks_", "lora_unet_up_blocks_",
-                         "lora_unet_mid_block_")) for n in names):
-        return "sd1", "kohya SD 1.x/2.x key names (lora_te_, lora_unet_down_blocks_...)"
-    return None, "no kohya key names"
+    if any(n.startswith(("transformer.", "lora_transformer_")) for n in names):
+        return "flux", "transformer.* key names (a Flux-style diffusion transformer)"
+    if not any(n.startswith(KOHYA_PREFIXES + DIFFUSERS_PREFIXES) for n in names):
+        return None, "neither kohya (lora_unet_..., lora_te1_...) nor diffusers (unet...) key names"
+    widths = cross_attention_widths(tensors)
+    if len(widths) > 1:
+        raise InputError(f"cross-attention widths {', '.join(map(str, sorted(widths)))} in one file "
+                         f"(a merge of LoRAs for different models)")
+    if widths:
+        (width,) = widths
+        family = WIDTH_FAMILIES.get(width, "other")
+        if base_width is None:
+            return family, f"cross-attention width {width}"
+        if width == base_width:
+            return base_family, f"cross-attention width {width}, the base model's"
+        return (family if family != base_family else "other"), (
+            f"cross-attention width {width}; the base model's is {base_width}")
+    if any(n.startswith(("lora_te1_", "lora_te2_")) for n in names):
+        return "sdxl", "no cross-attention layers; kohya SDXL key names lora_te1_/lora_te2_"
+    if any(n.startswith("lora_te_") for n in names):
+        return "sd1", ("no cross-attention layers; kohya names one text encoder lora_te_ only for "
+                       "SD 1.x/2.x (SDXL's are lora_te1_/lora_te2_)")
+    return base_family, "no cross-attention layers to tell the model by: loading it decides"
 
 
 @dataclasses.dataclass
@@ -332,7 +438,7 @@ def _int_or_none(text) -> int | None:
     return value if value >= 0 else None
 
 
-def read_checkpoint(path: Path, base_family: str) -> Checkpoint:
+def read_checkpoint(path: Path, base_family: str, base_width: int | None = None) -> Checkpoint:
     tensors, metadata, header_length = read_safetensors_header(path)
     module_kind = metadata.get("ss_network_module", "networks.lora")
     odd = [key for key in tensors if not key.endswith(LORA_SUFFIXES)]
@@ -340,17 +446,25 @@ def read_checkpoint(path: Path, base_family: str) -> Checkpoint:
         example = odd[0] if odd else "(no tensors)"
         raise InputError(f"{path}: not a kohya networks.lora LoRA (ss_network_module={module_kind}; "
                          f"e.g. tensor {example!r}); this script loads LoRA files only")
-    names = {key.rsplit(".", 2)[0] for key in tensors if key.endswith(".lora_down.weight")}
-    ups = {key.rsplit(".", 2)[0] for key in tensors if key.endswith(".lora_up.weight")}
-    if names != ups:
-        broken = sorted(names ^ ups)[0]
+    modules = [lora_module(key) for key in tensors]
+    names = {module[0] for module in modules if module and module[1] == "down"}
+    ups = {module[0] for module in modules if module and module[1] == "up"}
+    if names != ups or not names:
+        broken = sorted(names ^ ups)[0] if names ^ ups else "(no lora_down/lora_A weights)"
         raise InputError(f"{path}: corrupt LoRA: {broken!r} lacks its lora_down or lora_up weight")
-    family, evidence = lora_family(tensors, metadata)
+    try:
+        family, evidence = lora_family(tensors, metadata, base_family, base_width)
+    except InputError as error:
+        raise InputError(f"{path}: {error}") from None
     if family is None:
-        raise InputError(f"{path}: not a kohya LoRA ({evidence}, e.g. {sorted(names)[0]!r})")
+        raise InputError(f"{path}: not a LoRA for a Stable Diffusion U-Net or text encoder "
+                         f"({evidence}, e.g. {sorted(names)[0]!r})")
     if family != base_family:
         raise InputError(f"{path}: a LoRA for {FAMILY_NAMES[family]} ({evidence}), but the base model "
                          f"is {FAMILY_NAMES[base_family]}")
+    if evidence.endswith("loading it decides"):
+        warn(f"{path.name}: no sd-scripts metadata and no cross-attention layers to tell its model "
+             f"by; it is checked when it is loaded (every module must land on the base)")
     stem = path.stem
     step = _int_or_none(metadata.get("ss_steps"))
     epoch = _int_or_none(metadata.get("ss_epoch"))
@@ -371,7 +485,8 @@ def read_checkpoint(path: Path, base_family: str) -> Checkpoint:
     return Checkpoint(path, step, epoch, len(names), 8 + header_length, output_name)
 
 
-def find_checkpoints(lora_dir: Path, base_family: str) -> list[Checkpoint]:
+def find_checkpoints(lora_dir: Path, base_family: str,
+                     base_width: int | None = None) -> list[Checkpoint]:
     """Every LoRA in the folder, one per label, sorted by step (then epoch)."""
     if not lora_dir.is_dir():
         raise InputError(f"--lora-dir {lora_dir}: not a folder")
@@ -383,7 +498,7 @@ def find_checkpoints(lora_dir: Path, base_family: str) -> list[Checkpoint]:
         raise InputError(f"--lora-dir {lora_dir}: no LoRA .safetensors files in it")
     by_label: dict[str, Checkpoint] = {}
     for path in files:
-        checkpoint = read_checkpoint(path, base_family)
+        checkpoint = read_checkpoint(path, base_family, base_width)
         seen = by_label.get(checkpoint.label)
         if seen is None:
             by_label[checkpoint.label] = checkpoint
@@ -556,7 +671,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "sd_xl_base_1.0.safetensors) or a diffusers folder (required). Flux "
                              "bases are recognised and refused")
     parser.add_argument("--lora-dir", type=Path, required=True,
-                        help="folder of sd-scripts LoRA .safetensors files (required)")
+                        help="folder of LoRA .safetensors files: sd-scripts' (with or without its "
+                             "metadata) or diffusers/PEFT format (required)")
     parser.add_argument("--trigger", required=True,
                         help="trigger word put where prompts say {trigger} (required)")
     parser.add_argument("--out", type=Path, required=True,
@@ -783,12 +899,20 @@ def injected_modules(pipe, adapter: str) -> int:
 
 def load_lora(pipe, checkpoint: Checkpoint) -> None:
     """Load one LoRA as adapter `checkpoint.adapter`; InputError unless every module landed."""
+    from diffusers.utils import logging as diffusers_logging
+
+    # diffusers logs a failed load at error level (every mismatched tensor, one a line) and then
+    # raises; the InputError below says it in one line.
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)
     try:
         pipe.load_lora_weights(str(checkpoint.path.parent), weight_name=checkpoint.path.name,
                                adapter_name=checkpoint.adapter)
     except Exception as error:
         raise InputError(f"{checkpoint.path}: its keys do not fit the base model "
                          f"({error_summary(error)})") from error
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     landed = injected_modules(pipe, checkpoint.adapter)
     if landed != checkpoint.modules:
         with contextlib.suppress(Exception):
@@ -870,7 +994,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args) -> int:
     base = inspect_base(args.base_model)
     require_supported_base(base)
-    checkpoints = select_checkpoints(find_checkpoints(args.lora_dir, base.family), args.checkpoints)
+    found = find_checkpoints(args.lora_dir, base.family, base.cross_attention_dim)
+    checkpoints = select_checkpoints(found, args.checkpoints)
     prompts = read_prompts(args.prompts, args.trigger.strip())
     plan = build_plan(checkpoints, prompts, strengths=args.strength_list, cfgs=args.cfg_list,
                       seeds=args.seed_list, baseline=not args.no_baseline)
