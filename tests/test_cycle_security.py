@@ -296,7 +296,8 @@ def test_progress_md_written_by_the_agent_is_committed(clone, cycle_env, tmp_pat
     work = add_user_work(clone)
     completed = run_attack(clone, tmp_path, cycle_env, """
         progress = root / "PROGRESS.md"
-        progress.write_text(progress.read_text() + "\\n- research run done\\n")
+        progress.write_text(progress.read_text().replace(
+            "## Next", f"- A research run was done (briefing-{date}.md)\\n\\n## Next"))
     """)
     assert completed.returncode == 0, completed.stdout[-3000:]
     assert "PROGRESS.md" in git(clone, "show", "--name-only", "--format=", "HEAD").split()
@@ -348,3 +349,335 @@ def test_odd_names_are_shown_quoted_never_raw():
     assert cycle.show("plain/name.md") == "plain/name.md"
     assert cycle.show("evil\nFAILED at step 9") == '"evil\\nFAILED at step 9"'
     assert cycle.show(" x") == '" x"'
+
+
+# ---------------------------------------------------------------- the outside attack review (attack3)
+# Each test below is one reproduction of /work/notes/attack3 (the review's NN-name.sh), as a hostile
+# agent would run it: what the snapshot or the commit did not see before, refused now.
+
+FORGED_PYC = """
+    import importlib._bootstrap_external as be
+    def forge(source, pyc, marker):
+        st = source.stat()
+        evil = source.read_text() + "\\nopen(%r, 'a').write('agent code ran\\\\n')\\n" % marker
+        pyc.parent.mkdir(parents=True, exist_ok=True)
+        pyc.write_bytes(be._code_to_timestamp_pyc(compile(evil, str(source), "exec"),
+                                                  int(st.st_mtime), st.st_size))
+"""
+
+
+def test_the_agents_bytecode_folder_is_its_own_and_never_reused(clone, cycle_env, tmp_path):
+    """attack3/11: a forged difflib .pyc in the agent's PYTHONPYCACHEPREFIX is never run by the
+    cycle's later steps (promote_findings.py --check and step 6 import difflib)."""
+    marker = tmp_path / "PWNED"
+    completed = run_attack(clone, tmp_path, cycle_env, FORGED_PYC + f"""
+    import importlib.util
+    source = pathlib.Path(importlib.util.find_spec("difflib").origin)
+    prefix = os.environ["PYTHONPYCACHEPREFIX"]
+    (root.parent / "agent-prefix.txt").write_text(prefix)
+    forge(source, pathlib.Path(importlib.util.cache_from_source(str(source))), {str(marker)!r})
+    """)
+    assert completed.returncode == 0, completed.stdout[-3000:]
+    assert "<== step 6 promote: exit 0" in completed.stdout
+    assert not marker.exists(), "the agent's bytecode ran in a later step"
+    agent_prefix = Path((tmp_path / "agent-prefix.txt").read_text())
+    assert not agent_prefix.exists(), "the agent's bytecode folder was left behind"
+
+
+def test_a_pyc_planted_in_an_ignored_pycache_fails_step_5(clone, cycle_env, tmp_path):
+    """attack3/01: tools/__pycache__/ (ignored, already there) gets a forged .pyc that
+    known_failures.py would later run; the snapshot walks ignored folders now."""
+    import py_compile
+    source = clone / "tools" / "retrain_lora_v3.py"
+    py_compile.compile(str(clone / "tools" / "lifeos_preflight.py"), doraise=True)  # a real cache
+    assert (clone / "tools" / "__pycache__").is_dir()
+    before = commits(clone)
+    completed = run_attack(clone, tmp_path, cycle_env, FORGED_PYC + f"""
+    import sys
+    source = root / "tools" / "retrain_lora_v3.py"
+    forge(source, source.parent / "__pycache__" / f"{{source.stem}}.{{sys.implementation.cache_tag}}.pyc",
+          {str(tmp_path / "PWNED")!r})
+    """)
+    assert completed.returncode == 1, completed.stdout[-3000:]
+    import sys
+    name = f"tools/__pycache__/{source.stem}.{sys.implementation.cache_tag}.pyc"
+    assert "FAILED at step 5 agent: the agent went outside what it may do" in completed.stdout
+    assert f"created: {name}" in completed.stdout
+    assert_no_commit(clone, before, completed)
+
+
+def test_global_excludes_do_not_hide_a_shadow_module(clone, cycle_env, tmp_path):
+    """attack3/04: the agent ignores tools/difflib/ in the user's global excludes file (outside
+    the repository) and plants a package there that promote_findings.py would import."""
+    marker = tmp_path / "PWNED"
+    before = commits(clone)
+    completed = run_attack(clone, tmp_path, cycle_env, f"""
+    ignore = pathlib.Path(os.environ["XDG_CONFIG_HOME"]) / "git" / "ignore"
+    ignore.parent.mkdir(parents=True, exist_ok=True)
+    ignore.write_text("tools/difflib/\\n")
+    package = root / "tools" / "difflib"
+    package.mkdir()
+    (package / "__init__.py").write_text("open({str(marker)!r}, 'a').write('ran')\\n")
+    """)
+    assert completed.returncode == 1, completed.stdout[-3000:]
+    assert "created: tools/difflib/__init__.py" in completed.stdout
+    assert "git settings changed: core.excludesFile file " in completed.stdout
+    assert "==> step 5 agent (briefing check)" not in completed.stdout
+    assert not marker.exists()
+    assert_no_commit(clone, before, completed)
+
+
+def test_merge_head_from_the_agent_fails_step_5(clone, cycle_env, tmp_path):
+    """attack3/02: a commit built with commit-tree (a private key, a changed tool) named in
+    .git/MERGE_HEAD would become the second parent of step 8's commit."""
+    before = commits(clone)
+    completed = run_attack(clone, tmp_path, cycle_env, """
+    import subprocess
+    def git(*args, **kw):
+        return subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@x", *args], cwd=root,
+                              check=True, capture_output=True, text=True, **kw).stdout.strip()
+    tree = git("write-tree")
+    smuggled = git("commit-tree", tree, "-p", "HEAD", "-m", "harmless")
+    (root / ".git" / "MERGE_HEAD").write_text(smuggled + "\\n")
+    (root / ".git" / "MERGE_MODE").write_text("no-ff")
+    """)
+    assert completed.returncode == 1, completed.stdout[-3000:]
+    assert "git state created: .git/MERGE_HEAD (a merge in progress" in completed.stdout
+    assert "git state created: .git/MERGE_MODE" in completed.stdout
+    assert_no_commit(clone, before, completed)
+
+
+def test_step_8_refuses_to_commit_with_a_merge_in_progress(tmp_path):
+    """attack3/02, the second wall: step 8 itself never makes a commit with a second parent."""
+    cycle = load_script("tools/run_full_cycle.py")
+    root = tmp_path / "repo"
+    git(tmp_path, "init", "-q", "-b", "main", str(root))
+    (root / "README.md").write_text("x\n")
+    git(root, "add", "README.md")
+    git(root, "commit", "-q", "-m", "initial")
+    other = git(root, "commit-tree", "HEAD^{tree}", "-p", "HEAD", "-m", "smuggled").strip()
+    (root / ".git" / "MERGE_HEAD").write_text(other + "\n")
+    (root / ".git" / "MERGE_MODE").write_text("no-ff")
+    (root / "out.md").write_text("the cycle's file\n")
+    before = commits(root)
+    with pytest.raises(cycle.StepFailed, match="MERGE_HEAD, MERGE_MODE in the git folder"):
+        cycle.commit_paths(cycle.CycleLog(None), root, ["out.md"], "cycle", cycle.SecretScanner())
+    assert commits(root) == before
+    # A hook that turns the commit into a merge after the fact: found and named, not hidden.
+    (root / ".git" / "MERGE_HEAD").unlink()
+    (root / ".git" / "MERGE_MODE").unlink()
+    hook = root / ".git" / "hooks" / "post-commit"
+    hook.write_text("#!/bin/sh\nm=$(git -c user.name=h -c user.email=h@x commit-tree "
+                    f"'HEAD^{{tree}}' -p HEAD -p {other} -m merged) && git update-ref HEAD $m\n")
+    hook.chmod(0o755)
+    with pytest.raises(cycle.StepFailed, match="instead of only") as failure:
+        cycle.commit_paths(cycle.CycleLog(None), root, ["out.md"], "cycle", cycle.SecretScanner())
+    assert failure.value.committed == git(root, "rev-parse", "HEAD").strip()
+
+
+def test_a_utf16_progress_md_is_refused_and_its_keys_found(clone, cycle_env, tmp_path):
+    """attack3/03: PROGRESS.md in UTF-16 hid its keys from the UTF-8 scan."""
+    fake = FakeSecrets(seed=5)
+    text = (f"# Progress\\n\\nANTHROPIC_API_KEY={fake.anthropic()}\\ntoken {fake.github_classic()}\\n"
+            + fake.private_key_block("RSA").replace("\n", "\\n"))
+    before = commits(clone)
+    completed = run_attack(clone, tmp_path, cycle_env, f"""
+    (root / "PROGRESS.md").write_bytes({text!r}.encode("utf-16"))
+    """)
+    assert completed.returncode == 1, completed.stdout[-3000:]
+    assert ("FAILED at step 5 agent: the agent wrote what it may not: PROGRESS.md is not UTF-8 "
+            "text (byte 0; it is UTF-16)") in completed.stdout
+    assert_no_commit(clone, before, completed)
+    # The scan itself reads UTF-16 and UTF-32 text (with or without a byte order mark) too.
+    scanner = load_script("tools/run_full_cycle.py").SecretScanner()
+    plain = text.replace("\\n", "\n")
+    for encoding in ("utf-16", "utf-16-le", "utf-16-be", "utf-32"):
+        problems = scanner.scan([("PROGRESS.md", lambda: __import__("io").BytesIO(
+            plain.encode(encoding)))])
+        found = " ".join(problems)
+        for kind in ("Anthropic API key", "GitHub token", "private key"):
+            assert kind in found, (encoding, kind, problems)
+
+
+def test_progress_md_may_change_only_its_state_bullets(clone, cycle_env, tmp_path):
+    """attack3/06: the agent deletes the human's ## Next and ## Known risks; refused at step 5
+    (a 50,000-line PROGRESS.md is refused by its size)."""
+    before = commits(clone)
+    completed = run_attack(clone, tmp_path, cycle_env, """
+    progress = root / "PROGRESS.md"
+    progress.write_text(progress.read_text().split("## Next")[0] + "- filler\\n" * 4)
+    """)
+    assert completed.returncode == 1, completed.stdout[-3000:]
+    assert ("PROGRESS.md: its sections changed (## State, ## Next, ## Known risks -> ## State); "
+            "only the bullets under ## State may change") in completed.stdout
+    assert_no_commit(clone, before, completed)
+    git(clone, "checkout", "-q", "--", "PROGRESS.md")  # the human clears up, then a second try
+    (clone / "autonomous-research" / f"briefing-{today()}.md").unlink()
+    completed = run_attack(clone, tmp_path, cycle_env, """
+    progress = root / "PROGRESS.md"
+    progress.write_text(progress.read_text() + "".join(f"- filler line {i}\\n" for i in range(50000)))
+    """)
+    assert completed.returncode == 1
+    assert "PROGRESS.md is over 65,536 bytes (the limit for it)" in completed.stdout
+    assert_no_commit(clone, before, completed)
+
+
+def test_progress_rules_of_the_contract(tmp_path):
+    """progress_problems: the contract's "What you write", each rule from both sides."""
+    cycle = load_script("tools/run_full_cycle.py")
+    old = ("# Progress\nLast updated: 2026-12-01\n\n## State\n- one\n- two\n  more of two\n\n"
+           "## Next\n1. a\n\n## Known risks\n- r\n")
+    day = "2026-12-02"
+    tag = f" (briefing-{day}.md)"
+    assert cycle.progress_problems(old, old, day) == []
+    fine = old.replace("2026-12-01", day).replace("- two\n  more of two", "- two, now" + tag)
+    fine = fine.replace("\n\n## Next", f"\n- three{tag}\n- four{tag}\n\n## Next")
+    assert cycle.progress_problems(old, fine, day) == []
+    too_many = old.replace("\n\n## Next", "".join(f"\n- new {i}{tag}" for i in range(4)) + "\n\n## Next")
+    assert "at most 3 a run" in " ".join(cycle.progress_problems(old, too_many, day))
+    untagged = old.replace("- one", "- one, changed")
+    assert "does not end with (briefing-2026-12-02.md)" in " ".join(
+        cycle.progress_problems(old, untagged, day))
+    human = old.replace("1. a", "1. push every run")
+    assert cycle.progress_problems(old, human, day) == [
+        "PROGRESS.md: section ## Next changed; it is the human's (only the bullets under ## State "
+        "may change)"]
+    title = old.replace("# Progress", "# Progress (rewritten)")
+    assert "text above the first ## heading changed" in " ".join(cycle.progress_problems(old, title, day))
+    wrong_date = old.replace("2026-12-01", "2030-01-01")
+    assert "must be today" in " ".join(cycle.progress_problems(old, wrong_date, day))
+
+
+def test_an_edit_to_progress_md_that_breaks_the_next_cycle_fails_now(clone, cycle_env, tmp_path):
+    """attack3/06, the next cycle's steps 3-4 run on the agent's PROGRESS.md right after it."""
+    before = commits(clone)
+    completed = run_attack(clone, tmp_path, cycle_env, """
+    progress = root / "PROGRESS.md"
+    progress.write_text(progress.read_text().replace(
+        "## Next", f"- See tools/no_such_tool.py (briefing-{date}.md)\\n\\n## Next"))
+    """)
+    assert completed.returncode == 1, completed.stdout[-3000:]
+    assert "FAILED at step 5 agent (PROGRESS.md: references): exited with code 1" in completed.stdout
+    assert "tools/no_such_tool.py, which does not exist" in completed.stdout
+    assert_no_commit(clone, before, completed)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_in_place_of_a_file_is_reported_never_opened(clone, cycle_env, tmp_path):
+    """attack3/05: a FIFO hung the snapshot (no --step-timeout covers it)."""
+    completed = run_attack(clone, tmp_path, cycle_env, """
+    (root / "PROGRESS.md").unlink()
+    os.mkfifo(str(root / "PROGRESS.md"))
+    (root / "tools" / "lifeos_freshness_check.py").unlink()
+    os.mkfifo(str(root / "tools" / "lifeos_freshness_check.py"))
+    """, "--step-timeout", "60", timeout=120)
+    assert completed.returncode == 1, completed.stdout[-3000:]
+    assert "not a regular file: PROGRESS.md is a FIFO (never opened)" in completed.stdout
+    assert ("not a regular file: tools/lifeos_freshness_check.py is a FIFO (never opened)"
+            in completed.stdout)
+    assert len(commits(clone)) == 1
+
+
+def test_log_links_planted_by_the_agent_fail_step_5_and_are_never_followed(clone, cycle_env,
+                                                                          tmp_path):
+    """attack3/12: symlinks named like the next cycles' logs, pointing at authorized_keys."""
+    import datetime as dt
+    target = tmp_path / "authorized_keys"
+    target.write_text("ssh-ed25519 AAAA user\n")
+    completed = run_attack(clone, tmp_path, cycle_env, f"""
+    import datetime as dt
+    now = dt.datetime.now()
+    for s in range(0, 120):
+        name = (now + dt.timedelta(seconds=s)).strftime("cycle-%Y%m%d-%H%M%S.log")
+        with contextlib.suppress(FileExistsError):
+            os.symlink({str(target)!r}, root / ".cycle-logs" / name)
+    """.replace("import datetime as dt", "import contextlib, datetime as dt"))
+    assert completed.returncode == 1, completed.stdout[-3000:]
+    assert "(a symlink)" in completed.stdout and "created: .cycle-logs/cycle-" in completed.stdout
+    assert target.read_text() == "ssh-ed25519 AAAA user\n"
+    # The next cycle's log: a new file beside the planted link, never through it.
+    cycle = load_script("tools/run_full_cycle.py")
+    name = clone / ".cycle-logs" / dt.datetime.now().strftime("cycle-%Y%m%d-%H%M%S.log")
+    if not name.is_symlink():
+        name.symlink_to(target)
+    log = cycle.CycleLog(name)
+    log.line("a line of the next cycle", echo=False)
+    log.close()
+    assert log.path != name and log.path.name.startswith(name.stem + "-")
+    assert target.read_text() == "ssh-ed25519 AAAA user\n"
+    assert "a line of the next cycle" in log.path.read_text()
+
+
+def test_a_log_folder_that_is_a_link_is_refused(clone, cycle_env, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    logs = clone / ".cycle-logs"
+    if logs.exists():
+        logs.rmdir()
+    logs.symlink_to(elsewhere, target_is_directory=True)
+    completed = run_cycle(clone, "--dry-run", "--agent-cmd", "python3 -c pass", env=cycle_env)
+    assert completed.returncode == 1
+    assert "cannot create the cycle log" in completed.stderr
+    assert "is a link or not a folder" in completed.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_worktree_added_by_the_agent_fails_step_5(clone, cycle_env, tmp_path):
+    """attack3/13: `git worktree add` (no ref, no config change) was not noticed."""
+    completed = run_attack(clone, tmp_path, cycle_env, """
+    import subprocess
+    subprocess.run(["git", "worktree", "add", "-q", "--detach", str(root.parent / "agent-wt")],
+                   cwd=root, check=True)
+    """)
+    assert completed.returncode == 1, completed.stdout[-3000:]
+    assert ("git state created: .git/worktrees/agent-wt (a linked worktree (git worktree add))"
+            in completed.stdout)
+    assert len(commits(clone)) == 1
+
+
+def test_a_failed_commit_names_the_files_left_and_a_command_that_works(clone, cycle_env, tmp_path):
+    """attack3/07: the report showed a `git commit -- <paths>` that was not what ran and failed
+    when typed (untracked paths); now it lists what is left and a command that commits it."""
+    import shlex
+    import subprocess
+    hook = clone / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\necho 'lint failed' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    completed = run_attack(clone, tmp_path, cycle_env, "")
+    assert completed.returncode == 1, completed.stdout[-3000:]
+    out = completed.stdout
+    briefing = f"autonomous-research/briefing-{today()}.md"
+    assert "the files the cycle wrote are left uncommitted" in out
+    for path in (briefing, "autonomous-research/pending-tasks.md", "autonomous-research/memory.md"):
+        assert f"    |   {path}\n" in out
+    assert "the next cycle stops at step 1 until they are committed or stashed" in out
+    command = next(line for line in out.splitlines() if line.startswith("  command: "))[11:]
+    hook.unlink()
+    typed = subprocess.run(["sh", "-c", command], cwd=clone, capture_output=True, text=True,
+                           env=cycle_env)
+    assert typed.returncode == 0, typed.stderr
+    committed = set(git(clone, "show", "--name-only", "--format=", "HEAD").split())
+    assert briefing in committed and "autonomous-research/pending-tasks.md" in committed
+    assert git(clone, "status", "--porcelain", "--", "autonomous-research") == ""
+    assert shlex.split(command)[:3] == ["git", "--literal-pathspecs", "add"]
+
+
+@pytest.mark.parametrize("form", ["bold", "run"])
+def test_status_stopped_in_any_form_the_promoter_accepts_exits_4(clone, cycle_env, tmp_path, form):
+    """attack3/10: `**Status:** stopped`, or the fields under a `## Run` heading, were promoted
+    but read as no status by the cycle (exit 0 instead of 4)."""
+    reason = "Stop reason: goal-met (the three tasks picked at the start are investigated)"
+    change = {"bold": ('"Status: completed", "**Status:** stopped"',
+                       f'{reason!r}, "**Stop reason:** budget-money"'),
+              "run": ('"Date:", "## Run\\nDate:", 1', f'{reason!r}, "Stop reason: budget-money"')}[form]
+    completed = run_attack(clone, tmp_path, cycle_env, f"""
+    path = pathlib.Path(os.environ["PISTACHIO_BRIEFING"])
+    text = path.read_text().replace({change[0]}).replace({change[1]})
+    if {form!r} == "run":
+        text = text.replace("Status: completed", "Status: stopped")
+    path.write_text(text)
+    """)
+    assert completed.returncode == 4, completed.stdout[-3000:]
+    assert last_line(completed.stdout) == ("cycle complete, but the agent stopped: Status: stopped; "
+                                           "Stop reason: budget-money")
+    assert len(commits(clone)) == 2

@@ -241,12 +241,19 @@ def test_the_interpreter_is_spelled_for_bash_on_windows():
     assert cycle.python_spelling("/usr/bin/python3", windows=False) == "/usr/bin/python3"
 
 
-def test_briefing_status_is_read_from_the_header(tmp_path):
+@pytest.mark.parametrize("header", [
+    "Date: 2026-12-02\nStatus: Stopped\nStop reason: budget-money (pod)\n",
+    "Date: 2026-12-02\n**Status:** stopped\n**Stop reason:** budget-money (pod)\n",
+    "## Run\nDate: 2026-12-02\nStatus: stopped\nStop reason: budget-money (pod)\n",
+    "- Date: 2026-12-02\n- Status: stopped\n- Stop reason: budget-money (pod)\n",
+])
+def test_briefing_status_is_read_as_the_promoter_reads_it(tmp_path, header):
+    """Every header form the promoter accepts (and promotes) gives the cycle the same Status."""
     cycle = load_script("tools/run_full_cycle.py")
+    promoter = cycle.load_promoter(REPO_ROOT)
     briefing = tmp_path / "briefing-2026-12-02.md"
-    briefing.write_text("# x\n\nDate: 2026-12-02\nStatus: Stopped\nStop reason: budget-money (pod)\n"
-                        "## Summary\nStatus: completed\n", encoding="utf-8")
-    assert cycle.read_briefing_status(briefing) == ("stopped", "budget-money (pod)")
+    briefing.write_text("# x\n\n" + header + "## Summary\nStatus: completed\n", encoding="utf-8")
+    assert cycle.read_briefing_status(briefing, promoter) == ("stopped", "budget-money (pod)")
 
 
 def test_agent_command_splits_like_the_platform_shell():

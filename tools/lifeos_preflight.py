@@ -1,7 +1,8 @@
 """Preflight: the checks that must pass before a LifeOS cycle may start.
 
-Checks: the required files are present; the project is a git repository, not in the middle of a
-merge, rebase, cherry-pick or revert; no merge-conflict markers in active files (Markdown, Python,
+Checks: the required files are present; the project is a git repository, on a branch (not a
+detached HEAD: the cycle's commit would land on no branch), not in the middle of a merge, rebase,
+cherry-pick or revert; no merge-conflict markers in active files (Markdown, Python,
 PowerShell, text, TOML/JSON/YAML outside archive folders and .git); the Python version; the
 command-line tools the cycle calls are on PATH; free disk space above a floor.
 
@@ -78,7 +79,42 @@ def check_git_state(root: Path) -> tuple[bool, str]:
         if (git_dir / marker).exists():
             return False, (f"git_state: {operation} is in progress ({marker} exists); "
                            f"finish or abort it first")
-    return True, "git_state: a git repository, no merge or rebase in progress"
+    try:
+        head = (git_dir / "HEAD").read_text(encoding="utf-8", errors="replace").strip()
+    except OSError as error:
+        return False, f"git_state: cannot read {git_dir / 'HEAD'} ({error.strerror or error})"
+    if not head.startswith("ref:"):
+        branches = branches_at(git_dir, head)
+        fix = (f"git switch {branches[0]}" if branches else
+               "git switch <branch> (or git switch -c <new-branch> to keep what was committed here)")
+        return False, (f"git_state: HEAD is detached at {head[:12]}; the cycle's commit would be on "
+                       f"no branch: run {fix}, then the cycle again")
+    branch = head[4:].strip()
+    branch = branch[len("refs/heads/"):] if branch.startswith("refs/heads/") else branch
+    return True, f"git_state: a git repository on branch {branch}, no merge or rebase in progress"
+
+
+def branches_at(git_dir: Path, commit: str) -> list[str]:
+    """Local branches whose tip is `commit` (loose refs and packed-refs of the common git dir)."""
+    common = git_dir
+    commondir = git_dir / "commondir"
+    if commondir.is_file():
+        text = commondir.read_text(encoding="utf-8", errors="replace").strip()
+        common = Path(text) if Path(text).is_absolute() else (git_dir / text).resolve()
+    tips: dict[str, str] = {}
+    packed = common / "packed-refs"
+    if packed.is_file():
+        for line in packed.read_text(encoding="utf-8", errors="replace").splitlines():
+            value, _, name = line.partition(" ")
+            if name.startswith("refs/heads/"):
+                tips[name[len("refs/heads/"):]] = value
+    heads = common / "refs" / "heads"
+    if heads.is_dir():  # a loose ref wins over its packed line
+        for path in heads.rglob("*"):
+            if path.is_file():
+                tips[path.relative_to(heads).as_posix()] = path.read_text(
+                    encoding="utf-8", errors="replace").strip()
+    return sorted(name for name, value in tips.items() if value == commit)
 
 
 def active_files(root: Path):

@@ -43,10 +43,20 @@ output are printed; later steps do not run and nothing is committed.
 
 The safety envelope, enforced here rather than left to the agent:
   - The agent may create or change only today's briefing (PISTACHIO_BRIEFING) and PROGRESS.md.
-    Before it runs, HEAD, the index, every ref, the git configuration and hooks, and every
-    tracked and untracked (not ignored) file with its hash are recorded; afterwards anything
-    else changed, created, deleted or staged, a new commit or a moved ref fails step 5, names
-    each path and commits nothing. Nothing is reverted: the files are left for a human.
+    Before it runs, HEAD, the index, every ref, the git configuration and hooks (and the global
+    excludes and attributes files), the git folder's state files (MERGE_HEAD, rebase-*/,
+    sequencer/, shallow, alternates, linked worktrees), every tracked and untracked file with its
+    hash, and every ignored file (ignored folders walked, but .venv/, venv/, node_modules/ at the
+    top; .cycle-logs/ included) with a stat fingerprint are recorded, the files listed with the
+    repository's own ignore rules only; afterwards anything else changed, created, deleted or
+    staged, a new commit or a moved ref fails step 5, names each path and commits nothing. A
+    FIFO, socket or device is named, never opened. Nothing is reverted: the files are left for a
+    human. Both files must be UTF-8 text; PROGRESS.md at most 64 KB, changed only in its
+    `## State` bullets (at most three, each ending with the briefing's name) and its Last updated
+    date; then the next cycle's context-budget and stale-reference checks run on it at once.
+  - Every step's Python gets a private, empty bytecode folder (PYTHONPYCACHEPREFIX): steps 1-4
+    one, the agent its own, the steps after it one made once the agent is gone. The log is a new
+    file (O_EXCL, never through a link) in a .cycle-logs that is a real folder.
   - The agent runs in its own process group (Windows: a job object, or taskkill /T by PID as a
     fallback); the whole group is killed when the agent exits, times out, or the cycle is
     interrupted. On Linux the cycle is also a child subreaper, so a child that left the group
@@ -56,13 +66,17 @@ The safety envelope, enforced here rather than left to the agent:
   - Step 8 stages only the files the cycle wrote, by literal path, in a temporary index (a user's
     own staged work is never swept in), checks that the staged set is exactly that list, scans
     every staged blob for secrets (detect-secrets plus file-name rules and a few key formats it
-    does not know, streamed, any size), and commits. context/session-learnings.md is never
+    does not know, streamed, any size, UTF-16/32 read as text), and commits; never with a merge,
+    cherry-pick, revert or rebase in progress, and a commit whose parents are not the old HEAD
+    alone is reported. A failed `git commit` (a hook) lists the files left and a command that
+    commits exactly them. context/session-learnings.md is never
     committed; evals/eval_history.jsonl only when the change is a pure append.
   - The lock (.cycle.lock) is an OS-level lock on the file (released by the OS when the cycle
     dies), holding the cycle's and its agent's pid and process start time. A cycle that died
     while its agent's process group lives on keeps the lock until that group is gone.
-  - A briefing with Status stopped or failed is promoted and committed, and the cycle then exits
-    4 with the agent's stop reason on its last line.
+  - A briefing with Status stopped or failed (read with tools/promote_findings.py's own parser,
+    loaded at step 1) is promoted and committed, and the cycle then exits 4 with the agent's stop
+    reason on its last line.
 
 The default agent command is Claude Code headless: `claude -p PROMPT --permission-mode dontAsk
 --tools Bash,Read,Edit,Write,Glob,Grep --allowedTools <AGENT_RULES> --disallowedTools
@@ -103,6 +117,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -121,6 +136,14 @@ CONTRACT = "agents/pistachio-agent-v3.md"
 BRIEFING_DIR = "autonomous-research"
 SESSION_LEARNINGS = "context/session-learnings.md"
 HISTORY = "evals/eval_history.jsonl"
+PROMOTER = "tools/promote_findings.py"
+PROGRESS = "PROGRESS.md"
+# What the agent may do to PROGRESS.md (the contract's "What you write"): UTF-8 text under this
+# size; the `## State` bullets only, at most this many changed or added, each ending with the
+# run's briefing name; and the `Last updated:` line.
+PROGRESS_MAX_BYTES = 64 * 1024
+PROGRESS_MAX_BULLETS = 3
+PROGRESS_STATE = "## state"
 # Copied from evals/face_similarity_eval.py:IMAGE_EXTENSIONS
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 BRIEFING_NAME = re.compile(r"^briefing-(\d{4}-\d{2}-\d{2})\.md$")
@@ -214,9 +237,24 @@ SCAN_SUFFIXES = frozenset({".md", ".txt", ".json", ".jsonl", ".yaml", ".yml", ".
 SCAN_FILTERS_OFF = ("detect_secrets.filters.allowlist.is_line_allowlisted",
                     "detect_secrets.filters.heuristic.is_indirect_reference")
 
-# main() points every step's Python at a fresh private folder for its bytecode cache, so a .pyc
-# planted in a __pycache__ folder of the tree by the agent is never run by a later step.
+# Every step's Python gets a private, empty folder for its bytecode cache (PYTHONPYCACHEPREFIX),
+# so a .pyc planted by the agent (in a __pycache__ of the tree, or in a cache folder it was
+# given) is never run by a later step: steps 1-4 share one, the agent gets its own, and the steps
+# after it one made after the agent's processes were gone; each is deleted when done with.
 PYCACHE_PREFIX: dict[str, str] = {}
+
+
+def renew_pycache_prefix() -> str:
+    """Delete the current private bytecode folder and make a new, empty one; its path."""
+    drop_pycache_prefix()
+    PYCACHE_PREFIX["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="pistachio-cycle-pycache-")
+    return PYCACHE_PREFIX["PYTHONPYCACHEPREFIX"]
+
+
+def drop_pycache_prefix() -> None:
+    old = PYCACHE_PREFIX.pop("PYTHONPYCACHEPREFIX", None)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
 
 NOT_LOGGED_IN = re.compile(r"not logged in|please run /login|invalid api key|"
                            r"authentication_error|oauth token (?:has )?expired", re.IGNORECASE)
@@ -224,10 +262,11 @@ NOT_LOGGED_IN = re.compile(r"not logged in|please run /login|invalid api key|"
 
 class StepFailed(Exception):
     def __init__(self, step: str, command: list[str], code: int | None, tail: list[str], reason: str,
-                 committed: str | None = None):
+                 committed: str | None = None, command_text: str | None = None):
         super().__init__(reason)
         self.step, self.command, self.code, self.tail, self.reason = step, command, code, tail, reason
         self.committed = committed  # the commit made before the failure was found, if any
+        self.command_text = command_text  # shown instead of `command` (a line for a shell)
 
 
 class CycleInterrupted(BaseException):
@@ -239,14 +278,19 @@ class LockBusy(Exception):
 
 
 class CycleLog:
-    """Tees every line to stdout and to the cycle log file."""
+    """Tees every line to stdout and to the cycle log file.
+
+    The file is always a new one, created by this cycle (O_CREAT|O_EXCL, never following a
+    link: a link planted under the name is refused by the OS), in a log folder that is a real
+    folder; when the name is taken, `-1`, `-2`, ... is added. OSError says what was wrong.
+    """
 
     def __init__(self, path: Path | None):
         self.path = path
         self.handle = None
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = path.open("a", encoding="utf-8")
+            self.path, fd = open_new_log(path)
+            self.handle = open(fd, "a", encoding="utf-8")
 
     def line(self, text: str = "", echo: bool = True) -> None:
         """One line to the log file, and to stdout unless `echo` is false."""
@@ -259,6 +303,31 @@ class CycleLog:
     def close(self) -> None:
         if self.handle:
             self.handle.close()
+
+
+def real_folder(folder: Path) -> None:
+    """Create `folder` if needed; OSError unless it is a folder of its own (not a link or
+    junction to one)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    info = folder.lstat()
+    if stat.S_ISLNK(info.st_mode) or _is_reparse_point(info) or not stat.S_ISDIR(info.st_mode):
+        raise OSError(f"{folder} is a link or not a folder; the cycle writes its log only into a "
+                      f"real folder: remove it (the cycle makes a new one)")
+
+
+def open_new_log(path: Path) -> tuple[Path, int]:
+    """Create the log file `path` (or `<stem>-N<suffix>` when taken), new and empty: (its path,
+    a file descriptor open for appending)."""
+    real_folder(path.parent)
+    flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+             | getattr(os, "O_BINARY", 0))
+    for number in range(100):
+        candidate = path if not number else path.with_name(f"{path.stem}-{number}{path.suffix}")
+        try:
+            return candidate, os.open(candidate, flags, 0o644)
+        except FileExistsError:
+            continue
+    raise OSError(f"cannot create a new log file beside {path}: 100 names are taken")
 
 
 def show(path: str) -> str:
@@ -875,29 +944,64 @@ def git(root: Path, *args: str, check: bool = True, env: dict | None = None,
 
 
 def hash_file(path: Path) -> str:
-    """sha256 of a file's bytes, streamed; 'link:<target>' for a symlink, 'dir' for a folder."""
-    if path.is_symlink():
-        return "link:" + os.readlink(path)
-    if path.is_dir():
-        return "dir"
-    digest = hashlib.sha256()
+    """sha256 of a file's bytes, streamed; 'link:<target>' for a symlink, 'dir' for a folder,
+    'special:<kind>' for anything else (a FIFO, socket or device: never opened)."""
     try:
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        info = path.lstat()
     except FileNotFoundError:
         return "missing"
     except OSError as error:
         return f"unreadable:{error.errno}"
+    if stat.S_ISLNK(info.st_mode) or _is_reparse_point(info):
+        try:
+            return "link:" + os.readlink(path)
+        except OSError:
+            return "link:?"
+    if stat.S_ISDIR(info.st_mode):
+        return "dir"
+    if not stat.S_ISREG(info.st_mode):
+        return "special:" + special_kind(info.st_mode)
+    digest = hashlib.sha256()
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(
+        os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as error:
+        return f"unreadable:{error.errno}"
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since the lstat
+            return "special:" + special_kind(os.fstat(fd).st_mode)
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
     return digest.hexdigest()
 
 
+def special_kind(mode: int) -> str:
+    """What a file that is not a regular file, folder or link is, in words."""
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return f"mode {stat.filemode(mode)}"
+
+
+def _is_reparse_point(info: os.stat_result) -> bool:
+    """Windows: a junction or other reparse point (lstat does not call a junction a link)."""
+    return bool(getattr(info, "st_file_attributes", 0) & 0x400)  # FILE_ATTRIBUTE_REPARSE_POINT
+
+
 def stat_fingerprint(path: Path) -> str:
-    """Size, times and inode of a file (ctime changes with any write on POSIX)."""
+    """Size, times and inode of a file (ctime changes with any write on POSIX); 'link:<target>'
+    for a symlink. Never opens the file."""
     try:
         info = path.lstat()
     except OSError:
         return "missing"
+    if stat.S_ISLNK(info.st_mode):
+        with contextlib.suppress(OSError):
+            return "link:" + os.readlink(path)
     return f"{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}:{info.st_ino}:{info.st_mode}"
 
 
@@ -914,6 +1018,7 @@ class RepoState:
     index: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     git_meta: dict[str, str] = field(default_factory=dict)
+    git_state: dict[str, str] = field(default_factory=dict)
     remote_reflogs: dict[str, list[str]] = field(default_factory=dict)
     local_remotes: dict[str, dict[str, str]] = field(default_factory=dict)
     network_remotes: list[str] = field(default_factory=list)
@@ -940,7 +1045,116 @@ def local_remote_path(url: str, root: Path) -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
-def snapshot(root: Path) -> RepoState:
+NO_GLOBAL_RULES = ("-c", "core.excludesFile=", "-c", "core.attributesFile=")
+# Ignored top-level folders the snapshot does not walk (only their own entry is fingerprinted).
+SNAPSHOT_SKIPPED_FOLDERS = frozenset({".venv", "venv", "node_modules"})
+# What the snapshot leaves out of the git folder: objects (new objects change nothing until a
+# ref or a state file names them), reflogs and the index (git status rewrites it; its entries
+# are compared), and what other checks cover (HEAD, refs, hooks, info, config).
+GIT_DIR_SKIPPED = frozenset({"objects", "logs", "index", "HEAD", "refs", "packed-refs", "hooks",
+                             "info", "config", "config.worktree", "lfs", "worktrees"})
+# Files in the git folder that make step 8's `git commit` do more than commit (a merge parent,
+# a cherry-pick's author, a squash message), named in the problem line.
+# Their presence makes `git commit` record more than a plain commit: step 8 refuses to commit.
+IN_PROGRESS_STATE = ("MERGE_HEAD", "MERGE_MODE", "CHERRY_PICK_HEAD", "REVERT_HEAD", "SQUASH_MSG",
+                     "rebase-merge", "rebase-apply", "sequencer")
+GIT_STATE_MEANING = {
+    "MERGE_HEAD": "a merge in progress: a commit now would take its commit as a second parent",
+    "MERGE_MODE": "a merge in progress", "MERGE_MSG": "a merge in progress",
+    "CHERRY_PICK_HEAD": "a cherry-pick in progress", "REVERT_HEAD": "a revert in progress",
+    "SQUASH_MSG": "a squash in progress", "AUTO_MERGE": "a merge in progress",
+    "rebase-merge": "a rebase in progress", "rebase-apply": "a rebase or am in progress",
+    "sequencer": "a cherry-pick or revert sequence in progress", "BISECT_LOG": "a bisect",
+    "worktrees": "a linked worktree (git worktree add)", "shallow": "the history was cut",
+    "objects/info/alternates": "objects borrowed from another repository",
+}
+
+
+def global_rule_files(root: Path) -> dict[str, Path]:
+    """The user's global excludes and attributes files (git's defaults or core.* settings)."""
+    found = {}
+    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    for key, default in (("core.excludesFile", "ignore"), ("core.attributesFile", "attributes")):
+        configured = git(root, "config", "--path", key, check=False).stdout.strip()
+        path = Path(configured) if configured else Path(xdg) / "git" / default
+        found[key] = path if path.is_absolute() else root / path
+    return found
+
+
+def walk_fingerprints(folder: Path, label: str):
+    """(label/relative path, fingerprint) of everything under `folder`; links are not followed,
+    a nested repository's .git is one entry."""
+    stack = [(folder, label)]
+    while stack:
+        current, name = stack.pop()
+        try:
+            entries = sorted(os.scandir(current), key=lambda entry: entry.name)
+        except OSError as error:
+            yield name + "/", f"unreadable:{error.errno}"
+            continue
+        for entry in entries:
+            path = f"{name}/{entry.name}"
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+            if is_dir and entry.name != ".git":
+                stack.append((Path(entry.path), path))
+            else:
+                yield path, stat_fingerprint(Path(entry.path))
+
+
+def git_internals(root: Path, git_dir: Path, common: Path) -> dict[str, str]:
+    """The git folders' own state (MERGE_HEAD, rebase-*/, sequencer/, shallow, ...), each file
+    hashed, and the names of linked worktrees; what GIT_DIR_SKIPPED names is left out."""
+    found: dict[str, str] = {}
+    for folder in sorted({git_dir, common}):
+        try:
+            label = folder.relative_to(root).as_posix()
+        except ValueError:
+            label = folder.as_posix()
+        stack = [(folder, "")]
+        while stack:
+            current, prefix = stack.pop()
+            try:
+                entries = list(os.scandir(current))
+            except OSError:
+                continue
+            for entry in entries:
+                relative = prefix + entry.name
+                if not prefix and entry.name == "worktrees":
+                    if folder == common:  # the names only; the cycle's own is walked as git_dir
+                        for name in sorted(os.listdir(entry.path)):
+                            if not _same_path(Path(entry.path) / name, git_dir):
+                                found[f"{label}/worktrees/{name}"] = "worktree"
+                    continue
+                if not prefix and entry.name == "objects":
+                    if (Path(entry.path) / "info").is_dir():  # alternates
+                        stack.append((Path(entry.path) / "info", "objects/info/"))
+                    continue
+                if ((not prefix and entry.name in GIT_DIR_SKIPPED)
+                        or entry.name in ("objects", "logs", "lfs", "index")
+                        or entry.name.startswith("sharedindex.")):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((Path(entry.path), relative + "/"))
+                else:
+                    found[f"{label}/{relative}"] = hash_file(Path(entry.path))
+    return found
+
+
+def _same_path(left: Path, right: Path) -> bool:
+    try:
+        return os.path.samefile(left, right)
+    except OSError:
+        return left == right
+
+
+def snapshot(root: Path, own: frozenset[str] = frozenset()) -> RepoState:
+    """HEAD, refs, index, files, git settings and git state of the repository at `root`.
+
+    `own`: paths (relative, POSIX) the cycle itself writes meanwhile (its log), left out.
+    """
     state = RepoState()
     head = git(root, "rev-parse", "--verify", "-q", "HEAD", check=False)
     state.head = head.stdout.strip()
@@ -955,23 +1169,35 @@ def snapshot(root: Path) -> RepoState:
     for entry in stages:
         meta, _, path = entry.partition("\t")
         state.index[path] = f"{meta} {tag_of.get(path, '?')}"
-    listing = git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard").stdout
+    skipped = set(TRANSIENT_FILES) | set(own)
+    # The repository's own ignore rules only: a rule in the user's global excludes file (outside
+    # the repository, so outside the snapshot) must not hide a file from it.
+    listing = git(root, *NO_GLOBAL_RULES, "ls-files", "-z", "--cached", "--others",
+                  "--exclude-standard").stdout
     for path in sorted(set(_nul_list(listing))):
-        if path in TRANSIENT_FILES or path.startswith(LOG_DIR + "/"):
-            continue
-        state.files[path] = hash_file(root / path)
-    # Loose ignored files too (a planted tools/json.pyc would run in a later step); whole ignored
-    # folders (.venv/, build/, __pycache__/) are left out. These get a stat fingerprint: they
-    # may be large, and they are never committed.
-    ignored = git(root, "ls-files", "-z", "--others", "--ignored", "--exclude-standard",
-                  "--directory").stdout
+        if path not in skipped:
+            state.files[path] = hash_file(root / path)
+    # Ignored files and folders too (a planted tools/json.pyc or tools/__pycache__/x.pyc would run
+    # in a later step or outside the cycle), with a stat fingerprint each: they may be large, and
+    # they are never committed. Only the virtual environments at the top are left out.
+    ignored = git(root, *NO_GLOBAL_RULES, "ls-files", "-z", "--others", "--ignored",
+                  "--exclude-standard", "--directory").stdout
     for path in _nul_list(ignored):
-        if path.endswith("/") or path in TRANSIENT_FILES or path.startswith(LOG_DIR + "/"):
+        if path in skipped:
             continue
-        state.files[path] = "ignored:" + stat_fingerprint(root / path)
+        if path.endswith("/") and path.rstrip("/") in SNAPSHOT_SKIPPED_FOLDERS:
+            state.files[path] = "ignored:" + stat_fingerprint(root / path.rstrip("/"))
+        elif path.endswith("/"):
+            for item, value in walk_fingerprints(root / path.rstrip("/"), path.rstrip("/")):
+                if item not in skipped:
+                    state.files[item] = "ignored:" + value
+        else:
+            state.files[path] = "ignored:" + stat_fingerprint(root / path)
     git_dir, common = git_paths(root)
     config = git(root, "config", "--list", "--show-origin", "-z", check=False).stdout
     state.git_meta["git config (all levels)"] = hashlib.sha256(config.encode()).hexdigest()
+    for key, path in global_rule_files(root).items():
+        state.git_meta[f"{key} file {path}"] = hash_file(path)
     hooks = Path(git(root, "rev-parse", "--git-path", "hooks").stdout.strip())
     hooks = hooks if hooks.is_absolute() else root / hooks
     folders = {("hooks", hooks), ("info", common / "info"), ("worktree info", git_dir / "info")}
@@ -984,6 +1210,7 @@ def snapshot(root: Path) -> RepoState:
         for name in ("config", "config.worktree"):
             if (folder / name).is_file():
                 state.git_meta[f"{folder.name}/{name}"] = hash_file(folder / name)
+    state.git_state = git_internals(root, git_dir, common)
     logs = common / "logs" / "refs" / "remotes"
     if logs.is_dir():
         for item in sorted(logs.rglob("*")):
@@ -1042,13 +1269,25 @@ def compare_states(before: RepoState, after: RepoState, allowed: set[str] | None
             if old not in (None, "missing"):
                 problems.append(f"deleted: {show(path)}")
             continue
+        if new.startswith("special:"):
+            problems.append(f"not a regular file: {show(path)} is a {new.rsplit(':', 1)[1]} "
+                            "(never opened)")
+            continue
         if may_write(path) and not new.startswith(("link:", "dir", "unreadable", "ignored:")):
             written.append(path)
             continue
-        problems.append(f"{'created' if old is None else 'changed'}: {show(path)}")
+        problems.append(f"{'created' if old is None else 'changed'}: {show(path)}"
+                        + (" (a symlink)" if new.startswith(("link:", "ignored:link:")) else ""))
     for name in sorted(set(before.git_meta) | set(after.git_meta)):
         if before.git_meta.get(name) != after.git_meta.get(name):
             problems.append(f"git settings changed: {show(name)}")
+    for name in sorted(set(before.git_state) | set(after.git_state)):
+        old, new = before.git_state.get(name), after.git_state.get(name)
+        if old != new:
+            what = "created" if old is None else "deleted" if new is None else "changed"
+            meaning = next((text for key, text in GIT_STATE_MEANING.items()
+                            if f"/{key}/" in f"/{name}/"), "")
+            problems.append(f"git state {what}: {show(name)}" + (f" ({meaning})" if meaning else ""))
     return problems, written
 
 
@@ -1113,8 +1352,10 @@ def secret_name_problem(path: str) -> str | None:
 def iter_text_lines(stream, encoding: str = "utf-8"):
     """(line number, text) from a binary stream, without reading it whole.
 
-    Undecodable bytes are replaced (a binary file is scanned too, never skipped); a line longer
-    than SCAN_LINE_CHARS comes as overlapping windows with the same line number.
+    Undecodable bytes are replaced (a binary file is scanned too, never skipped); NUL bytes are
+    dropped first, so UTF-16 and UTF-32 text (with or without a byte order mark) reads as its
+    ASCII letters; a line longer than SCAN_LINE_CHARS comes as overlapping windows with the same
+    line number.
     """
     number, carry = 0, b""
     while True:
@@ -1125,12 +1366,16 @@ def iter_text_lines(stream, encoding: str = "utf-8"):
         carry = lines.pop()
         for raw in lines:
             number += 1
-            yield from _windows(number, raw.decode(encoding, errors="replace").rstrip("\r"))
+            yield from _windows(number, _decode(raw, encoding).rstrip("\r"))
         while len(carry) > 4 * SCAN_LINE_CHARS:  # one huge line: scan it in pieces as it comes
             piece, carry = carry[:2 * SCAN_LINE_CHARS], carry[2 * SCAN_LINE_CHARS - SCAN_OVERLAP:]
-            yield from _windows(number + 1, piece.decode(encoding, errors="replace"))
+            yield from _windows(number + 1, _decode(piece, encoding))
     if carry:
-        yield from _windows(number + 1, carry.decode(encoding, errors="replace").rstrip("\r"))
+        yield from _windows(number + 1, _decode(carry, encoding).rstrip("\r"))
+
+
+def _decode(raw: bytes, encoding: str) -> str:
+    return raw.replace(b"\0", b"").decode(encoding, errors="replace")
 
 
 def _windows(number: int, text: str):
@@ -1253,6 +1498,7 @@ def commit_paths(log: CycleLog, root: Path, paths: list[str], message: str,
     """
     step = "8 commit"
     display = ["git", "commit", "-m", message.splitlines()[0], "--", *paths]
+    by_hand = commit_by_hand(message, paths)
     head = git(root, "rev-parse", "--verify", "-q", "HEAD", check=False).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="cycle-index-") as tmp:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index"), "GIT_LITERAL_PATHSPECS": "1"}
@@ -1288,19 +1534,48 @@ def commit_paths(log: CycleLog, root: Path, paths: list[str], message: str,
             raise StepFailed(step, display, None, problems,
                              "refusing to commit: " + "; ".join(problems[:10])
                              + (f"; and {len(problems) - 10} more" if len(problems) > 10 else ""))
+        git_dir, _common = git_paths(root)
+        pending = [name for name in IN_PROGRESS_STATE if (git_dir / name).exists()]
+        if pending:  # git commit would make a merge (or take a cherry-pick's author and message)
+            raise StepFailed(step, display, None, [f"{git_dir / name} exists" for name in pending],
+                             f"refusing to commit: {', '.join(pending)} in the git folder (a merge, "
+                             "cherry-pick, revert or rebase in progress) would make git commit do "
+                             "more than commit the cycle's files; nothing was committed")
         log.line(f"==> step {step}: {len(paths)} files: {', '.join(map(show, paths))}")
         result = git(root, "commit", "-q", "-m", message, env=env, check=False)
         if result.returncode != 0:
-            raise StepFailed(step, display, result.returncode,
-                             (result.stdout + result.stderr).splitlines(),
-                             "git commit failed (a hook?); nothing was staged in your index")
+            raise StepFailed(
+                step, display, result.returncode, (result.stdout + result.stderr).splitlines() + [
+                    "left uncommitted in the working tree (the cycle wrote them; the next cycle "
+                    "stops at step 1 until they are committed or stashed):",
+                    *(f"  {show(path)}" for path in paths),
+                    "the command above commits exactly these files (and nothing you have "
+                    "staged) once the hook passes"],
+                "git commit failed (a hook?); nothing was committed and your own index is as it "
+                "was; the files the cycle wrote are left uncommitted", command_text=by_hand)
     new_head = git(root, "rev-parse", "HEAD").stdout.strip()
+    parents = git(root, "rev-list", "--parents", "-n", "1", new_head).stdout.split()[1:]
+    if parents != ([head] if head else []):
+        raise StepFailed(step, display, None, [f"parents of {new_head[:12]}: "
+                                               f"{' '.join(p[:12] for p in parents) or 'none'}"],
+                         f"commit {new_head[:12]} has parents {' '.join(p[:12] for p in parents)}"
+                         f" instead of only {head[:12] or '(none)'}: it brings in history the "
+                         "cycle did not write; check it before pushing (git log --graph)",
+                         committed=new_head)
     # The real index still has the old entries of these paths: point them at the new commit.
     reset = git(root, "--literal-pathspecs", "reset", "-q", new_head, "--", *paths, check=False)
     if reset.returncode != 0:
         log.line(f"warning: committed, but your index could not be updated for the cycle's files "
                  f"({reset.stderr.strip()}); run: git reset -q -- <those files>")
     return new_head
+
+
+def commit_by_hand(message: str, paths: list[str], windows: bool = os.name == "nt") -> str:
+    """A command line that commits exactly `paths` (literal, new or changed or deleted), as step 8
+    does, for a user to type after step 8 failed: `git add` then `git commit -- <paths>`."""
+    add = ["git", "--literal-pathspecs", "add", "-A", "--", *paths]
+    commit = ["git", "--literal-pathspecs", "commit", "-m", message.splitlines()[0], "--", *paths]
+    return f"{shlex.join(add)} {';' if windows else '&&'} {shlex.join(commit)}"
 
 
 class _BlobStream:
@@ -1430,18 +1705,130 @@ def resolve_executable(command: list[str]) -> list[str]:
     return [found, *command[1:]]
 
 
-def read_briefing_status(briefing: Path) -> tuple[str, str]:
-    """(Status, Stop reason) from the briefing header, lowercased status; '' when absent."""
-    status = reason = ""
-    for line in briefing.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.startswith("##"):
-            break
-        key, _, value = line.partition(":")
-        if key.strip().lower() == "status" and not status:
-            status = value.strip().lower()
-        elif key.strip().lower() == "stop reason" and not reason:
-            reason = value.strip()
-    return status, reason
+def load_promoter(root: Path):
+    """tools/promote_findings.py as a module, compiled from its source here (no bytecode cache
+    is read or written). Loaded at step 1, before the agent runs, so the cycle reads the
+    briefing's header with the promoter's own (tolerant) parser, never with code the agent could
+    have changed. OSError or SyntaxError when it cannot be loaded."""
+    path = root / PROMOTER
+    import types
+    module = types.ModuleType("cycle_promote_findings")
+    module.__file__ = str(path)
+    sys.modules[module.__name__] = module  # dataclasses look their module up there
+    try:
+        exec(compile(path.read_bytes(), str(path), "exec"), module.__dict__)
+    except BaseException:
+        sys.modules.pop(module.__name__, None)
+        raise
+    return module
+
+
+def read_briefing_status(briefing: Path, promoter) -> tuple[str, str]:
+    """(Status, Stop reason) from the briefing header as the promoter reads them (bold keys,
+    bullets, a `## Run` heading over the fields), lowercased status; '' when absent."""
+    parsed = promoter.parse_briefing(briefing)
+    status = parsed.fields.get("status", ("", 0))[0]
+    reason = parsed.fields.get("stop reason", ("", 0))[0]
+    return promoter.clean(status).strip().lower(), promoter.clean(reason).strip()
+
+
+def agent_text_problems(root: Path, written: list[str], today: str) -> list[str]:
+    """What is wrong with the text files the agent wrote (its briefing, PROGRESS.md): each must
+    be UTF-8 text without NUL bytes (a UTF-16 file would hide a key from the secret scan);
+    PROGRESS.md also within PROGRESS_MAX_BYTES and changed only as progress_problems allows."""
+    problems = []
+    for path in written:
+        limit = PROGRESS_MAX_BYTES if path == PROGRESS else 8 * 1024 * 1024
+        with open(root / path, "rb") as handle:  # a regular file: the snapshot checked it
+            data = handle.read(limit + 1)
+        if len(data) > limit:
+            problems.append(f"{path} is over {limit:,} bytes (the limit for it)")
+            continue
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
+            problems.append(f"{path} is not UTF-8 text (byte {error.start}"
+                            + ("; it is UTF-16" if utf16 else "") + "); it must be saved as UTF-8")
+            continue
+        if "\0" in text:
+            problems.append(f"{path} holds NUL bytes (UTF-16 or binary, not UTF-8 text)")
+            continue
+        if path == PROGRESS:
+            old = git(root, "cat-file", "blob", f"HEAD:{PROGRESS}", check=False, text=False)
+            if old.returncode == 0:
+                problems += progress_problems(old.stdout.decode("utf-8-sig", "replace"), text, today)
+    return problems
+
+
+def progress_sections(text: str) -> list[tuple[str, list[str]]]:
+    """(heading, its lines without trailing blanks) of the text before the first `## ` heading
+    ('' as its heading) and of each `## ` section, in order."""
+    sections: list[tuple[str, list[str]]] = [("", [])]
+    for line in text.splitlines():
+        line = line.rstrip()
+        if re.match(r"^##[ \t]", line):
+            sections.append((" ".join(line.split()), []))
+        else:
+            sections[-1][1].append(line)
+    for _, lines in sections:
+        while lines and not lines[-1]:
+            lines.pop()
+    return sections
+
+
+def state_bullets(lines: list[str]) -> tuple[list[str], list[str]]:
+    """(the non-blank lines before the first bullet, the bullets with their continuation lines)."""
+    head, bullets = [], []
+    for line in lines:
+        if re.match(r"^[-*+][ \t]", line):
+            bullets.append(line)
+        elif bullets and line.strip():
+            bullets[-1] += "\n" + line
+        elif not bullets and line.strip():
+            head.append(line)
+    return head, bullets
+
+
+def progress_problems(old: str, new: str, today: str) -> list[str]:
+    """How the agent's PROGRESS.md differs from what the contract allows, given HEAD's `old`."""
+    problems = []
+    before, after = progress_sections(old), progress_sections(new)
+    names_before, names_after = [name for name, _ in before], [name for name, _ in after]
+    if names_before != names_after:
+        return [f"{PROGRESS}: its sections changed ({', '.join(names_before[1:]) or 'none'} -> "
+                f"{', '.join(names_after[1:]) or 'none'}); only the bullets under ## State may "
+                "change"]
+    stamp = re.compile(r"^(\W{0,10}last updated\W{0,10})\d{4}-\d{2}-\d{2}", re.IGNORECASE)
+    for (name, lines_before), (_, lines_after) in zip(before, after):
+        if name.lower() == PROGRESS_STATE:
+            head_before, bullets_before = state_bullets(lines_before)
+            head_after, bullets_after = state_bullets(lines_after)
+            if head_before != head_after:
+                problems.append(f"{PROGRESS}: the text under {name} before its bullets changed")
+            added = [bullet for bullet in bullets_after if bullet not in bullets_before]
+            removed = [bullet for bullet in bullets_before if bullet not in bullets_after]
+            if max(len(added), len(removed)) > PROGRESS_MAX_BULLETS:
+                problems.append(f"{PROGRESS}: {len(added)} bullets under {name} added or changed "
+                                f"and {len(removed)} removed; at most {PROGRESS_MAX_BULLETS} a run")
+            suffix = f"(briefing-{today}.md)"
+            for bullet in added:
+                if not bullet.rstrip(" .").endswith(suffix):
+                    problems.append(f"{PROGRESS}: a new {name} bullet does not end with {suffix}: "
+                                    f"{show(bullet.splitlines()[0][:80])}")
+        elif not name:
+            fresh = [stamp.sub(r"\1", line) for line in lines_after]
+            if [stamp.sub(r"\1", line) for line in lines_before] != fresh:
+                problems.append(f"{PROGRESS}: the text above the first ## heading changed (only "
+                                "its Last updated: date may)")
+            dates = [match.group(0)[-10:] for match in map(stamp.match, lines_after) if match]
+            old_dates = [match.group(0)[-10:] for match in map(stamp.match, lines_before) if match]
+            if dates != old_dates and any(date != today for date in dates):
+                problems.append(f"{PROGRESS}: its Last updated: date must be today ({today})")
+        elif lines_before != lines_after:
+            problems.append(f"{PROGRESS}: section {name} changed; it is the human's (only the "
+                            "bullets under ## State may change)")
+    return problems
 
 
 # Copied from evals/scorecard.py:parse_timestamp
@@ -1563,6 +1950,18 @@ def generate_command(args, root: Path) -> list[str]:
     if args.sweep_config is not None:
         command += ["--config", str(args.sweep_config)]
     return command + split_command(args.generate_args or "")
+
+
+def progress_steps(root: Path) -> list[PostStep]:
+    """The startup-context checks of the next cycle's steps 3 and 4 that PROGRESS.md can fail,
+    run right after the agent changed it."""
+    py = sys.executable
+    return [PostStep("5 agent (PROGRESS.md: context budget)",
+                     [py, str(root / "tools" / "lifeos_context_budget.py"), "--project-root", str(root)],
+                     ()),
+            PostStep("5 agent (PROGRESS.md: references)",
+                     [py, str(root / "evals" / "known_failures.py"), "--project-root", str(root),
+                      "--only", "stale_reference_test"], ())]
 
 
 def post_agent_steps(args, root: Path, briefing: Path) -> list[PostStep]:
@@ -1736,11 +2135,15 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(ValueError, OSError):  # not the main thread: leave them
                 handlers[name] = signal.signal(getattr(signal, name), _raise_interrupted)
     become_subreaper()
-    pycache = tempfile.mkdtemp(prefix="pistachio-cycle-pycache-")
-    PYCACHE_PREFIX["PYTHONPYCACHEPREFIX"] = pycache
+    renew_pycache_prefix()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    log = CycleLog(root / LOG_DIR / f"cycle-{stamp}.log")
+    log = None
     try:
+        try:
+            log = CycleLog(root / LOG_DIR / f"cycle-{stamp}.log")
+        except OSError as error:
+            print(f"error: cannot create the cycle log in {root / LOG_DIR}: {error}", file=sys.stderr)
+            return EXIT_FAILED
         if lock.previous:
             log.line(f"warning: took over the lock left by pid {lock.previous.get('pid')} "
                      f"(started {lock.previous.get('started')}, no longer running)")
@@ -1751,10 +2154,10 @@ def main(argv: list[str] | None = None) -> int:
                  f"nothing more was committed")
         return EXIT_FAILED
     finally:
-        log.close()
+        if log is not None:
+            log.close()
         lock.release()
-        PYCACHE_PREFIX.clear()
-        shutil.rmtree(pycache, ignore_errors=True)
+        drop_pycache_prefix()
         for name, handler in handlers.items():
             with contextlib.suppress(ValueError, OSError, TypeError):
                 signal.signal(getattr(signal, name), handler)
@@ -1763,7 +2166,9 @@ def main(argv: list[str] | None = None) -> int:
 def report_failure(log: CycleLog, failure: StepFailed) -> int:
     log.line("")
     log.line(f"FAILED at step {failure.step}: {failure.reason}")
-    log.line(f"  command: {shlex.join(failure.command) if failure.command else '(the cycle itself)'}")
+    shown = failure.command_text or (shlex.join(failure.command) if failure.command
+                                     else "(the cycle itself)")
+    log.line(f"  command: {shown}")
     log.line(f"  exit code: {failure.code if failure.code is not None else 'none'}")
     if failure.tail:
         log.line(f"  last {len(failure.tail)} lines of its output:" if failure.code is not None
@@ -1824,6 +2229,11 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
             raise StepFailed("1 preflight", [], None, [], f"detect-secrets is not installed ({error}); "
                              f"the commit's secret scan needs it: pip install detect-secrets==1.5.0 "
                              f"(or run with --no-commit)") from None
+    try:
+        promoter = load_promoter(root)
+    except (OSError, SyntaxError, ImportError) as error:
+        raise StepFailed("1 preflight", [], None, [], f"cannot load {PROMOTER} (the cycle reads the "
+                         f"briefing's Status with its parser): {error}") from None
     owned = [*sorted(agent_may_write), *PROMOTE_WRITES,
              *(SCORECARD_WRITES if args.sweep_dir is not None else ())]
     dirty = dirty_paths(root, owned)
@@ -1851,6 +2261,8 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
         log.line("dry run: steps 5-8 would run these commands:")
         log.line(f"  5 agent: {shlex.join(agent_command)}")
         log.line(f"    then: {shlex.join([py, str(tools / 'promote_findings.py'), '--project-root', str(root), '--check', str(briefing)])}")
+        for step in progress_steps(root):
+            log.line(f"    and, when the agent changed {PROGRESS}: {shlex.join(step.command)}")
         for step in post_agent_steps(args, root, briefing):
             if step.skip_reason:
                 log.line(f"  {step.name}: skipped ({step.skip_reason})")
@@ -1874,7 +2286,9 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
         return EXIT_OK
 
     # Step 5: the agent, inside the envelope.
-    cycle_start = snapshot(root)
+    own = frozenset({log.path.relative_to(root).as_posix()} if log.path is not None
+                    and root in log.path.parents else ())
+    cycle_start = snapshot(root, own)
     agent_env = {"PISTACHIO_PROJECT_ROOT": str(root), "PISTACHIO_DATE": today,
                  "PISTACHIO_BRIEFING": str(briefing), "PISTACHIO_PYTHON": py}
     command = resolve_executable(agent_command)
@@ -1882,6 +2296,7 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
     def record_agent(running: StepProcess) -> None:
         lock.set_agent(running.process.pid, None if os.name == "nt" else running.process.pid)
 
+    renew_pycache_prefix()  # the agent's own, thrown away after it
     try:
         run_step(log, "5 agent", command, root, timeout, env=agent_env, on_start=record_agent)
     except StepFailed as failure:
@@ -1891,7 +2306,7 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
                               "run `claude` once and log in (or set ANTHROPIC_API_KEY), then run "
                               "the cycle again")
         try:
-            check_envelope(root, cycle_start, agent_may_write, failure.step, lock, log)
+            check_envelope(root, cycle_start, agent_may_write, failure.step, lock, log, own)
         except StepFailed as outside:
             outside.reason += f"; and the agent itself {failure.reason}"
             outside.code, outside.command = failure.code, failure.command
@@ -1899,13 +2314,22 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
         raise
     finally:
         lock.set_agent(None)
+        renew_pycache_prefix()  # the agent and everything it started are gone: a new, empty one
     written, state = check_envelope(root, cycle_start, agent_may_write, "5 agent",
-                                    lock, log)
+                                    lock, log, own)
     if briefing_rel not in written:
         raise StepFailed("5 agent", agent_command, 0, [],
                          f"the agent exited 0 but wrote no {briefing_rel}")
+    problems = agent_text_problems(root, written, today)
+    if problems:
+        raise StepFailed("5 agent", agent_command, 0, problems + [
+            "(nothing was reverted: the files are left as they are for you to inspect)"],
+            "the agent wrote what it may not: " + "; ".join(problems))
     check = [py, str(tools / "promote_findings.py"), "--project-root", str(root), "--check", str(briefing)]
-    steps = [PostStep("5 agent (briefing check)", check, ())] + post_agent_steps(args, root, briefing)
+    steps = [PostStep("5 agent (briefing check)", check, ())]
+    if PROGRESS in written:  # what the next cycle's steps 3 and 4 check in it, checked now
+        steps += progress_steps(root)
+    steps += post_agent_steps(args, root, briefing)
     status = stop_reason = ""
 
     # The briefing check, then steps 6 and 7 (and any added later): each may write only its own
@@ -1928,15 +2352,15 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
                           if args.generate else f"sweep skipped ({skip})")
             continue
         run_step(log, step.name, step.command, root, timeout)
-        after = snapshot(root)
+        after = snapshot(root, own)
         problems, changed = compare_states(state, after, allowed_patterns=step.writes)
         if problems:
             raise StepFailed(step.name, step.command, 0, problems,
                              f"it changed files outside its own: {'; '.join(problems)}")
         state = after
         written += [path for path in changed if path not in written]
-        if step.name.startswith("5"):
-            status, stop_reason = read_briefing_status(briefing)
+        if step.name == "5 agent (briefing check)":
+            status, stop_reason = read_briefing_status(briefing, promoter)
         if step.name == "7 scorecard":
             scored = (f"{'generated and ' if args.generate else ''}scored sweep "
                       f"{args.sweep_dir.name} as {args.lora_version}")
@@ -1947,7 +2371,7 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
         log.line("==> step 8 commit: skipped (--no-commit)")
     else:
         commit = commit_cycle(log, root, sorted(written), briefing, scored, scanner, today)
-    pushes = find_pushes(cycle_start, snapshot(root))
+    pushes = find_pushes(cycle_start, snapshot(root, own))
     if pushes:
         raise StepFailed("8 commit", [], None, pushes, "a push happened during the cycle: "
                          + "; ".join(pushes), committed=commit)
@@ -1961,10 +2385,11 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
 
 
 def check_envelope(root: Path, before: RepoState, allowed: set[str], step: str,
-                   lock: CycleLock, log: CycleLog) -> tuple[list[str], RepoState]:
+                   lock: CycleLock, log: CycleLog, own: frozenset[str] = frozenset()
+                   ) -> tuple[list[str], RepoState]:
     """After the agent: what it wrote within `allowed` and the state it left; StepFailed naming
-    everything else."""
-    after = snapshot(root)
+    everything else (`own`: the cycle's log, left out)."""
+    after = snapshot(root, own)
     problems, written = compare_states(before, after, allowed=allowed)
     pushes = find_pushes(before, after)
     problems += [f"pushed: {push}" for push in pushes]
@@ -1974,7 +2399,9 @@ def check_envelope(root: Path, before: RepoState, allowed: set[str], step: str,
         raise StepFailed(step, [], None, problems + ["(nothing was reverted: the files are left "
                                                     "as they are for you to inspect)"],
                          f"the agent went outside what it may do ({len(problems)} problem(s)): "
-                         + "; ".join(problems))
+                         + "; ".join(problems[:10])
+                         + (f"; and {len(problems) - 10} more (listed below)"
+                            if len(problems) > 10 else ""))
     return written, after
 
 
