@@ -5,6 +5,7 @@ are neither committed nor modified.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -681,3 +682,39 @@ def test_status_stopped_in_any_form_the_promoter_accepts_exits_4(clone, cycle_en
     assert last_line(completed.stdout) == ("cycle complete, but the agent stopped: Status: stopped; "
                                            "Stop reason: budget-money")
     assert len(commits(clone)) == 2
+
+
+def test_a_pth_file_written_into_the_cycles_python_fails_step_5(clone, cycle_env, tmp_path):
+    """A .pth line starting with `import` runs whenever Python starts, so an agent that writes one
+    into the site-packages of the Python that runs the cycle (the README puts it in the repo's
+    own .venv, which the snapshot does not walk) would run code in every later step. The cycle
+    runs here from a throwaway venv that sees the test venv's packages through a .pth of its
+    own, so the attack never touches the real one."""
+    import site
+    import subprocess
+    import sys
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    python = venv / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
+    own_site = Path(subprocess.run(
+        [str(python), "-c", "import site; print(site.getsitepackages()[0])"], check=True,
+        capture_output=True, text=True, timeout=60).stdout.strip())
+    (own_site / "test-venv-packages.pth").write_text(
+        "\n".join(site.getsitepackages()) + "\n", encoding="utf-8")
+    marker = tmp_path / "PWNED"
+    evil = own_site / "zz-agent.pth"
+    agent = stand_in_agent(tmp_path, briefing_agent(f"""
+    pathlib.Path({str(evil)!r}).write_text("import pathlib; pathlib.Path({str(marker)!r}).write_text('ran')\\n")
+    """))
+    before = commits(clone)
+    completed = subprocess.run(
+        [str(python), str(Path(__file__).resolve().parent.parent / "tools/run_full_cycle.py"),
+         "--project-root", str(clone), "--agent-cmd", agent], capture_output=True, text=True,
+        encoding="utf-8", errors="replace", timeout=900, env=cycle_env)
+    assert completed.returncode == 1, completed.stdout[-3000:] + completed.stderr[-2000:]
+    assert "FAILED at step 5 agent: the agent went outside what it may do" in completed.stdout
+    assert f"Python start-up files changed: created: {evil}" in completed.stdout
+    assert f"the entries of {own_site}{os.sep}" in completed.stdout
+    assert not marker.exists(), "the agent's .pth ran in a later step"
+    assert_no_commit(clone, before, completed)

@@ -48,7 +48,9 @@ The safety envelope, enforced here rather than left to the agent:
     sequencer/, shallow, alternates, linked worktrees), every tracked and untracked file with its
     hash, and every ignored file (ignored folders walked, but .venv/, venv/, node_modules/ at the
     top; .cycle-logs/ included) with a stat fingerprint are recorded, the files listed with the
-    repository's own ignore rules only; afterwards anything else changed, created, deleted or
+    repository's own ignore rules only, and the start-up files of the Python running the cycle
+    (site-packages entries, .pth, sitecustomize/usercustomize, pyvenv.cfg: a .pth runs at every
+    start); afterwards anything else changed, created, deleted or
     staged, a new commit or a moved ref fails step 5, names each path and commits nothing. A
     FIFO, socket or device is named, never opened. Nothing is reverted: the files are left for a
     human. Both files must be UTF-8 text; PROGRESS.md at most 64 KB, changed only in its
@@ -1019,6 +1021,7 @@ class RepoState:
     files: dict[str, str] = field(default_factory=dict)
     git_meta: dict[str, str] = field(default_factory=dict)
     git_state: dict[str, str] = field(default_factory=dict)
+    python_startup: dict[str, str] = field(default_factory=dict)
     remote_reflogs: dict[str, list[str]] = field(default_factory=dict)
     local_remotes: dict[str, dict[str, str]] = field(default_factory=dict)
     network_remotes: list[str] = field(default_factory=list)
@@ -1150,6 +1153,36 @@ def _same_path(left: Path, right: Path) -> bool:
         return left == right
 
 
+STARTUP_FILES = ("sitecustomize.py", "usercustomize.py")
+
+
+def python_startup_files() -> dict[str, str]:
+    """What runs whenever this Python starts, wherever it lies (in the repository's .venv or not):
+    each site-packages folder's entries (a new module there shadows nothing of the stdlib, but a
+    new package is importable) and its .pth, sitecustomize and usercustomize files, hashed, and
+    the venv's pyvenv.cfg. A .pth line starting with `import` runs at every start, so an agent
+    that writes one would run code in every step after it (promote, scorecard, commit)."""
+    import site
+    folders = list(site.getsitepackages()) if hasattr(site, "getsitepackages") else []
+    if site.ENABLE_USER_SITE:
+        folders.append(site.getusersitepackages())
+    found: dict[str, str] = {}
+    for folder in dict.fromkeys(Path(name) for name in folders):
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError:
+            found[f"{folder}{os.sep}"] = "missing"
+            continue
+        names = "\n".join(entry.name for entry in entries if entry.name != "__pycache__")
+        found[f"{folder}{os.sep}"] = hashlib.sha256(names.encode("utf-8", "replace")).hexdigest()
+        for entry in entries:
+            if entry.name.endswith(".pth") or entry.name in STARTUP_FILES:
+                found[entry.path] = hash_file(Path(entry.path))
+    config = Path(sys.prefix) / "pyvenv.cfg"
+    found[str(config)] = hash_file(config)
+    return found
+
+
 def snapshot(root: Path, own: frozenset[str] = frozenset()) -> RepoState:
     """HEAD, refs, index, files, git settings and git state of the repository at `root`.
 
@@ -1211,6 +1244,7 @@ def snapshot(root: Path, own: frozenset[str] = frozenset()) -> RepoState:
             if (folder / name).is_file():
                 state.git_meta[f"{folder.name}/{name}"] = hash_file(folder / name)
     state.git_state = git_internals(root, git_dir, common)
+    state.python_startup = python_startup_files()
     logs = common / "logs" / "refs" / "remotes"
     if logs.is_dir():
         for item in sorted(logs.rglob("*")):
@@ -1288,6 +1322,13 @@ def compare_states(before: RepoState, after: RepoState, allowed: set[str] | None
             meaning = next((text for key, text in GIT_STATE_MEANING.items()
                             if f"/{key}/" in f"/{name}/"), "")
             problems.append(f"git state {what}: {show(name)}" + (f" ({meaning})" if meaning else ""))
+    for name in sorted(set(before.python_startup) | set(after.python_startup)):
+        if before.python_startup.get(name) != after.python_startup.get(name):
+            what = ("the entries of" if name.endswith(os.sep) else
+                    "created:" if before.python_startup.get(name) in (None, "missing") else
+                    "changed:")
+            problems.append(f"Python start-up files changed: {what} {show(name)} (Python runs "
+                            "them at every start: every later step would)")
     return problems, written
 
 
