@@ -565,7 +565,12 @@ def test_interrupted_run_continues_where_it_stopped(demo, hf_env, tmp_path):
 
     out = tmp_path / "interrupted"
     env = dict(os.environ, PYTHONIOENCODING="utf-8", **hf_env)
-    process = subprocess.Popen([sys.executable, str(REPO_ROOT / SCRIPT), *sweep_args(demo, out)],
+    # 16 denoising steps instead of 2: the 20 images take seconds, not one, so a test process
+    # that a loaded machine pauses between the third line and the signal cannot miss the sweep
+    # (CI once saw all 20 made before the Ctrl-C arrived).
+    slow = ("--steps", "16")
+    process = subprocess.Popen([sys.executable, str(REPO_ROOT / SCRIPT),
+                                *sweep_args(demo, out, *slow)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     written = [process.stdout.readline().strip() for _ in range(3)]
     process.send_signal(signal.SIGINT)
@@ -581,7 +586,7 @@ def test_interrupted_run_continues_where_it_stopped(demo, hf_env, tmp_path):
             assert json.loads(image.info["generate_sweep"])["file"] == name
     record = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
     assert sum(image["status"] == "done" for image in record["images"]) == len(written)
-    again = run_script(SCRIPT, *sweep_args(demo, out), env=hf_env)
+    again = run_script(SCRIPT, *sweep_args(demo, out, *slow), env=hf_env)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"skipped (already there, same plan entry): {len(written)}" in again.stderr
     assert {path.name for path in out.glob("*.png")} == expected_files()
