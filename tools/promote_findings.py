@@ -111,6 +111,7 @@ import os
 import random
 import re
 import sys
+import unicodedata
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -209,15 +210,16 @@ NUMBERED_RULE = re.compile(r"^ {0,3}(\d{1,3})[.)][ \t]")
 # zero-width and word joiners, bidirectional overrides, the TAG block U+E0000-E007F that can
 # spell hidden text, and the rest; tests/test_promote_hostile.py checks this list against the
 # running Python's unicodedata); variation selectors (they can smuggle bytes after any visible
-# character); Hangul fillers (blank letters).
+# character); Hangul fillers (blank letters); the rest of Unicode's default-ignorable code points
+# (U+034F, U+17B4-17B5, U+FFF0-FFF8, the whole U+E0000-E0FFF block).
 CONTROL = re.compile(
     "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
     "\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f"
     "\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
     "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
-    "\U000e0000-\U000e007f"
-    "\u180b-\u180d\u180f\ufe00-\ufe0f\U000e0100-\U000e01ef"
-    "\u115f\u1160\u3164\uffa0]")
+    "\U000e0000-\U000e0fff"
+    "\u180b-\u180d\u180f\ufe00-\ufe0f"
+    "\u115f\u1160\u3164\uffa0\u034f\u17b4\u17b5\ufff0-\ufff8]")
 
 
 class InputError(Exception):
@@ -1121,8 +1123,25 @@ def stem(token: str) -> str:
     return SYNONYMS.get(token, token)
 
 
+# Latin look-alikes in Cyrillic and Greek (lower case), for the rule check only: "рush" with a
+# Cyrillic er must still read as "push". A small table of the letters that look the same in
+# common fonts, not Unicode's whole confusables list.
+LOOKALIKES = str.maketrans("\u0430\u0435\u043e\u0440\u0441\u0443\u0445\u0456\u0458\u0455"
+                           "\u04bb\u0501\u051b\u051d\u03bf\u03b1\u03bd\u03c1\u03b9\u03ba",
+                           "aeopcyxijshdqwoavpik")
+
+
+def rule_text(text: str) -> str:
+    """text as the rule check reads it: compatibility forms folded (fullwidth letters), combining
+    and other invisible marks dropped (U+034F, U+17B4), look-alike letters made Latin."""
+    decomposed = unicodedata.normalize("NFKD", text.lower())
+    kept = "".join(char for char in decomposed
+                   if unicodedata.category(char) not in ("Mn", "Me", "Cf"))
+    return unicodedata.normalize("NFKC", kept).translate(LOOKALIKES)
+
+
 def words(text: str) -> list[str]:
-    text = strip_markup(text).lower().replace("`", " ")
+    text = rule_text(strip_markup(text)).replace("`", " ")
     text = text.replace("can't", "cannot").replace("can\u2019t", "cannot")
     text = re.sub(r"n['\u2019]t\b", " not", text)
     text = re.sub(r"\bre-(?=[a-z])", "re", text)
