@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import glob
 import importlib.util
 from importlib import metadata
 import json
@@ -791,6 +792,26 @@ def references(text: str, top_level_names: set[str]) -> list[tuple[int, str]]:
 BRIEFING_RECORD = re.compile(r"^briefing-\d{4}-\d{2}-\d{2}\.md$")
 
 
+def path_exists(path: Path, folder: bool = False) -> bool:
+    """Path.exists()/is_dir() where a name the OS refuses (too long, a NUL) counts as missing:
+    such a reference is stale, not a crash of the test."""
+    try:
+        return path.is_dir() if folder else path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def archived_copies(root: Path, name: str) -> list[str]:
+    """Files called `name` in an archive folder under root (glob characters in it taken
+    literally; a name the OS refuses, too long say, has none)."""
+    try:
+        return sorted(candidate.relative_to(root).as_posix()
+                      for candidate in root.rglob(glob.escape(name))
+                      if any(is_archive(part) for part in candidate.relative_to(root).parts[:-1]))
+    except (OSError, ValueError):
+        return []
+
+
 def stale_reference_test(root: Path, args) -> tuple[bool, str]:
     files = [path for path in active_files(root)
              if not (path.parent == root / "autonomous-research" and BRIEFING_RECORD.match(path.name))]
@@ -810,18 +831,15 @@ def stale_reference_test(root: Path, args) -> tuple[bool, str]:
                 continue
             if is_archive(parts[-1]):
                 continue  # the archive folder itself, e.g. "move it to context/archive/"
-            if (root / token).exists():
+            if path_exists(root / token):
                 continue
             name = parts[-1]
             documented = any(pattern.match(name) for pattern in patterns) or name in generated
-            if documented and (root / token.rstrip("/")).parent.is_dir():
+            if documented and path_exists((root / token.rstrip("/")).parent, folder=True):
                 # An instance of a documented pattern, or an output a script writes, in a folder
                 # that exists (a report name under a missing folder is still stale).
                 continue
-            archived = sorted(
-                candidate.relative_to(root).as_posix() for candidate in root.rglob(name)
-                if any(is_archive(part) for part in candidate.relative_to(root).parts[:-1])
-            ) if "/" in token or "." in name else []
+            archived = archived_copies(root, name) if "/" in token or "." in name else []
             note = f" (an archived copy exists at {archived[0]})" if archived else ""
             problems.append(f"{relative}:{number} names {token}, which does not exist{note}")
     if problems:

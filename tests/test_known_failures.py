@@ -163,6 +163,18 @@ def test_an_output_name_in_a_missing_folder_is_still_stale(project):
     assert verdict == "FAIL" and f"names {stale}, which does not exist" in reason
 
 
+def test_a_name_the_os_refuses_is_a_stale_reference_not_a_crash(project):
+    """Third outside review: a PROGRESS.md bullet naming tools/<300 a's>.md crashed the test
+    (ENAMETOOLONG from the archive search)."""
+    name = "a" * 300 + ".md"
+    notes = project / "context" / "notes.md"
+    notes.write_text(f"See tools/{name} for the plan.\n", encoding="utf-8")
+    _, lines = run_checks(project, "--only", "stale_reference_test")
+    verdict, reason = lines["stale_reference_test"]
+    assert verdict == "FAIL" and f"names tools/{name}, which does not exist" in reason, reason
+    assert "crashed" not in reason
+
+
 def test_briefings_are_records_and_not_scanned_but_promoted_files_are(project):
     """A briefing that cites a path deleted later must not fail every later cycle (issue 13)."""
     gone = "tools/" + "deleted_since.py"
