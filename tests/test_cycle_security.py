@@ -718,3 +718,26 @@ def test_a_pth_file_written_into_the_cycles_python_fails_step_5(clone, cycle_env
     assert f"the entries of {own_site}{os.sep}" in completed.stdout
     assert not marker.exists(), "the agent's .pth ran in a later step"
     assert_no_commit(clone, before, completed)
+
+
+def test_an_invisible_character_inside_a_key_is_refused_and_the_key_found(clone, cycle_env, tmp_path):
+    """attack4/09: a U+200B inside a key hid it from the secret scan; the agent's files may hold
+    no invisible format characters (step 5, file and line), and the scan reads lines without them."""
+    fake = FakeSecrets(seed=9)
+    key = fake.anthropic()
+    before = commits(clone)
+    completed = run_attack(clone, tmp_path, cycle_env, f"""
+    hidden = {key[:10]!r} + "\\u200b" + {key[10:]!r}
+    p = root / "PROGRESS.md"
+    p.write_text(p.read_text().replace("## Next", f"- Checked with {{hidden}} (briefing-{{date}}.md)"
+                                       "\\n\\n## Next", 1))
+    """)
+    assert completed.returncode == 1, completed.stdout[-3000:]
+    assert "FAILED at step 5 agent: the agent wrote what it may not: PROGRESS.md:" in completed.stdout
+    assert "invisible character U+200B (ZERO WIDTH SPACE)" in completed.stdout
+    assert_no_commit(clone, before, completed)
+    scanner = load_script("tools/run_full_cycle.py").SecretScanner()
+    for mark in ("\u200b", "\u2060", "\u00ad", "\ufeff"):
+        line = f"- note {key[:10]}{mark}{key[10:]} done\n".encode()
+        problems = scanner.scan([("PROGRESS.md", lambda line=line: __import__("io").BytesIO(line))])
+        assert "PROGRESS.md:1: looks like a Anthropic API key" in problems, (mark, problems)

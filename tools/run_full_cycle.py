@@ -125,6 +125,7 @@ import sys
 import tempfile
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import Callable
@@ -1430,6 +1431,18 @@ def _windows(number: int, text: str):
             break
 
 
+def without_format_characters(text: str) -> str:
+    """`text` less its invisible format characters (Unicode category Cf: U+200B, U+2060, U+00AD,
+    U+FEFF, ...), one of which inside a key hides it from pattern scans."""
+    return "".join(char for char in text if unicodedata.category(char) != "Cf")
+
+
+def format_characters(text: str) -> list[str]:
+    """The invisible format characters (category Cf) in `text`, as U+XXXX (NAME), in order."""
+    return [f"U+{ord(char):04X} ({unicodedata.name(char, 'unnamed')})" for char in text
+            if unicodedata.category(char) == "Cf"]
+
+
 def names_a_secret(name: str) -> bool:
     words = name.upper().split("_")
     return any(word in SECRET_NAME_WORDS for word in words) or any(
@@ -1477,10 +1490,15 @@ class SecretScanner:
                     block: list[tuple[int, str]] = []
                     size = 0
                     for number, text in iter_text_lines(stream):
-                        for kind in extra_secret_kinds(text):
-                            seen.add((number, kind))
-                        block.append((number, text))
-                        size += len(text) + 1
+                        lines = [text]
+                        visible = without_format_characters(text)
+                        if visible != text:  # a U+200B inside a key: scan the line without it too
+                            lines.append(visible)
+                        for line in lines:
+                            for kind in extra_secret_kinds(line):
+                                seen.add((number, kind))
+                            block.append((number, line))
+                            size += len(line) + 1
                         if size >= SCAN_BLOCK_BYTES:
                             self._scan_block(scan, block, block_file, seen)
                             block, size = [], 0
@@ -1775,7 +1793,8 @@ def read_briefing_status(briefing: Path, promoter) -> tuple[str, str]:
 
 def agent_text_problems(root: Path, written: list[str], today: str) -> list[str]:
     """What is wrong with the text files the agent wrote (its briefing, PROGRESS.md): each must
-    be UTF-8 text without NUL bytes (a UTF-16 file would hide a key from the secret scan);
+    be UTF-8 text without NUL bytes (a UTF-16 file would hide a key from the secret scan) or
+    invisible format characters (Unicode category Cf; a leading byte order mark is allowed);
     PROGRESS.md also within PROGRESS_MAX_BYTES and changed only as progress_problems allows."""
     problems = []
     for path in written:
@@ -1794,6 +1813,13 @@ def agent_text_problems(root: Path, written: list[str], today: str) -> list[str]
             continue
         if "\0" in text:
             problems.append(f"{path} holds NUL bytes (UTF-16 or binary, not UTF-8 text)")
+            continue
+        hidden = [(number, found) for number, line in enumerate(text.splitlines(), 1)
+                  if (found := format_characters(line))]
+        if hidden:  # utf-8-sig took a leading byte order mark off already
+            problems += [f"{path}:{number}: invisible character {', '.join(found)}; the agent's "
+                         "files may hold none (one inside a key hides it from the secret scan)"
+                         for number, found in hidden[:10]]
             continue
         if path == PROGRESS:
             old = git(root, "cat-file", "blob", f"HEAD:{PROGRESS}", check=False, text=False)
