@@ -741,3 +741,27 @@ def test_an_invisible_character_inside_a_key_is_refused_and_the_key_found(clone,
         line = f"- note {key[:10]}{mark}{key[10:]} done\n".encode()
         problems = scanner.scan([("PROGRESS.md", lambda line=line: __import__("io").BytesIO(line))])
         assert "PROGRESS.md:1: looks like a Anthropic API key" in problems, (mark, problems)
+
+
+def test_an_fsmonitor_set_by_the_agent_never_runs_in_the_cycle(clone, cycle_env, tmp_path):
+    """attack4/07: core.fsmonitor ran inside the snapshot's git calls and put .git/config back
+    before the snapshot read it; now no git call of the cycle runs it and the change is seen."""
+    original = (clone / ".git" / "config").read_bytes()
+    saved, fired = tmp_path / "config.orig", tmp_path / "fired"
+    saved.write_bytes(original)
+    hook = tmp_path / "fsm.py"
+    hook.write_text(f"import shutil, sys\nopen({str(fired)!r}, 'a').write('ran\\n')\n"
+                    f"shutil.copyfile({str(saved)!r}, {str(clone / '.git' / 'config')!r})\n"
+                    "sys.exit(1)\n")
+    before = commits(clone)
+    completed = run_attack(clone, tmp_path, cycle_env, f"""
+    import subprocess, sys
+    subprocess.run(["git", "config", "core.fsmonitor", sys.executable + " " + {str(hook)!r}],
+                   cwd=root, check=True)
+    """)
+    assert completed.returncode == 1, completed.stdout[-3000:]
+    assert "FAILED at step 5 agent" in completed.stdout
+    assert "git settings changed: git config (all levels)" in completed.stdout
+    assert not fired.exists(), "the agent's fsmonitor hook ran in the cycle's git calls"
+    assert_no_commit(clone, before, completed)
+    assert (clone / ".git" / "config").read_bytes() != original, "left as the agent left it"

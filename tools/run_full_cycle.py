@@ -934,9 +934,14 @@ def parse_lock_record(text: str) -> dict | None:
 
 # ---------------------------------------------------------------- git and snapshots
 
+# Every git call of the cycle: a core.fsmonitor the agent set would run inside it (and could put
+# .git/config back before the snapshot reads it).
+GIT_OPTIONS = ("-c", "core.fsmonitor=false")
+
+
 def git(root: Path, *args: str, check: bool = True, env: dict | None = None,
         text: bool = True) -> subprocess.CompletedProcess:
-    completed = subprocess.run(["git", *args], cwd=root, capture_output=True, text=text,
+    completed = subprocess.run(["git", *GIT_OPTIONS, *args], cwd=root, capture_output=True, text=text,
                                encoding="utf-8" if text else None,
                                errors="replace" if text else None,
                                env=None if env is None else dict(os.environ, **env))
@@ -1190,6 +1195,15 @@ def snapshot(root: Path, own: frozenset[str] = frozenset()) -> RepoState:
     `own`: paths (relative, POSIX) the cycle itself writes meanwhile (its log), left out.
     """
     state = RepoState()
+    # The git settings first (rev-parse reads no index), before any git call that could run
+    # something they name.
+    git_dir, common = git_paths(root)
+    config = git(root, "config", "--list", "--show-origin", "-z", check=False).stdout
+    state.git_meta["git config (all levels)"] = hashlib.sha256(config.encode()).hexdigest()
+    for folder in sorted({git_dir, common}):
+        for name in ("config", "config.worktree"):
+            if (folder / name).is_file():
+                state.git_meta[f"{folder.name}/{name}"] = hash_file(folder / name)
     head = git(root, "rev-parse", "--verify", "-q", "HEAD", check=False)
     state.head = head.stdout.strip()
     symbolic = git(root, "symbolic-ref", "-q", "HEAD", check=False)
@@ -1227,9 +1241,6 @@ def snapshot(root: Path, own: frozenset[str] = frozenset()) -> RepoState:
                     state.files[item] = "ignored:" + value
         else:
             state.files[path] = "ignored:" + stat_fingerprint(root / path)
-    git_dir, common = git_paths(root)
-    config = git(root, "config", "--list", "--show-origin", "-z", check=False).stdout
-    state.git_meta["git config (all levels)"] = hashlib.sha256(config.encode()).hexdigest()
     for key, path in global_rule_files(root).items():
         state.git_meta[f"{key} file {path}"] = hash_file(path)
     hooks = Path(git(root, "rev-parse", "--git-path", "hooks").stdout.strip())
@@ -1240,10 +1251,6 @@ def snapshot(root: Path, own: frozenset[str] = frozenset()) -> RepoState:
             for item in sorted(folder.rglob("*")):
                 if item.is_file() or item.is_symlink():
                     state.git_meta[f"{label}/{item.relative_to(folder).as_posix()}"] = hash_file(item)
-    for folder in sorted({git_dir, common}):
-        for name in ("config", "config.worktree"):
-            if (folder / name).is_file():
-                state.git_meta[f"{folder.name}/{name}"] = hash_file(folder / name)
     state.git_state = git_internals(root, git_dir, common)
     state.python_startup = python_startup_files()
     logs = common / "logs" / "refs" / "remotes"
@@ -1258,7 +1265,7 @@ def snapshot(root: Path, own: frozenset[str] = frozenset()) -> RepoState:
         if folder is None:
             state.network_remotes.append(line)
             continue
-        listed = subprocess.run(["git", "ls-remote", str(folder)], cwd=root, capture_output=True,
+        listed = subprocess.run(["git", *GIT_OPTIONS, "ls-remote", str(folder)], cwd=root, capture_output=True,
                                 text=True, encoding="utf-8", errors="replace", timeout=60,
                                 env=dict(os.environ, GIT_TERMINAL_PROMPT="0"))
         refs = {}
@@ -1639,7 +1646,7 @@ def commit_by_hand(message: str, paths: list[str], windows: bool = os.name == "n
 
 class _BlobStream:
     def __init__(self, root: Path, blob: str):
-        self.process = subprocess.Popen(["git", "cat-file", "blob", blob], cwd=root,
+        self.process = subprocess.Popen(["git", *GIT_OPTIONS, "cat-file", "blob", blob], cwd=root,
                                         stdout=subprocess.PIPE)
 
     def read(self, size: int = -1) -> bytes:
