@@ -765,3 +765,32 @@ def test_an_fsmonitor_set_by_the_agent_never_runs_in_the_cycle(clone, cycle_env,
     assert not fired.exists(), "the agent's fsmonitor hook ran in the cycle's git calls"
     assert_no_commit(clone, before, completed)
     assert (clone / ".git" / "config").read_bytes() != original, "left as the agent left it"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_named_gitignore_fails_step_5_and_never_hangs_git(clone, cycle_env, tmp_path):
+    """attack4/06: a FIFO named .gitignore blocked the snapshot's git ls-files forever."""
+    before = commits(clone)
+    completed = run_attack(clone, tmp_path, cycle_env, """
+    os.mkfifo(root / "context" / ".gitignore")
+    """, "--step-timeout", "60", timeout=300)
+    assert completed.returncode == 1, completed.stdout[-3000:]
+    assert ("FAILED at step 5 agent: git would block reading context/.gitignore is a FIFO "
+            "(never opened; remove it)") in completed.stdout
+    assert_no_commit(clone, before, completed)
+    assert "Traceback" not in completed.stdout + completed.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_git_call_that_blocks_is_stopped_and_named(tmp_path):
+    """Every git call of the cycle has a timeout; one past it is a GitFailed naming the cause."""
+    cycle = load_script("tools/run_full_cycle.py")
+    cycle.GIT_TIMEOUT = 2
+    root = tmp_path / "repo"
+    git(tmp_path, "init", "-q", "-b", "main", str(root))
+    (root / "deep").mkdir()
+    os.mkfifo(root / "deep" / ".gitignore")
+    with pytest.raises(cycle.GitFailed, match=r"git ls-files did not finish in 2 s \(a FIFO"):
+        cycle.git(root, "ls-files", "--others", "--exclude-standard")
+    failure = pytest.raises(cycle.StepFailed, cycle.snapshot_at, "5 agent", root).value
+    assert failure.step == "5 agent" and "deep/.gitignore is a FIFO" in failure.reason

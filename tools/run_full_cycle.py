@@ -939,16 +939,61 @@ def parse_lock_record(text: str) -> dict | None:
 GIT_OPTIONS = ("-c", "core.fsmonitor=false")
 
 
+GIT_TIMEOUT = 120          # seconds for one git call (a FIFO named .gitignore blocks git forever)
+GIT_COMMIT_TIMEOUT = 1800  # git commit runs the user's hooks
+GIT_SPECIAL_NAMES = (".gitignore", ".gitattributes")  # files git opens in every folder it lists
+
+
+class GitFailed(RuntimeError):
+    """A git call of the cycle that failed (check=True) or ran past its timeout."""
+
+    def __init__(self, args: tuple[str, ...], code: int | None, lines: list[str], reason: str):
+        super().__init__(reason)
+        self.command, self.code, self.lines, self.reason = ["git", *args], code, lines, reason
+
+    def step_failed(self, step: str) -> StepFailed:
+        return StepFailed(step, self.command, self.code, self.lines, self.reason + "; nothing "
+                          "was committed" if step.startswith("8") else self.reason)
+
+
 def git(root: Path, *args: str, check: bool = True, env: dict | None = None,
-        text: bool = True) -> subprocess.CompletedProcess:
-    completed = subprocess.run(["git", *GIT_OPTIONS, *args], cwd=root, capture_output=True, text=text,
-                               encoding="utf-8" if text else None,
-                               errors="replace" if text else None,
-                               env=None if env is None else dict(os.environ, **env))
+        text: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
+    timeout = timeout or (GIT_COMMIT_TIMEOUT if "commit" in args[:3] else GIT_TIMEOUT)
+    try:
+        completed = subprocess.run(["git", *GIT_OPTIONS, *args], cwd=root, capture_output=True,
+                                   text=text, encoding="utf-8" if text else None,
+                                   errors="replace" if text else None, timeout=timeout,
+                                   stdin=subprocess.DEVNULL,
+                                   env=None if env is None else dict(os.environ, **env))
+    except subprocess.TimeoutExpired:
+        raise GitFailed(args, None, [], f"git {args[0]} did not finish in {timeout:g} s (a FIFO "
+                        "or other special file in the tree, e.g. one named .gitignore or "
+                        ".gitattributes, blocks git when it opens it); it was stopped") from None
     if check and completed.returncode != 0:
         stderr = completed.stderr if text else completed.stderr.decode("utf-8", "replace")
-        raise RuntimeError(f"git {' '.join(args)} failed: {stderr.strip()}")
+        raise GitFailed(args, completed.returncode, stderr.strip().splitlines(),
+                        f"git {' '.join(args)} failed: {stderr.strip()}")
     return completed
+
+
+def special_git_files(root: Path) -> list[str]:
+    """.gitignore and .gitattributes in the tree that are not regular files or links (a FIFO
+    would block git forever); the virtual environments at the top and .git are not walked."""
+    found = []
+    for folder, folders, files in os.walk(root):
+        here = Path(folder)
+        if here == root:
+            folders[:] = [name for name in folders
+                          if name != ".git" and name not in SNAPSHOT_SKIPPED_FOLDERS]
+        for name in set(GIT_SPECIAL_NAMES) & set(files + folders):
+            try:
+                mode = os.lstat(here / name).st_mode
+            except OSError:
+                continue
+            if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode)):
+                found.append(f"{show((here / name).relative_to(root).as_posix())} is a "
+                             f"{special_kind(mode)}")
+    return sorted(found)
 
 
 def hash_file(path: Path) -> str:
@@ -1189,12 +1234,24 @@ def python_startup_files() -> dict[str, str]:
     return found
 
 
+def snapshot_at(step: str, root: Path, own: frozenset[str] = frozenset()) -> RepoState:
+    """snapshot(), a git failure or timeout in it a StepFailed of `step`."""
+    try:
+        return snapshot(root, own)
+    except GitFailed as error:
+        raise error.step_failed(step) from None
+
+
 def snapshot(root: Path, own: frozenset[str] = frozenset()) -> RepoState:
     """HEAD, refs, index, files, git settings and git state of the repository at `root`.
 
     `own`: paths (relative, POSIX) the cycle itself writes meanwhile (its log), left out.
     """
     state = RepoState()
+    special = special_git_files(root)
+    if special:
+        raise GitFailed(("ls-files",), None, special, "git would block reading "
+                        + "; ".join(special) + " (never opened; remove it)")
     # The git settings first (rev-parse reads no index), before any git call that could run
     # something they name.
     git_dir, common = git_paths(root)
@@ -2362,7 +2419,7 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
     # Step 5: the agent, inside the envelope.
     own = frozenset({log.path.relative_to(root).as_posix()} if log.path is not None
                     and root in log.path.parents else ())
-    cycle_start = snapshot(root, own)
+    cycle_start = snapshot_at("5 agent", root, own)
     agent_env = {"PISTACHIO_PROJECT_ROOT": str(root), "PISTACHIO_DATE": today,
                  "PISTACHIO_BRIEFING": str(briefing), "PISTACHIO_PYTHON": py}
     command = resolve_executable(agent_command)
@@ -2426,7 +2483,7 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
                           if args.generate else f"sweep skipped ({skip})")
             continue
         run_step(log, step.name, step.command, root, timeout)
-        after = snapshot(root, own)
+        after = snapshot_at(step.name, root, own)
         problems, changed = compare_states(state, after, allowed_patterns=step.writes)
         if problems:
             raise StepFailed(step.name, step.command, 0, problems,
@@ -2445,7 +2502,7 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
         log.line("==> step 8 commit: skipped (--no-commit)")
     else:
         commit = commit_cycle(log, root, sorted(written), briefing, scored, scanner, today)
-    pushes = find_pushes(cycle_start, snapshot(root, own))
+    pushes = find_pushes(cycle_start, snapshot_at("8 commit", root, own))
     if pushes:
         raise StepFailed("8 commit", [], None, pushes, "a push happened during the cycle: "
                          + "; ".join(pushes), committed=commit)
@@ -2463,7 +2520,7 @@ def check_envelope(root: Path, before: RepoState, allowed: set[str], step: str,
                    ) -> tuple[list[str], RepoState]:
     """After the agent: what it wrote within `allowed` and the state it left; StepFailed naming
     everything else (`own`: the cycle's log, left out)."""
-    after = snapshot(root, own)
+    after = snapshot_at(step, root, own)
     problems, written = compare_states(before, after, allowed=allowed)
     pushes = find_pushes(before, after)
     problems += [f"pushed: {push}" for push in pushes]
