@@ -147,6 +147,9 @@ PROGRESS = "PROGRESS.md"
 PROGRESS_MAX_BYTES = 64 * 1024
 PROGRESS_MAX_BULLETS = 3
 PROGRESS_STATE = "## state"
+# A continuation line of a State bullet that a Markdown reader shows as a heading (` ## Next`, a
+# setext underline) or a rule; stripped of its indentation first.
+MARKDOWN_BLOCK_LINE = re.compile(r"^(#|=+$|(-[ \t]*)+$)")
 # Copied from evals/face_similarity_eval.py:IMAGE_EXTENSIONS
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 BRIEFING_NAME = re.compile(r"^briefing-(\d{4}-\d{2}-\d{2})\.md$")
@@ -1937,13 +1940,26 @@ def progress_problems(old: str, new: str, today: str) -> list[str]:
             head_after, bullets_after = state_bullets(lines_after)
             if head_before != head_after:
                 problems.append(f"{PROGRESS}: the text under {name} before its bullets changed")
-            added = [bullet for bullet in bullets_after if bullet not in bullets_before]
-            removed = [bullet for bullet in bullets_before if bullet not in bullets_after]
+            # As multisets: 20 copies of an old bullet are 20 added bullets.
+            remaining, added = collections.Counter(bullets_before), []
+            for bullet in bullets_after:
+                if remaining[bullet]:
+                    remaining[bullet] -= 1
+                else:
+                    added.append(bullet)
+            removed = list(remaining.elements())
             if max(len(added), len(removed)) > PROGRESS_MAX_BULLETS:
                 problems.append(f"{PROGRESS}: {len(added)} bullets under {name} added or changed "
                                 f"and {len(removed)} removed; at most {PROGRESS_MAX_BULLETS} a run")
             suffix = f"(briefing-{today}.md)"
             for bullet in added:
+                shown = show(bullet.splitlines()[0][:80])
+                if any(MARKDOWN_BLOCK_LINE.match(line.strip()) for line in bullet.splitlines()[1:]):
+                    problems.append(f"{PROGRESS}: a new {name} bullet has a line a Markdown reader "
+                                    f"shows as a heading (or a rule): {shown}")
+                if "<!--" in bullet:
+                    problems.append(f"{PROGRESS}: a new {name} bullet holds an HTML comment (a "
+                                    f"Markdown reader hides it): {shown}")
                 if not bullet.rstrip(" .").endswith(suffix):
                     problems.append(f"{PROGRESS}: a new {name} bullet does not end with {suffix}: "
                                     f"{show(bullet.splitlines()[0][:80])}")
