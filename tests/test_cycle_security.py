@@ -806,3 +806,36 @@ def test_a_git_call_that_blocks_is_stopped_and_named(tmp_path):
         cycle.git(root, "ls-files", "--others", "--exclude-standard")
     failure = pytest.raises(cycle.StepFailed, cycle.snapshot_at, "5 agent", root).value
     assert failure.step == "5 agent" and "deep/.gitignore is a FIFO" in failure.reason
+
+
+def test_a_file_changed_after_the_last_check_is_never_committed(tmp_path):
+    """attack4/02: a process outside the agent's reach (a user's tmux server) rewrote PROGRESS.md
+    between the checks and step 8's git add; step 8 stages only the bytes the last snapshot saw
+    (and runs the PROGRESS.md rules on them again), else nothing is committed."""
+    cycle = load_script("tools/run_full_cycle.py")
+    root = tmp_path / "repo"
+    git(tmp_path, "init", "-q", "-b", "main", str(root))
+    progress = root / "PROGRESS.md"
+    progress.write_text("# Progress\n\n## State\n- one\n\n## Next\n1. a\n")
+    git(root, "add", "PROGRESS.md")
+    git(root, "-c", "user.name=T", "-c", "user.email=t@example.com", "commit", "-q", "-m", "initial")
+    day = today()
+    progress.write_text(f"# Progress\n\n## State\n- one\n- two (briefing-{day}.md)\n\n## Next\n1. a\n")
+    checked = cycle.snapshot(root).files
+    progress.write_text("# Progress\n\n## State\n- one\n")  # the human's ## Next deleted
+    head = git(root, "rev-parse", "HEAD")
+    with pytest.raises(cycle.StepFailed, match="PROGRESS.md changed after the cycle checked it"):
+        cycle.commit_paths(cycle.CycleLog(None), root, ["PROGRESS.md"], "cycle",
+                           cycle.SecretScanner(), checked=checked, today=day)
+    assert git(root, "rev-parse", "HEAD") == head, "nothing committed"
+    # The same bytes as checked, but breaking a PROGRESS.md rule: refused on the staged blob too.
+    checked = cycle.snapshot(root).files
+    with pytest.raises(cycle.StepFailed, match="its sections changed"):
+        cycle.commit_paths(cycle.CycleLog(None), root, ["PROGRESS.md"], "cycle",
+                           cycle.SecretScanner(), checked=checked, today=day)
+    assert git(root, "rev-parse", "HEAD") == head, "nothing committed"
+    progress.write_text(f"# Progress\n\n## State\n- one\n- two (briefing-{day}.md)\n\n## Next\n1. a\n")
+    checked = cycle.snapshot(root).files
+    commit = cycle.commit_paths(cycle.CycleLog(None), root, ["PROGRESS.md"], "cycle",
+                                cycle.SecretScanner(), checked=checked, today=day)
+    assert git(root, "show", f"{commit}:PROGRESS.md") == progress.read_text()

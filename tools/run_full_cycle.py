@@ -960,13 +960,16 @@ class GitFailed(RuntimeError):
 
 
 def git(root: Path, *args: str, check: bool = True, env: dict | None = None,
-        text: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
+        text: bool = True, timeout: float | None = None,
+        data: bytes | None = None) -> subprocess.CompletedProcess:
+    """Run git in `root` (`data`: its stdin, bytes; then text=False)."""
     timeout = timeout or (GIT_COMMIT_TIMEOUT if "commit" in args[:3] else GIT_TIMEOUT)
     try:
         completed = subprocess.run(["git", *GIT_OPTIONS, *args], cwd=root, capture_output=True,
                                    text=text, encoding="utf-8" if text else None,
                                    errors="replace" if text else None, timeout=timeout,
-                                   stdin=subprocess.DEVNULL,
+                                   **({"input": data} if data is not None
+                                      else {"stdin": subprocess.DEVNULL}),
                                    env=None if env is None else dict(os.environ, **env))
     except subprocess.TimeoutExpired:
         raise GitFailed(args, None, [], f"git {args[0]} did not finish in {timeout:g} s (a FIFO "
@@ -1615,12 +1618,16 @@ def is_pure_append(root: Path, path: str) -> bool:
 
 
 def commit_paths(log: CycleLog, root: Path, paths: list[str], message: str,
-                 scanner: SecretScanner, append_only: tuple[str, ...] = ()) -> str:
+                 scanner: SecretScanner, append_only: tuple[str, ...] = (),
+                 checked: dict[str, str] | None = None, today: str | None = None) -> str:
     """Commit exactly `paths` (literal) from the working tree; return the new commit id.
 
     Works in a temporary index built from HEAD, so whatever the user has staged stays staged and
     out of the commit. Raises StepFailed (nothing committed, the real index untouched) when the
     staged set differs from `paths`, a blob looks like a secret, or git commit fails (a hook).
+    `checked`: the last snapshot's hashes; each file is then read once, staged only when its bytes
+    are the ones checked (a process left behind may rewrite it meanwhile), and PROGRESS.md and
+    the briefing (`today`'s) are checked again as staged.
     """
     step = "8 commit"
     display = ["git", "commit", "-m", message.splitlines()[0], "--", *paths]
@@ -1631,7 +1638,10 @@ def commit_paths(log: CycleLog, root: Path, paths: list[str], message: str,
         if head:
             git(root, "read-tree", head, env=env)
         existing = [path for path in paths if (root / path).exists()]
-        if existing:
+        if existing and checked is not None:
+            for path in existing:
+                stage_checked(root, path, checked.get(path, "(not seen)"), env, step, display)
+        elif existing:
             added = git(root, "--literal-pathspecs", "add", "--", *existing, env=env, check=False)
             if added.returncode != 0:
                 raise StepFailed(step, display, added.returncode, added.stderr.splitlines(),
@@ -1650,6 +1660,14 @@ def commit_paths(log: CycleLog, root: Path, paths: list[str], message: str,
             meta, _, path = entry.partition("\t")
             if path in staged:
                 entries[path] = meta.split()[1]
+        agent_files = {PROGRESS, f"{BRIEFING_DIR}/briefing-{today}.md"} if today else set()
+        problems = []
+        for path in sorted(agent_files & set(entries)):
+            with _blob_stream(root, entries[path]) as blob:
+                problems += agent_file_problems(root, path, blob.read(8 * 1024 * 1024 + 1), today)
+        if problems:
+            raise StepFailed(step, display, None, problems, "refusing to commit what was staged: "
+                             + "; ".join(problems[:10]) + "; nothing was committed")
         for path in append_only:
             if path in entries and not blob_is_prefix(root, head_blob(root, path), entries[path]):
                 raise StepFailed(step, display, None, [], f"{path} changed other than by "
@@ -1694,6 +1712,31 @@ def commit_paths(log: CycleLog, root: Path, paths: list[str], message: str,
         log.line(f"warning: committed, but your index could not be updated for the cycle's files "
                  f"({reset.stderr.strip()}); run: git reset -q -- <those files>")
     return new_head
+
+
+def stage_checked(root: Path, path: str, digest: str, env: dict, step: str,
+                  display: list[str]) -> None:
+    """Stage `path` in the index of `env` from one read of it, when its bytes hash to `digest`
+    (git's clean filters and line-ending rules apply as for git add); else StepFailed."""
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(
+        os, "O_NONBLOCK", 0)
+    data, now = b"", "unreadable"
+    with contextlib.suppress(OSError):
+        fd = os.open(root / path, flags)
+        with os.fdopen(fd, "rb") as handle:
+            if S_ISREG(os.fstat(handle.fileno()).st_mode):
+                data = handle.read()
+                now = hashlib.sha256(data).hexdigest()
+    if now != digest:
+        raise StepFailed(step, display, None, [f"{show(path)}: checked {digest[:16]}, now "
+                                               f"{now[:16]}"],
+                         f"{show(path)} changed after the cycle checked it (a process left "
+                         "behind by the agent?); nothing was committed")
+    blob = git(root, "hash-object", "-w", "--stdin", "--path", path, data=data, env=env,
+               text=False).stdout.decode().strip()
+    listed = git(root, "ls-files", "-s", "-z", "--", path, env=env).stdout.strip("\0")
+    mode = "100755" if listed.startswith("100755") else "100644"
+    git(root, "update-index", "--add", "--cacheinfo", f"{mode},{blob},{path}", env=env)
 
 
 def commit_by_hand(message: str, paths: list[str], windows: bool = os.name == "nt") -> str:
@@ -1867,32 +1910,34 @@ def agent_text_problems(root: Path, written: list[str], today: str) -> list[str]
     for path in written:
         limit = PROGRESS_MAX_BYTES if path == PROGRESS else 8 * 1024 * 1024
         with open(root / path, "rb") as handle:  # a regular file: the snapshot checked it
-            data = handle.read(limit + 1)
-        if len(data) > limit:
-            problems.append(f"{path} is over {limit:,} bytes (the limit for it)")
-            continue
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as error:
-            utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
-            problems.append(f"{path} is not UTF-8 text (byte {error.start}"
-                            + ("; it is UTF-16" if utf16 else "") + "); it must be saved as UTF-8")
-            continue
-        if "\0" in text:
-            problems.append(f"{path} holds NUL bytes (UTF-16 or binary, not UTF-8 text)")
-            continue
-        hidden = [(number, found) for number, line in enumerate(text.splitlines(), 1)
-                  if (found := format_characters(line))]
-        if hidden:  # utf-8-sig took a leading byte order mark off already
-            problems += [f"{path}:{number}: invisible character {', '.join(found)}; the agent's "
-                         "files may hold none (one inside a key hides it from the secret scan)"
-                         for number, found in hidden[:10]]
-            continue
-        if path == PROGRESS:
-            old = git(root, "cat-file", "blob", f"HEAD:{PROGRESS}", check=False, text=False)
-            if old.returncode == 0:
-                problems += progress_problems(old.stdout.decode("utf-8-sig", "replace"), text, today)
+            problems += agent_file_problems(root, path, handle.read(limit + 1), today)
     return problems
+
+
+def agent_file_problems(root: Path, path: str, data: bytes, today: str) -> list[str]:
+    """agent_text_problems for one of the agent's files, given its bytes (or its first limit + 1)."""
+    limit = PROGRESS_MAX_BYTES if path == PROGRESS else 8 * 1024 * 1024
+    if len(data) > limit:
+        return [f"{path} is over {limit:,} bytes (the limit for it)"]
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
+        return [f"{path} is not UTF-8 text (byte {error.start}"
+                + ("; it is UTF-16" if utf16 else "") + "); it must be saved as UTF-8"]
+    if "\0" in text:
+        return [f"{path} holds NUL bytes (UTF-16 or binary, not UTF-8 text)"]
+    hidden = [(number, found) for number, line in enumerate(text.splitlines(), 1)
+              if (found := format_characters(line))]
+    if hidden:  # utf-8-sig took a leading byte order mark off already
+        return [f"{path}:{number}: invisible character {', '.join(found)}; the agent's "
+                "files may hold none (one inside a key hides it from the secret scan)"
+                for number, found in hidden[:10]]
+    if path == PROGRESS:
+        old = git(root, "cat-file", "blob", f"HEAD:{PROGRESS}", check=False, text=False)
+        if old.returncode == 0:
+            return progress_problems(old.stdout.decode("utf-8-sig", "replace"), text, today)
+    return []
 
 
 def progress_sections(text: str) -> list[tuple[str, list[str]]]:
@@ -2517,7 +2562,8 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
     if args.no_commit:
         log.line("==> step 8 commit: skipped (--no-commit)")
     else:
-        commit = commit_cycle(log, root, sorted(written), briefing, scored, scanner, today)
+        commit = commit_cycle(log, root, sorted(written), briefing, scored, scanner, today,
+                              checked=state.files)
     pushes = find_pushes(cycle_start, snapshot_at("8 commit", root, own))
     if pushes:
         raise StepFailed("8 commit", [], None, pushes, "a push happened during the cycle: "
@@ -2559,7 +2605,8 @@ def commit_message(today: str, briefing: Path, scored: str, written: list[str]) 
 
 
 def commit_cycle(log: CycleLog, root: Path, written: list[str], briefing: Path, scored: str,
-                 scanner: SecretScanner, today: str | None = None) -> str | None:
+                 scanner: SecretScanner, today: str | None = None,
+                 checked: dict[str, str] | None = None) -> str | None:
     never = [path for path in written if path in NEVER_COMMITTED]
     if never:
         raise StepFailed("8 commit", [], None, [], f"refusing to commit {', '.join(never)} "
@@ -2568,7 +2615,8 @@ def commit_cycle(log: CycleLog, root: Path, written: list[str], briefing: Path, 
         log.line("==> step 8 commit: nothing to commit")
         return None
     message = commit_message(today or dt.date.today().isoformat(), briefing, scored, written)
-    commit = commit_paths(log, root, written, message, scanner, append_only=(HISTORY,))
+    commit = commit_paths(log, root, written, message, scanner, append_only=(HISTORY,),
+                          checked=checked, today=today)
     extra = verify_commit(root, commit, written)
     if extra:
         raise StepFailed("8 commit", [], None, extra, f"commit {commit[:12]} also changed "
