@@ -839,3 +839,30 @@ def test_a_file_changed_after_the_last_check_is_never_committed(tmp_path):
     commit = cycle.commit_paths(cycle.CycleLog(None), root, ["PROGRESS.md"], "cycle",
                                 cycle.SecretScanner(), checked=checked, today=day)
     assert git(root, "show", f"{commit}:PROGRESS.md") == progress.read_text()
+
+
+def test_a_corrupt_object_fails_step_8_in_one_line_without_a_traceback(clone, cycle_env, tmp_path):
+    """attack4/10: the agent overwrote HEAD's tree object; step 8's git read-tree died with a
+    RuntimeError traceback. Now a FAILED line naming the git command and git's error."""
+    before = commits(clone)
+    completed = run_attack(clone, tmp_path, cycle_env, f"""
+    import subprocess
+    def g(*a, **k):
+        return subprocess.run(["git", *a], cwd=root, check=True, capture_output=True, text=True,
+                              **k).stdout.strip()
+    tree = g("rev-parse", "HEAD^{{tree}}")
+    blob = g("hash-object", "-w", "--stdin", input="import os\\n")
+    env = dict(os.environ, GIT_INDEX_FILE={str(tmp_path / "agent-index")!r})
+    g("read-tree", "HEAD", env=env)
+    g("update-index", "--add", "--cacheinfo", f"100644,{{blob}},tools/evil_hook.py", env=env)
+    evil = g("write-tree", env=env)
+    obj = lambda oid: root / ".git" / "objects" / oid[:2] / oid[2:]
+    target = obj(tree); target.chmod(0o644); target.write_bytes(obj(evil).read_bytes())
+    """)
+    assert completed.returncode == 1, completed.stdout[-3000:]
+    out = completed.stdout + completed.stderr
+    assert "Traceback" not in out and "RuntimeError" not in out, out[-3000:]
+    assert "FAILED at step 8 commit: git read-tree" in completed.stdout, completed.stdout[-3000:]
+    assert "  command: git -c core.fsmonitor=false read-tree" not in completed.stdout
+    assert "nothing was committed" in completed.stdout
+    assert commits(clone) == before

@@ -2615,9 +2615,17 @@ def commit_cycle(log: CycleLog, root: Path, written: list[str], briefing: Path, 
         log.line("==> step 8 commit: nothing to commit")
         return None
     message = commit_message(today or dt.date.today().isoformat(), briefing, scored, written)
-    commit = commit_paths(log, root, written, message, scanner, append_only=(HISTORY,),
-                          checked=checked, today=today)
-    extra = verify_commit(root, commit, written)
+    head = git(root, "rev-parse", "--verify", "-q", "HEAD", check=False).stdout.strip()
+    try:
+        commit = commit_paths(log, root, written, message, scanner, append_only=(HISTORY,),
+                              checked=checked, today=today)
+        extra = verify_commit(root, commit, written)
+    except GitFailed as error:  # a corrupt object, a full disk: one FAILED line, never a traceback
+        now = git(root, "rev-parse", "--verify", "-q", "HEAD", check=False).stdout.strip()
+        if now != head:
+            raise StepFailed("8 commit", error.command, error.code, error.lines, error.reason,
+                             committed=now) from None
+        raise error.step_failed("8 commit") from None
     if extra:
         raise StepFailed("8 commit", [], None, extra, f"commit {commit[:12]} also changed "
                          f"{', '.join(map(show, extra))} (a commit hook?); check it before pushing",
