@@ -866,3 +866,25 @@ def test_a_corrupt_object_fails_step_8_in_one_line_without_a_traceback(clone, cy
     assert "  command: git -c core.fsmonitor=false read-tree" not in completed.stdout
     assert "nothing was committed" in completed.stdout
     assert commits(clone) == before
+
+
+def test_a_git_planted_on_path_during_the_cycle_is_never_run(clone, cycle_env, tmp_path):
+    """attack4/05: the agent writes a `git` into a PATH folder ahead of the real one; the cycle
+    resolved git's absolute path at its start (and says which), so the wrapper never runs."""
+    import shutil
+    folder, ran = tmp_path / "bin", tmp_path / "ran"
+    folder.mkdir()
+    env = dict(cycle_env, PATH=str(folder) + os.pathsep + cycle_env["PATH"])
+    real = shutil.which("git", path=env["PATH"])
+    before = commits(clone)
+    completed = run_attack(clone, tmp_path, env, f"""
+    (root / "tools" / "evil_hook.py").write_text("print('planted')\\n")
+    wrapper = pathlib.Path({str(folder / "git")!r})
+    wrapper.write_text("#!/bin/sh\\necho \\"$*\\" >> {ran}\\nexec {real} \\"$@\\"\\n")
+    wrapper.chmod(0o755)
+    """)
+    assert completed.returncode == 1, completed.stdout[-3000:]
+    assert f"git: {real}" in completed.stdout
+    assert "created: tools/evil_hook.py" in completed.stdout
+    assert not ran.exists(), "the cycle ran the agent's git"
+    assert_no_commit(clone, before, completed)

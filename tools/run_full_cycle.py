@@ -942,6 +942,7 @@ def parse_lock_record(text: str) -> dict | None:
 GIT_OPTIONS = ("-c", "core.fsmonitor=false")
 
 
+GIT_PROGRAM: str | None = None  # git's absolute path, resolved once (see git_program)
 GIT_TIMEOUT = 120          # seconds for one git call (a FIFO named .gitignore blocks git forever)
 GIT_COMMIT_TIMEOUT = 1800  # git commit runs the user's hooks
 GIT_SPECIAL_NAMES = (".gitignore", ".gitattributes")  # files git opens in every folder it lists
@@ -959,14 +960,24 @@ class GitFailed(RuntimeError):
                           "was committed" if step.startswith("8") else self.reason)
 
 
+def git_program() -> str:
+    """git's absolute path, looked up on PATH once, at the cycle's start: a `git` the agent plants
+    later in a folder on PATH ahead of the real one is never run."""
+    global GIT_PROGRAM
+    if GIT_PROGRAM is None:
+        GIT_PROGRAM = shutil.which("git") or "git"
+    return GIT_PROGRAM
+
+
 def git(root: Path, *args: str, check: bool = True, env: dict | None = None,
         text: bool = True, timeout: float | None = None,
         data: bytes | None = None) -> subprocess.CompletedProcess:
     """Run git in `root` (`data`: its stdin, bytes; then text=False)."""
     timeout = timeout or (GIT_COMMIT_TIMEOUT if "commit" in args[:3] else GIT_TIMEOUT)
     try:
-        completed = subprocess.run(["git", *GIT_OPTIONS, *args], cwd=root, capture_output=True,
-                                   text=text, encoding="utf-8" if text else None,
+        completed = subprocess.run([git_program(), *GIT_OPTIONS, *args], cwd=root,
+                                   capture_output=True, text=text,
+                                   encoding="utf-8" if text else None,
                                    errors="replace" if text else None, timeout=timeout,
                                    **({"input": data} if data is not None
                                       else {"stdin": subprocess.DEVNULL}),
@@ -1328,8 +1339,9 @@ def snapshot(root: Path, own: frozenset[str] = frozenset()) -> RepoState:
         if folder is None:
             state.network_remotes.append(line)
             continue
-        listed = subprocess.run(["git", *GIT_OPTIONS, "ls-remote", str(folder)], cwd=root, capture_output=True,
-                                text=True, encoding="utf-8", errors="replace", timeout=60,
+        listed = subprocess.run([git_program(), *GIT_OPTIONS, "ls-remote", str(folder)], cwd=root,
+                                capture_output=True, text=True, encoding="utf-8",
+                                errors="replace", timeout=60,
                                 env=dict(os.environ, GIT_TERMINAL_PROMPT="0"))
         refs = {}
         for ref_line in listed.stdout.splitlines():
@@ -1749,8 +1761,8 @@ def commit_by_hand(message: str, paths: list[str], windows: bool = os.name == "n
 
 class _BlobStream:
     def __init__(self, root: Path, blob: str):
-        self.process = subprocess.Popen(["git", *GIT_OPTIONS, "cat-file", "blob", blob], cwd=root,
-                                        stdout=subprocess.PIPE)
+        self.process = subprocess.Popen([git_program(), *GIT_OPTIONS, "cat-file", "blob", blob],
+                                        cwd=root, stdout=subprocess.PIPE)
 
     def read(self, size: int = -1) -> bytes:
         return self.process.stdout.read(size)
@@ -2285,6 +2297,7 @@ def _raise_interrupted(signum, _frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    git_program()  # once, now: before anything the cycle runs could plant another on PATH
     root = args.project_root
     if not root.is_dir():
         parser.error(f"--project-root {root} is not a folder; pass the repository root")
@@ -2391,6 +2404,7 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
     tools, evals = root / "tools", root / "evals"
     timeout = args.step_timeout
     log.line(f"LifeOS cycle {today} in {root}{' (dry run)' if args.dry_run else ''}; log {log.path}")
+    log.line(f"git: {git_program()}")
 
     # Step 1: the preflight script, then the cycle's own checks (a real run and --dry-run alike).
     budgets = None
