@@ -1228,8 +1228,9 @@ def python_startup_files() -> dict[str, str]:
     """What runs whenever this Python starts, wherever it lies (in the repository's .venv or not):
     each site-packages folder's entries (a new module there shadows nothing of the stdlib, but a
     new package is importable) and its .pth, sitecustomize and usercustomize files, hashed, and
-    the venv's pyvenv.cfg. A .pth line starting with `import` runs at every start, so an agent
-    that writes one would run code in every step after it (promote, scorecard, commit)."""
+    the venv's pyvenv.cfg, and the interpreter itself with its folder's entries. A .pth line
+    starting with `import` runs at every start, so an agent that writes one would run code in
+    every step after it (promote, scorecard, commit)."""
     import site
     folders = list(site.getsitepackages()) if hasattr(site, "getsitepackages") else []
     if site.ENABLE_USER_SITE:
@@ -1248,6 +1249,24 @@ def python_startup_files() -> dict[str, str]:
                 found[entry.path] = hash_file(Path(entry.path))
     config = Path(sys.prefix) / "pyvenv.cfg"
     found[str(config)] = hash_file(config)
+    # The interpreter itself (every later step runs sys.executable): a wrapper script put in
+    # place of the venv's bin/python would run first. Its link or bytes, the file it resolves to,
+    # and each entry of its folder (stat only: that may be /usr/bin).
+    executable = Path(sys.executable)
+    found[str(executable)] = hash_file(executable)
+    with contextlib.suppress(OSError, RuntimeError):
+        real = executable.resolve()
+        if real != executable:
+            found[f"{real} (what {executable} runs)"] = hash_file(real)
+    try:
+        entries = sorted(os.scandir(executable.parent), key=lambda entry: entry.name)
+    except OSError:
+        entries = []
+    found[f"{executable.parent}{os.sep}"] = hashlib.sha256(
+        "\n".join(entry.name for entry in entries).encode("utf-8", "replace")).hexdigest()
+    for entry in entries:
+        if entry.path != str(executable):
+            found[entry.path] = stat_fingerprint(Path(entry.path))
     return found
 
 
