@@ -125,6 +125,7 @@ import sys
 import tempfile
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import Callable
@@ -146,6 +147,9 @@ PROGRESS = "PROGRESS.md"
 PROGRESS_MAX_BYTES = 64 * 1024
 PROGRESS_MAX_BULLETS = 3
 PROGRESS_STATE = "## state"
+# A continuation line of a State bullet that a Markdown reader shows as a heading (` ## Next`, a
+# setext underline) or a rule; stripped of its indentation first.
+MARKDOWN_BLOCK_LINE = re.compile(r"^(#|=+$|(-[ \t]*)+$)")
 # Copied from evals/face_similarity_eval.py:IMAGE_EXTENSIONS
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 BRIEFING_NAME = re.compile(r"^briefing-(\d{4}-\d{2}-\d{2})\.md$")
@@ -933,16 +937,80 @@ def parse_lock_record(text: str) -> dict | None:
 
 # ---------------------------------------------------------------- git and snapshots
 
+# Every git call of the cycle: a core.fsmonitor the agent set would run inside it (and could put
+# .git/config back before the snapshot reads it).
+GIT_OPTIONS = ("-c", "core.fsmonitor=false")
+
+
+GIT_PROGRAM: str | None = None  # git's absolute path, resolved once (see git_program)
+GIT_TIMEOUT = 120          # seconds for one git call (a FIFO named .gitignore blocks git forever)
+GIT_COMMIT_TIMEOUT = 1800  # git commit runs the user's hooks
+GIT_SPECIAL_NAMES = (".gitignore", ".gitattributes")  # files git opens in every folder it lists
+
+
+class GitFailed(RuntimeError):
+    """A git call of the cycle that failed (check=True) or ran past its timeout."""
+
+    def __init__(self, args: tuple[str, ...], code: int | None, lines: list[str], reason: str):
+        super().__init__(reason)
+        self.command, self.code, self.lines, self.reason = ["git", *args], code, lines, reason
+
+    def step_failed(self, step: str) -> StepFailed:
+        return StepFailed(step, self.command, self.code, self.lines, self.reason + "; nothing "
+                          "was committed" if step.startswith("8") else self.reason)
+
+
+def git_program() -> str:
+    """git's absolute path, looked up on PATH once, at the cycle's start: a `git` the agent plants
+    later in a folder on PATH ahead of the real one is never run."""
+    global GIT_PROGRAM
+    if GIT_PROGRAM is None:
+        GIT_PROGRAM = shutil.which("git") or "git"
+    return GIT_PROGRAM
+
+
 def git(root: Path, *args: str, check: bool = True, env: dict | None = None,
-        text: bool = True) -> subprocess.CompletedProcess:
-    completed = subprocess.run(["git", *args], cwd=root, capture_output=True, text=text,
-                               encoding="utf-8" if text else None,
-                               errors="replace" if text else None,
-                               env=None if env is None else dict(os.environ, **env))
+        text: bool = True, timeout: float | None = None,
+        data: bytes | None = None) -> subprocess.CompletedProcess:
+    """Run git in `root` (`data`: its stdin, bytes; then text=False)."""
+    timeout = timeout or (GIT_COMMIT_TIMEOUT if "commit" in args[:3] else GIT_TIMEOUT)
+    try:
+        completed = subprocess.run([git_program(), *GIT_OPTIONS, *args], cwd=root,
+                                   capture_output=True, text=text,
+                                   encoding="utf-8" if text else None,
+                                   errors="replace" if text else None, timeout=timeout,
+                                   **({"input": data} if data is not None
+                                      else {"stdin": subprocess.DEVNULL}),
+                                   env=None if env is None else dict(os.environ, **env))
+    except subprocess.TimeoutExpired:
+        raise GitFailed(args, None, [], f"git {args[0]} did not finish in {timeout:g} s (a FIFO "
+                        "or other special file in the tree, e.g. one named .gitignore or "
+                        ".gitattributes, blocks git when it opens it); it was stopped") from None
     if check and completed.returncode != 0:
         stderr = completed.stderr if text else completed.stderr.decode("utf-8", "replace")
-        raise RuntimeError(f"git {' '.join(args)} failed: {stderr.strip()}")
+        raise GitFailed(args, completed.returncode, stderr.strip().splitlines(),
+                        f"git {' '.join(args)} failed: {stderr.strip()}")
     return completed
+
+
+def special_git_files(root: Path) -> list[str]:
+    """.gitignore and .gitattributes in the tree that are not regular files or links (a FIFO
+    would block git forever); the virtual environments at the top and .git are not walked."""
+    found = []
+    for folder, folders, files in os.walk(root):
+        here = Path(folder)
+        if here == root:
+            folders[:] = [name for name in folders
+                          if name != ".git" and name not in SNAPSHOT_SKIPPED_FOLDERS]
+        for name in set(GIT_SPECIAL_NAMES) & set(files + folders):
+            try:
+                mode = os.lstat(here / name).st_mode
+            except OSError:
+                continue
+            if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode)):
+                found.append(f"{show((here / name).relative_to(root).as_posix())} is a "
+                             f"{special_kind(mode)}")
+    return sorted(found)
 
 
 def hash_file(path: Path) -> str:
@@ -1160,8 +1228,9 @@ def python_startup_files() -> dict[str, str]:
     """What runs whenever this Python starts, wherever it lies (in the repository's .venv or not):
     each site-packages folder's entries (a new module there shadows nothing of the stdlib, but a
     new package is importable) and its .pth, sitecustomize and usercustomize files, hashed, and
-    the venv's pyvenv.cfg. A .pth line starting with `import` runs at every start, so an agent
-    that writes one would run code in every step after it (promote, scorecard, commit)."""
+    the venv's pyvenv.cfg, and the interpreter itself with its folder's entries. A .pth line
+    starting with `import` runs at every start, so an agent that writes one would run code in
+    every step after it (promote, scorecard, commit)."""
     import site
     folders = list(site.getsitepackages()) if hasattr(site, "getsitepackages") else []
     if site.ENABLE_USER_SITE:
@@ -1180,7 +1249,33 @@ def python_startup_files() -> dict[str, str]:
                 found[entry.path] = hash_file(Path(entry.path))
     config = Path(sys.prefix) / "pyvenv.cfg"
     found[str(config)] = hash_file(config)
+    # The interpreter itself (every later step runs sys.executable): a wrapper script put in
+    # place of the venv's bin/python would run first. Its link or bytes, the file it resolves to,
+    # and each entry of its folder (stat only: that may be /usr/bin).
+    executable = Path(sys.executable)
+    found[str(executable)] = hash_file(executable)
+    with contextlib.suppress(OSError, RuntimeError):
+        real = executable.resolve()
+        if real != executable:
+            found[f"{real} (what {executable} runs)"] = hash_file(real)
+    try:
+        entries = sorted(os.scandir(executable.parent), key=lambda entry: entry.name)
+    except OSError:
+        entries = []
+    found[f"{executable.parent}{os.sep}"] = hashlib.sha256(
+        "\n".join(entry.name for entry in entries).encode("utf-8", "replace")).hexdigest()
+    for entry in entries:
+        if entry.path != str(executable):
+            found[entry.path] = stat_fingerprint(Path(entry.path))
     return found
+
+
+def snapshot_at(step: str, root: Path, own: frozenset[str] = frozenset()) -> RepoState:
+    """snapshot(), a git failure or timeout in it a StepFailed of `step`."""
+    try:
+        return snapshot(root, own)
+    except GitFailed as error:
+        raise error.step_failed(step) from None
 
 
 def snapshot(root: Path, own: frozenset[str] = frozenset()) -> RepoState:
@@ -1189,6 +1284,19 @@ def snapshot(root: Path, own: frozenset[str] = frozenset()) -> RepoState:
     `own`: paths (relative, POSIX) the cycle itself writes meanwhile (its log), left out.
     """
     state = RepoState()
+    special = special_git_files(root)
+    if special:
+        raise GitFailed(("ls-files",), None, special, "git would block reading "
+                        + "; ".join(special) + " (never opened; remove it)")
+    # The git settings first (rev-parse reads no index), before any git call that could run
+    # something they name.
+    git_dir, common = git_paths(root)
+    config = git(root, "config", "--list", "--show-origin", "-z", check=False).stdout
+    state.git_meta["git config (all levels)"] = hashlib.sha256(config.encode()).hexdigest()
+    for folder in sorted({git_dir, common}):
+        for name in ("config", "config.worktree"):
+            if (folder / name).is_file():
+                state.git_meta[f"{folder.name}/{name}"] = hash_file(folder / name)
     head = git(root, "rev-parse", "--verify", "-q", "HEAD", check=False)
     state.head = head.stdout.strip()
     symbolic = git(root, "symbolic-ref", "-q", "HEAD", check=False)
@@ -1226,9 +1334,6 @@ def snapshot(root: Path, own: frozenset[str] = frozenset()) -> RepoState:
                     state.files[item] = "ignored:" + value
         else:
             state.files[path] = "ignored:" + stat_fingerprint(root / path)
-    git_dir, common = git_paths(root)
-    config = git(root, "config", "--list", "--show-origin", "-z", check=False).stdout
-    state.git_meta["git config (all levels)"] = hashlib.sha256(config.encode()).hexdigest()
     for key, path in global_rule_files(root).items():
         state.git_meta[f"{key} file {path}"] = hash_file(path)
     hooks = Path(git(root, "rev-parse", "--git-path", "hooks").stdout.strip())
@@ -1239,10 +1344,6 @@ def snapshot(root: Path, own: frozenset[str] = frozenset()) -> RepoState:
             for item in sorted(folder.rglob("*")):
                 if item.is_file() or item.is_symlink():
                     state.git_meta[f"{label}/{item.relative_to(folder).as_posix()}"] = hash_file(item)
-    for folder in sorted({git_dir, common}):
-        for name in ("config", "config.worktree"):
-            if (folder / name).is_file():
-                state.git_meta[f"{folder.name}/{name}"] = hash_file(folder / name)
     state.git_state = git_internals(root, git_dir, common)
     state.python_startup = python_startup_files()
     logs = common / "logs" / "refs" / "remotes"
@@ -1257,8 +1358,9 @@ def snapshot(root: Path, own: frozenset[str] = frozenset()) -> RepoState:
         if folder is None:
             state.network_remotes.append(line)
             continue
-        listed = subprocess.run(["git", "ls-remote", str(folder)], cwd=root, capture_output=True,
-                                text=True, encoding="utf-8", errors="replace", timeout=60,
+        listed = subprocess.run([git_program(), *GIT_OPTIONS, "ls-remote", str(folder)], cwd=root,
+                                capture_output=True, text=True, encoding="utf-8",
+                                errors="replace", timeout=60,
                                 env=dict(os.environ, GIT_TERMINAL_PROMPT="0"))
         refs = {}
         for ref_line in listed.stdout.splitlines():
@@ -1430,6 +1532,18 @@ def _windows(number: int, text: str):
             break
 
 
+def without_format_characters(text: str) -> str:
+    """`text` less its invisible format characters (Unicode category Cf: U+200B, U+2060, U+00AD,
+    U+FEFF, ...), one of which inside a key hides it from pattern scans."""
+    return "".join(char for char in text if unicodedata.category(char) != "Cf")
+
+
+def format_characters(text: str) -> list[str]:
+    """The invisible format characters (category Cf) in `text`, as U+XXXX (NAME), in order."""
+    return [f"U+{ord(char):04X} ({unicodedata.name(char, 'unnamed')})" for char in text
+            if unicodedata.category(char) == "Cf"]
+
+
 def names_a_secret(name: str) -> bool:
     words = name.upper().split("_")
     return any(word in SECRET_NAME_WORDS for word in words) or any(
@@ -1477,10 +1591,15 @@ class SecretScanner:
                     block: list[tuple[int, str]] = []
                     size = 0
                     for number, text in iter_text_lines(stream):
-                        for kind in extra_secret_kinds(text):
-                            seen.add((number, kind))
-                        block.append((number, text))
-                        size += len(text) + 1
+                        lines = [text]
+                        visible = without_format_characters(text)
+                        if visible != text:  # a U+200B inside a key: scan the line without it too
+                            lines.append(visible)
+                        for line in lines:
+                            for kind in extra_secret_kinds(line):
+                                seen.add((number, kind))
+                            block.append((number, line))
+                            size += len(line) + 1
                         if size >= SCAN_BLOCK_BYTES:
                             self._scan_block(scan, block, block_file, seen)
                             block, size = [], 0
@@ -1530,12 +1649,16 @@ def is_pure_append(root: Path, path: str) -> bool:
 
 
 def commit_paths(log: CycleLog, root: Path, paths: list[str], message: str,
-                 scanner: SecretScanner, append_only: tuple[str, ...] = ()) -> str:
+                 scanner: SecretScanner, append_only: tuple[str, ...] = (),
+                 checked: dict[str, str] | None = None, today: str | None = None) -> str:
     """Commit exactly `paths` (literal) from the working tree; return the new commit id.
 
     Works in a temporary index built from HEAD, so whatever the user has staged stays staged and
     out of the commit. Raises StepFailed (nothing committed, the real index untouched) when the
     staged set differs from `paths`, a blob looks like a secret, or git commit fails (a hook).
+    `checked`: the last snapshot's hashes; each file is then read once, staged only when its bytes
+    are the ones checked (a process left behind may rewrite it meanwhile), and PROGRESS.md and
+    the briefing (`today`'s) are checked again as staged.
     """
     step = "8 commit"
     display = ["git", "commit", "-m", message.splitlines()[0], "--", *paths]
@@ -1546,7 +1669,10 @@ def commit_paths(log: CycleLog, root: Path, paths: list[str], message: str,
         if head:
             git(root, "read-tree", head, env=env)
         existing = [path for path in paths if (root / path).exists()]
-        if existing:
+        if existing and checked is not None:
+            for path in existing:
+                stage_checked(root, path, checked.get(path, "(not seen)"), env, step, display)
+        elif existing:
             added = git(root, "--literal-pathspecs", "add", "--", *existing, env=env, check=False)
             if added.returncode != 0:
                 raise StepFailed(step, display, added.returncode, added.stderr.splitlines(),
@@ -1565,6 +1691,14 @@ def commit_paths(log: CycleLog, root: Path, paths: list[str], message: str,
             meta, _, path = entry.partition("\t")
             if path in staged:
                 entries[path] = meta.split()[1]
+        agent_files = {PROGRESS, f"{BRIEFING_DIR}/briefing-{today}.md"} if today else set()
+        problems = []
+        for path in sorted(agent_files & set(entries)):
+            with _blob_stream(root, entries[path]) as blob:
+                problems += agent_file_problems(root, path, blob.read(8 * 1024 * 1024 + 1), today)
+        if problems:
+            raise StepFailed(step, display, None, problems, "refusing to commit what was staged: "
+                             + "; ".join(problems[:10]) + "; nothing was committed")
         for path in append_only:
             if path in entries and not blob_is_prefix(root, head_blob(root, path), entries[path]):
                 raise StepFailed(step, display, None, [], f"{path} changed other than by "
@@ -1611,6 +1745,31 @@ def commit_paths(log: CycleLog, root: Path, paths: list[str], message: str,
     return new_head
 
 
+def stage_checked(root: Path, path: str, digest: str, env: dict, step: str,
+                  display: list[str]) -> None:
+    """Stage `path` in the index of `env` from one read of it, when its bytes hash to `digest`
+    (git's clean filters and line-ending rules apply as for git add); else StepFailed."""
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(
+        os, "O_NONBLOCK", 0)
+    data, now = b"", "unreadable"
+    with contextlib.suppress(OSError):
+        fd = os.open(root / path, flags)
+        with os.fdopen(fd, "rb") as handle:
+            if S_ISREG(os.fstat(handle.fileno()).st_mode):
+                data = handle.read()
+                now = hashlib.sha256(data).hexdigest()
+    if now != digest:
+        raise StepFailed(step, display, None, [f"{show(path)}: checked {digest[:16]}, now "
+                                               f"{now[:16]}"],
+                         f"{show(path)} changed after the cycle checked it (a process left "
+                         "behind by the agent?); nothing was committed")
+    blob = git(root, "hash-object", "-w", "--stdin", "--path", path, data=data, env=env,
+               text=False).stdout.decode().strip()
+    listed = git(root, "ls-files", "-s", "-z", "--", path, env=env).stdout.strip("\0")
+    mode = "100755" if listed.startswith("100755") else "100644"
+    git(root, "update-index", "--add", "--cacheinfo", f"{mode},{blob},{path}", env=env)
+
+
 def commit_by_hand(message: str, paths: list[str], windows: bool = os.name == "nt") -> str:
     """A command line that commits exactly `paths` (literal, new or changed or deleted), as step 8
     does, for a user to type after step 8 failed: `git add` then `git commit -- <paths>`."""
@@ -1621,8 +1780,8 @@ def commit_by_hand(message: str, paths: list[str], windows: bool = os.name == "n
 
 class _BlobStream:
     def __init__(self, root: Path, blob: str):
-        self.process = subprocess.Popen(["git", "cat-file", "blob", blob], cwd=root,
-                                        stdout=subprocess.PIPE)
+        self.process = subprocess.Popen([git_program(), *GIT_OPTIONS, "cat-file", "blob", blob],
+                                        cwd=root, stdout=subprocess.PIPE)
 
     def read(self, size: int = -1) -> bytes:
         return self.process.stdout.read(size)
@@ -1775,31 +1934,41 @@ def read_briefing_status(briefing: Path, promoter) -> tuple[str, str]:
 
 def agent_text_problems(root: Path, written: list[str], today: str) -> list[str]:
     """What is wrong with the text files the agent wrote (its briefing, PROGRESS.md): each must
-    be UTF-8 text without NUL bytes (a UTF-16 file would hide a key from the secret scan);
+    be UTF-8 text without NUL bytes (a UTF-16 file would hide a key from the secret scan) or
+    invisible format characters (Unicode category Cf; a leading byte order mark is allowed);
     PROGRESS.md also within PROGRESS_MAX_BYTES and changed only as progress_problems allows."""
     problems = []
     for path in written:
         limit = PROGRESS_MAX_BYTES if path == PROGRESS else 8 * 1024 * 1024
         with open(root / path, "rb") as handle:  # a regular file: the snapshot checked it
-            data = handle.read(limit + 1)
-        if len(data) > limit:
-            problems.append(f"{path} is over {limit:,} bytes (the limit for it)")
-            continue
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as error:
-            utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
-            problems.append(f"{path} is not UTF-8 text (byte {error.start}"
-                            + ("; it is UTF-16" if utf16 else "") + "); it must be saved as UTF-8")
-            continue
-        if "\0" in text:
-            problems.append(f"{path} holds NUL bytes (UTF-16 or binary, not UTF-8 text)")
-            continue
-        if path == PROGRESS:
-            old = git(root, "cat-file", "blob", f"HEAD:{PROGRESS}", check=False, text=False)
-            if old.returncode == 0:
-                problems += progress_problems(old.stdout.decode("utf-8-sig", "replace"), text, today)
+            problems += agent_file_problems(root, path, handle.read(limit + 1), today)
     return problems
+
+
+def agent_file_problems(root: Path, path: str, data: bytes, today: str) -> list[str]:
+    """agent_text_problems for one of the agent's files, given its bytes (or its first limit + 1)."""
+    limit = PROGRESS_MAX_BYTES if path == PROGRESS else 8 * 1024 * 1024
+    if len(data) > limit:
+        return [f"{path} is over {limit:,} bytes (the limit for it)"]
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
+        return [f"{path} is not UTF-8 text (byte {error.start}"
+                + ("; it is UTF-16" if utf16 else "") + "); it must be saved as UTF-8"]
+    if "\0" in text:
+        return [f"{path} holds NUL bytes (UTF-16 or binary, not UTF-8 text)"]
+    hidden = [(number, found) for number, line in enumerate(text.splitlines(), 1)
+              if (found := format_characters(line))]
+    if hidden:  # utf-8-sig took a leading byte order mark off already
+        return [f"{path}:{number}: invisible character {', '.join(found)}; the agent's "
+                "files may hold none (one inside a key hides it from the secret scan)"
+                for number, found in hidden[:10]]
+    if path == PROGRESS:
+        old = git(root, "cat-file", "blob", f"HEAD:{PROGRESS}", check=False, text=False)
+        if old.returncode == 0:
+            return progress_problems(old.stdout.decode("utf-8-sig", "replace"), text, today)
+    return []
 
 
 def progress_sections(text: str) -> list[tuple[str, list[str]]]:
@@ -1847,13 +2016,26 @@ def progress_problems(old: str, new: str, today: str) -> list[str]:
             head_after, bullets_after = state_bullets(lines_after)
             if head_before != head_after:
                 problems.append(f"{PROGRESS}: the text under {name} before its bullets changed")
-            added = [bullet for bullet in bullets_after if bullet not in bullets_before]
-            removed = [bullet for bullet in bullets_before if bullet not in bullets_after]
+            # As multisets: 20 copies of an old bullet are 20 added bullets.
+            remaining, added = collections.Counter(bullets_before), []
+            for bullet in bullets_after:
+                if remaining[bullet]:
+                    remaining[bullet] -= 1
+                else:
+                    added.append(bullet)
+            removed = list(remaining.elements())
             if max(len(added), len(removed)) > PROGRESS_MAX_BULLETS:
                 problems.append(f"{PROGRESS}: {len(added)} bullets under {name} added or changed "
                                 f"and {len(removed)} removed; at most {PROGRESS_MAX_BULLETS} a run")
             suffix = f"(briefing-{today}.md)"
             for bullet in added:
+                shown = show(bullet.splitlines()[0][:80])
+                if any(MARKDOWN_BLOCK_LINE.match(line.strip()) for line in bullet.splitlines()[1:]):
+                    problems.append(f"{PROGRESS}: a new {name} bullet has a line a Markdown reader "
+                                    f"shows as a heading (or a rule): {shown}")
+                if "<!--" in bullet:
+                    problems.append(f"{PROGRESS}: a new {name} bullet holds an HTML comment (a "
+                                    f"Markdown reader hides it): {shown}")
                 if not bullet.rstrip(" .").endswith(suffix):
                     problems.append(f"{PROGRESS}: a new {name} bullet does not end with {suffix}: "
                                     f"{show(bullet.splitlines()[0][:80])}")
@@ -2134,6 +2316,7 @@ def _raise_interrupted(signum, _frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    git_program()  # once, now: before anything the cycle runs could plant another on PATH
     root = args.project_root
     if not root.is_dir():
         parser.error(f"--project-root {root} is not a folder; pass the repository root")
@@ -2240,6 +2423,7 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
     tools, evals = root / "tools", root / "evals"
     timeout = args.step_timeout
     log.line(f"LifeOS cycle {today} in {root}{' (dry run)' if args.dry_run else ''}; log {log.path}")
+    log.line(f"git: {git_program()}")
 
     # Step 1: the preflight script, then the cycle's own checks (a real run and --dry-run alike).
     budgets = None
@@ -2329,7 +2513,7 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
     # Step 5: the agent, inside the envelope.
     own = frozenset({log.path.relative_to(root).as_posix()} if log.path is not None
                     and root in log.path.parents else ())
-    cycle_start = snapshot(root, own)
+    cycle_start = snapshot_at("5 agent", root, own)
     agent_env = {"PISTACHIO_PROJECT_ROOT": str(root), "PISTACHIO_DATE": today,
                  "PISTACHIO_BRIEFING": str(briefing), "PISTACHIO_PYTHON": py}
     command = resolve_executable(agent_command)
@@ -2393,7 +2577,7 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
                           if args.generate else f"sweep skipped ({skip})")
             continue
         run_step(log, step.name, step.command, root, timeout)
-        after = snapshot(root, own)
+        after = snapshot_at(step.name, root, own)
         problems, changed = compare_states(state, after, allowed_patterns=step.writes)
         if problems:
             raise StepFailed(step.name, step.command, 0, problems,
@@ -2411,8 +2595,9 @@ def _run_cycle(args, root: Path, log: CycleLog, lock: CycleLock) -> int:
     if args.no_commit:
         log.line("==> step 8 commit: skipped (--no-commit)")
     else:
-        commit = commit_cycle(log, root, sorted(written), briefing, scored, scanner, today)
-    pushes = find_pushes(cycle_start, snapshot(root, own))
+        commit = commit_cycle(log, root, sorted(written), briefing, scored, scanner, today,
+                              checked=state.files)
+    pushes = find_pushes(cycle_start, snapshot_at("8 commit", root, own))
     if pushes:
         raise StepFailed("8 commit", [], None, pushes, "a push happened during the cycle: "
                          + "; ".join(pushes), committed=commit)
@@ -2430,7 +2615,7 @@ def check_envelope(root: Path, before: RepoState, allowed: set[str], step: str,
                    ) -> tuple[list[str], RepoState]:
     """After the agent: what it wrote within `allowed` and the state it left; StepFailed naming
     everything else (`own`: the cycle's log, left out)."""
-    after = snapshot(root, own)
+    after = snapshot_at(step, root, own)
     problems, written = compare_states(before, after, allowed=allowed)
     pushes = find_pushes(before, after)
     problems += [f"pushed: {push}" for push in pushes]
@@ -2453,7 +2638,8 @@ def commit_message(today: str, briefing: Path, scored: str, written: list[str]) 
 
 
 def commit_cycle(log: CycleLog, root: Path, written: list[str], briefing: Path, scored: str,
-                 scanner: SecretScanner, today: str | None = None) -> str | None:
+                 scanner: SecretScanner, today: str | None = None,
+                 checked: dict[str, str] | None = None) -> str | None:
     never = [path for path in written if path in NEVER_COMMITTED]
     if never:
         raise StepFailed("8 commit", [], None, [], f"refusing to commit {', '.join(never)} "
@@ -2462,8 +2648,17 @@ def commit_cycle(log: CycleLog, root: Path, written: list[str], briefing: Path, 
         log.line("==> step 8 commit: nothing to commit")
         return None
     message = commit_message(today or dt.date.today().isoformat(), briefing, scored, written)
-    commit = commit_paths(log, root, written, message, scanner, append_only=(HISTORY,))
-    extra = verify_commit(root, commit, written)
+    head = git(root, "rev-parse", "--verify", "-q", "HEAD", check=False).stdout.strip()
+    try:
+        commit = commit_paths(log, root, written, message, scanner, append_only=(HISTORY,),
+                              checked=checked, today=today)
+        extra = verify_commit(root, commit, written)
+    except GitFailed as error:  # a corrupt object, a full disk: one FAILED line, never a traceback
+        now = git(root, "rev-parse", "--verify", "-q", "HEAD", check=False).stdout.strip()
+        if now != head:
+            raise StepFailed("8 commit", error.command, error.code, error.lines, error.reason,
+                             committed=now) from None
+        raise error.step_failed("8 commit") from None
     if extra:
         raise StepFailed("8 commit", [], None, extra, f"commit {commit[:12]} also changed "
                          f"{', '.join(map(show, extra))} (a commit hook?); check it before pushing",
