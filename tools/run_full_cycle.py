@@ -1535,11 +1535,15 @@ def _windows(number: int, text: str):
 def without_format_characters(text: str) -> str:
     """`text` less its invisible format characters (Unicode category Cf: U+200B, U+2060, U+00AD,
     U+FEFF, ...), one of which inside a key hides it from pattern scans."""
+    if text.isascii():  # every Cf character is outside ASCII: most lines need no walk
+        return text
     return "".join(char for char in text if unicodedata.category(char) != "Cf")
 
 
 def format_characters(text: str) -> list[str]:
     """The invisible format characters (category Cf) in `text`, as U+XXXX (NAME), in order."""
+    if text.isascii():
+        return []
     return [f"U+{ord(char):04X} ({unicodedata.name(char, 'unnamed')})" for char in text
             if unicodedata.category(char) == "Cf"]
 
